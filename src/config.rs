@@ -1,0 +1,178 @@
+//! Command-line flags of the server, turned into a [`ServerConfig`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use hickory_proto::rr::Name;
+use tracing::warn;
+
+use crate::forward::{system_upstreams, without_self};
+use crate::server::ServerConfig;
+use crate::zone::{SoaSettings, ZoneSettings};
+
+/// Authoritative DNS for the `.global` names of an Istio multicluster mesh, read from
+/// ServiceEntry manifests; every other name is forwarded upstream.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "globaldns",
+    version,
+    after_help = "Logging follows RUST_LOG (e.g. RUST_LOG=globaldns=debug); the default is info."
+)]
+pub struct ServerArgs {
+    /// Address for both UDP and TCP. Port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:5353", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    /// Directory of ServiceEntry manifests (*.yaml, *.yml, multi-document), watched for changes.
+    #[arg(long, default_value = "zones", value_name = "DIR")]
+    pub zones: PathBuf,
+
+    /// Zone served authoritatively (repeatable). Names under it are never forwarded.
+    #[arg(long = "zone", default_value = "global", value_name = "NAME", value_parser = parse_zone)]
+    pub zones_served: Vec<Name>,
+
+    /// Upstream resolver for other names (repeatable, tried in order; port defaults to 53).
+    /// Default: the nameservers of --resolv-conf, minus this server itself.
+    #[arg(long = "upstream", value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    pub upstreams: Vec<SocketAddr>,
+
+    /// Where default upstreams are read from.
+    #[arg(long, default_value = "/etc/resolv.conf", value_name = "PATH")]
+    pub resolv_conf: PathBuf,
+
+    /// Time budget for one forwarded query across all upstreams; SERVFAIL after it.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub forward_timeout_ms: u64,
+
+    /// TTL of answers for served names.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub ttl: u32,
+
+    /// SOA primary name server, also the apex NS record [default: ns.dns.<zone>].
+    #[arg(long, value_name = "NAME", value_parser = parse_zone)]
+    pub soa_mname: Option<Name>,
+
+    /// SOA responsible mailbox, as a name [default: hostmaster.<zone>].
+    #[arg(long, value_name = "NAME", value_parser = parse_zone)]
+    pub soa_rname: Option<Name>,
+
+    /// SOA refresh.
+    #[arg(long, default_value_t = 7200, value_name = "SECONDS")]
+    pub soa_refresh: i32,
+
+    /// SOA retry.
+    #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
+    pub soa_retry: i32,
+
+    /// SOA expire.
+    #[arg(long, default_value_t = 86400, value_name = "SECONDS")]
+    pub soa_expire: i32,
+
+    /// SOA minimum: how long resolvers cache NXDOMAIN and NODATA (RFC 2308).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub soa_minimum: u32,
+
+    /// Rescan the zones directory this often even without filesystem events.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub rescan_interval: u64,
+
+    /// UDP sockets and threads serving queries [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+impl ServerArgs {
+    pub fn into_config(self) -> ServerConfig {
+        let upstreams = if self.upstreams.is_empty() {
+            system_upstreams(&self.resolv_conf).unwrap_or_else(|error| {
+                warn!(path = %self.resolv_conf.display(), %error, "cannot read default upstreams");
+                Vec::new()
+            })
+        } else {
+            self.upstreams
+        };
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        ServerConfig {
+            listen: self.listen,
+            zones_dir: self.zones,
+            zone: ZoneSettings {
+                zones: self.zones_served,
+                ttl: self.ttl,
+                soa: SoaSettings {
+                    mname: self.soa_mname,
+                    rname: self.soa_rname,
+                    refresh: self.soa_refresh,
+                    retry: self.soa_retry,
+                    expire: self.soa_expire,
+                    minimum: self.soa_minimum,
+                },
+            },
+            upstreams: without_self(upstreams, self.listen),
+            workers: workers.max(1),
+            rescan_every: Duration::from_secs(self.rescan_interval.max(1)),
+            forward_budget: Duration::from_millis(self.forward_timeout_ms.max(1)),
+        }
+    }
+}
+
+fn parse_zone(s: &str) -> Result<Name, String> {
+    let mut name = Name::from_ascii(s).map_err(|e| format!("{s:?} is not a DNS name: {e}"))?;
+    name.set_fqdn(true);
+    if name.is_root() {
+        return Err("the root zone cannot be served".into());
+    }
+    Ok(name.to_lowercase())
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let args = ServerArgs::try_parse_from([
+            "globaldns",
+            "--upstream",
+            "10.96.0.10",
+            "--upstream",
+            "[::1]:5300",
+            "--zone",
+            "Global",
+            "--zone",
+            "mesh.example",
+        ])
+        .unwrap();
+        assert_eq!(args.listen, "127.0.0.1:5353".parse().unwrap());
+        assert_eq!(
+            args.upstreams,
+            vec![
+                "10.96.0.10:53".parse().unwrap(),
+                "[::1]:5300".parse().unwrap()
+            ]
+        );
+        let zones: Vec<String> = args.zones_served.iter().map(|z| z.to_ascii()).collect();
+        assert_eq!(zones, ["global.", "mesh.example."]);
+        assert!(ServerArgs::try_parse_from(["globaldns", "--upstream", "nope"]).is_err());
+        assert!(ServerArgs::try_parse_from(["globaldns", "--zone", "."]).is_err());
+    }
+}

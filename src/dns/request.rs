@@ -1,0 +1,303 @@
+//! Reading queries off the wire.
+//!
+//! The common case (one question, at most an OPT record, no compression) is read directly from
+//! the packet without allocating. Anything else goes through hickory-proto's full decoder, which
+//! decides between a usable question, FORMERR, NOTIMP and BADVERS.
+
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, RecordType};
+
+use crate::zone::wire::MAX_NAME_LEN;
+
+const HEADER_LEN: usize = 12;
+const TYPE_OPT: u16 = 41;
+
+/// A domain name in wire format, kept as received and lower-cased for lookups.
+#[derive(Clone)]
+pub struct QName {
+    raw: [u8; MAX_NAME_LEN],
+    lower: [u8; MAX_NAME_LEN],
+    len: u8,
+}
+
+impl QName {
+    /// As the client wrote it (its letter case is echoed back, RFC 1035 §7.3 / 0x20 clients).
+    pub fn wire(&self) -> &[u8] {
+        &self.raw[..self.len as usize]
+    }
+
+    pub fn lower(&self) -> &[u8] {
+        &self.lower[..self.len as usize]
+    }
+
+    /// Reads an uncompressed name at `at`; returns it and the offset after it.
+    fn read(packet: &[u8], mut at: usize) -> Option<(QName, usize)> {
+        let mut name = QName {
+            raw: [0; MAX_NAME_LEN],
+            lower: [0; MAX_NAME_LEN],
+            len: 0,
+        };
+        let mut len = 0usize;
+        loop {
+            let label = *packet.get(at)? as usize;
+            if label & 0xC0 != 0 {
+                return None;
+            }
+            let end = at + 1 + label;
+            if end > packet.len() || len + 1 + label > MAX_NAME_LEN {
+                return None;
+            }
+            let src = &packet[at..end];
+            name.raw[len..len + src.len()].copy_from_slice(src);
+            for (d, s) in name.lower[len..len + src.len()].iter_mut().zip(src) {
+                *d = s.to_ascii_lowercase();
+            }
+            len += src.len();
+            at = end;
+            if label == 0 {
+                name.len = len as u8;
+                return Some((name, at));
+            }
+        }
+    }
+
+    fn from_labels<'a>(labels: impl Iterator<Item = &'a [u8]>) -> Option<QName> {
+        let mut wire = Vec::with_capacity(MAX_NAME_LEN);
+        for label in labels {
+            wire.push(u8::try_from(label.len()).ok()?);
+            wire.extend_from_slice(label);
+        }
+        wire.push(0);
+        QName::read(&wire, 0).map(|(n, _)| n)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edns {
+    /// The client's UDP payload size.
+    pub payload: u16,
+    pub dnssec_ok: bool,
+}
+
+#[derive(Clone)]
+pub struct Question {
+    pub name: QName,
+    pub qtype: u16,
+    pub qclass: u16,
+}
+
+/// The parts of a query a response is built from.
+#[derive(Clone)]
+pub struct Request {
+    pub id: u16,
+    pub opcode: u8,
+    pub recursion_desired: bool,
+    pub checking_disabled: bool,
+    pub question: Option<Question>,
+    pub edns: Option<Edns>,
+}
+
+impl Request {
+    pub fn qtype(&self) -> Option<RecordType> {
+        self.question.as_ref().map(|q| RecordType::from(q.qtype))
+    }
+}
+
+pub enum Parsed {
+    /// A standard query with one question.
+    Query(Request),
+    /// Answer with this error code only.
+    Error(Request, ResponseCode),
+    /// Not worth an answer (too short, or itself a response).
+    Drop,
+}
+
+pub fn parse(packet: &[u8]) -> Parsed {
+    match parse_simple(packet) {
+        Some(req) => Parsed::Query(req),
+        None => parse_general(packet),
+    }
+}
+
+fn u16_at(p: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
+}
+
+fn header_request(packet: &[u8]) -> Request {
+    Request {
+        id: u16::from_be_bytes([packet[0], packet[1]]),
+        opcode: (packet[2] >> 3) & 0x0F,
+        recursion_desired: packet[2] & 0x01 != 0,
+        checking_disabled: packet[3] & 0x10 != 0,
+        question: None,
+        edns: None,
+    }
+}
+
+/// The allocation-free reader for ordinary queries; `None` sends the packet to [`parse_general`].
+fn parse_simple(packet: &[u8]) -> Option<Request> {
+    if packet.len() < HEADER_LEN || packet[2] & 0xF8 != 0 {
+        return None; // a response, or an opcode other than QUERY
+    }
+    let counts = [
+        u16_at(packet, 4)?,
+        u16_at(packet, 6)?,
+        u16_at(packet, 8)?,
+        u16_at(packet, 10)?,
+    ];
+    if counts[0] != 1 || counts[1] != 0 || counts[2] != 0 || counts[3] > 1 {
+        return None;
+    }
+    let (name, at) = QName::read(packet, HEADER_LEN)?;
+    let qtype = u16_at(packet, at)?;
+    let qclass = u16_at(packet, at + 2)?;
+    let mut at = at + 4;
+    let mut req = header_request(packet);
+    if counts[3] == 1 {
+        // Only a well-formed version-0 OPT with a root owner is taken here.
+        if packet.get(at) != Some(&0)
+            || u16_at(packet, at + 1)? != TYPE_OPT
+            || packet.get(at + 6) != Some(&0)
+        {
+            return None;
+        }
+        let payload = u16_at(packet, at + 3)?;
+        let flags = u16_at(packet, at + 7)?;
+        let rdlen = u16_at(packet, at + 9)? as usize;
+        at += 11 + rdlen;
+        req.edns = Some(Edns {
+            payload,
+            dnssec_ok: flags & 0x8000 != 0,
+        });
+    }
+    if at != packet.len() {
+        return None;
+    }
+    req.question = Some(Question {
+        name,
+        qtype,
+        qclass,
+    });
+    Some(req)
+}
+
+/// Full decode with hickory-proto for everything unusual.
+fn parse_general(packet: &[u8]) -> Parsed {
+    if packet.len() < HEADER_LEN || packet[2] & 0x80 != 0 {
+        return Parsed::Drop;
+    }
+    let mut req = header_request(packet);
+    let message = Message::from_vec(packet);
+    if let Ok(msg) = &message {
+        req.edns = msg.edns.as_ref().map(|e| Edns {
+            payload: e.max_payload(),
+            dnssec_ok: e.flags().dnssec_ok,
+        });
+        if let [query] = msg.queries.as_slice() {
+            req.question = QName::from_labels(query.name().iter()).map(|name| Question {
+                name,
+                qtype: u16::from(query.query_type()),
+                qclass: u16::from(query.query_class()),
+            });
+        }
+    }
+    if OpCode::from_u8(req.opcode) != OpCode::Query {
+        return Parsed::Error(req, ResponseCode::NotImp);
+    }
+    let Ok(msg) = message else {
+        return Parsed::Error(req, ResponseCode::FormErr);
+    };
+    if req.question.is_none() {
+        return Parsed::Error(req, ResponseCode::FormErr);
+    }
+    if msg.edns.as_ref().is_some_and(|e| e.version() != 0) {
+        return Parsed::Error(req, ResponseCode::BADVERS);
+    }
+    Parsed::Query(req)
+}
+
+/// True for the classes served from the name table.
+pub fn is_internet_class(qclass: u16) -> bool {
+    qclass == u16::from(DNSClass::IN) || qclass == u16::from(DNSClass::ANY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns as HEdns, Query};
+    use hickory_proto::rr::Name;
+
+    fn encode(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut msg = Message::query();
+        msg.metadata.id = 0x1234;
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some(size) = edns {
+            let mut e = HEdns::new();
+            e.set_max_payload(size);
+            e.set_dnssec_ok(true);
+            msg.set_edns(e);
+        }
+        msg.to_vec().unwrap()
+    }
+
+    #[test]
+    fn simple_and_general_readers_agree() {
+        for edns in [None, Some(1232)] {
+            let packet = encode("ReViews.default.GLOBAL.", RecordType::AAAA, edns);
+            let fast = parse_simple(&packet).expect("simple query");
+            let Parsed::Query(slow) = parse_general(&packet) else {
+                panic!("general reader refused")
+            };
+            for r in [&fast, &slow] {
+                let q = r.question.as_ref().unwrap();
+                assert_eq!(r.id, 0x1234);
+                assert!(r.recursion_desired);
+                assert_eq!(q.name.wire(), b"\x07ReViews\x07default\x06GLOBAL\x00");
+                assert_eq!(q.name.lower(), b"\x07reviews\x07default\x06global\x00");
+                assert_eq!(q.qtype, 28);
+                assert_eq!(
+                    r.edns,
+                    edns.map(|payload| Edns {
+                        payload,
+                        dnssec_ok: true
+                    })
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn odd_packets_get_the_right_verdict() {
+        assert!(matches!(parse(&[0u8; 5]), Parsed::Drop));
+        let mut response = encode("a.global.", RecordType::A, None);
+        response[2] |= 0x80;
+        assert!(matches!(parse(&response), Parsed::Drop));
+        let mut notify = encode("a.global.", RecordType::SOA, None);
+        notify[2] = (notify[2] & 0x87) | (4 << 3);
+        assert!(matches!(
+            parse(&notify),
+            Parsed::Error(_, ResponseCode::NotImp)
+        ));
+        let mut truncated = encode("a.global.", RecordType::A, None);
+        truncated.truncate(20);
+        assert!(matches!(
+            parse(&truncated),
+            Parsed::Error(_, ResponseCode::FormErr)
+        ));
+        let mut no_question = encode("a.global.", RecordType::A, None);
+        no_question[5] = 0;
+        no_question.truncate(12);
+        assert!(matches!(
+            parse(&no_question),
+            Parsed::Error(_, ResponseCode::FormErr)
+        ));
+        let mut v1 = encode("a.global.", RecordType::A, Some(1232));
+        let opt_version = v1.len() - 5; // root, type(2), class(2), ext-rcode, VERSION
+        v1[opt_version] = 1;
+        assert!(matches!(
+            parse(&v1),
+            Parsed::Error(_, ResponseCode::BADVERS)
+        ));
+    }
+}

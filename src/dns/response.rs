@@ -1,0 +1,114 @@
+//! Writing responses: header, the client's question as received, a prepared body, and OPT.
+
+use hickory_proto::op::ResponseCode;
+
+use super::request::{Edns, Request};
+use crate::zone::Prepared;
+
+/// Largest UDP response we send (DNS flag day 2020: avoids IP fragmentation).
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+/// RFC 1035 §4.2.1: the limit for clients without EDNS.
+pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
+/// DNS over TCP is limited by its two-byte length prefix.
+pub const MAX_TCP_MESSAGE: usize = u16::MAX as usize;
+
+/// Largest UDP response this client can take.
+pub fn udp_limit(edns: Option<Edns>) -> usize {
+    match edns {
+        None => CLASSIC_UDP_PAYLOAD as usize,
+        Some(e) => e.payload.clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD) as usize,
+    }
+}
+
+/// Flags of a response beyond what the request determines.
+#[derive(Clone, Copy)]
+pub struct ReplyFlags {
+    pub authoritative: bool,
+    pub recursion_available: bool,
+}
+
+/// Writes the response to `req` into `out` (cleared first). When it is longer than `limit`, the
+/// records are dropped and TC is set, so the client retries over TCP (RFC 2181 §9).
+pub fn write(out: &mut Vec<u8>, req: &Request, body: &Prepared, flags: ReplyFlags, limit: usize) {
+    out.clear();
+    write_header(
+        out,
+        req,
+        body.rcode,
+        flags,
+        false,
+        body.answers,
+        body.authorities,
+    );
+    write_question(out, req);
+    out.extend_from_slice(&body.body);
+    write_opt(out, req, body.rcode);
+    if out.len() > limit {
+        out.clear();
+        write_header(out, req, body.rcode, flags, true, 0, 0);
+        write_question(out, req);
+        write_opt(out, req, body.rcode);
+    }
+}
+
+/// A response carrying only an error code (and the question, when there was a readable one).
+pub fn write_error(
+    out: &mut Vec<u8>,
+    req: &Request,
+    rcode: ResponseCode,
+    recursion_available: bool,
+) {
+    let flags = ReplyFlags {
+        authoritative: false,
+        recursion_available,
+    };
+    write(out, req, &Prepared::empty(rcode), flags, usize::MAX);
+}
+
+fn write_header(
+    out: &mut Vec<u8>,
+    req: &Request,
+    rcode: ResponseCode,
+    flags: ReplyFlags,
+    truncated: bool,
+    answers: u16,
+    authorities: u16,
+) {
+    let b2 = 0x80
+        | (req.opcode << 3)
+        | if flags.authoritative { 0x04 } else { 0 }
+        | if truncated { 0x02 } else { 0 }
+        | u8::from(req.recursion_desired);
+    let b3 = if flags.recursion_available { 0x80 } else { 0 }
+        | if req.checking_disabled { 0x10 } else { 0 }
+        | rcode.low();
+    out.extend_from_slice(&req.id.to_be_bytes());
+    out.extend_from_slice(&[b2, b3]);
+    for count in [
+        u16::from(req.question.is_some()),
+        answers,
+        authorities,
+        u16::from(req.edns.is_some()),
+    ] {
+        out.extend_from_slice(&count.to_be_bytes());
+    }
+}
+
+fn write_question(out: &mut Vec<u8>, req: &Request) {
+    if let Some(q) = &req.question {
+        out.extend_from_slice(q.name.wire());
+        out.extend_from_slice(&q.qtype.to_be_bytes());
+        out.extend_from_slice(&q.qclass.to_be_bytes());
+    }
+}
+
+/// RFC 6891 §6.1.1: a query with OPT gets OPT back; the DO bit is copied (RFC 3225 §3).
+fn write_opt(out: &mut Vec<u8>, req: &Request, rcode: ResponseCode) {
+    let Some(edns) = req.edns else { return };
+    out.push(0);
+    out.extend_from_slice(&41u16.to_be_bytes());
+    out.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+    out.extend_from_slice(&[rcode.high(), 0]);
+    out.extend_from_slice(&(if edns.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+}

@@ -1,0 +1,40 @@
+//! Forwarding names outside the served zones to upstream resolvers.
+//!
+//! [`Forward`] is the seam: the DNS layer hands over the client's message as received and gets
+//! the upstream's reply back, ID and question restored. A cache wraps the same trait.
+
+mod resolv;
+mod upstream;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use resolv::{system_upstreams, without_self};
+pub use upstream::UpstreamForwarder;
+
+use crate::dns::Transport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no upstream configured")]
+    NoUpstream,
+    #[error("query has no readable question")]
+    BadQuery,
+    #[error("upstream {upstream}: {source}")]
+    Io {
+        upstream: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("upstream {0}: no answer in time")]
+    Timeout(std::net::SocketAddr),
+    #[error("upstream {0}: malformed reply")]
+    BadReply(std::net::SocketAddr),
+}
+
+pub type ForwardFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<u8>, ForwardError>> + Send + 'a>>;
+
+pub trait Forward: Send + Sync + 'static {
+    /// Relays `query` (a complete DNS message) and returns the reply for the client.
+    fn forward<'a>(&'a self, query: &'a [u8], transport: Transport) -> ForwardFuture<'a>;
+}

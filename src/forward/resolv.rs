@@ -1,0 +1,56 @@
+//! Default upstreams from `/etc/resolv.conf`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Nameservers of a resolv.conf file, on port 53.
+pub fn system_upstreams(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
+    let text = std::fs::read(path)?;
+    let conf = resolv_conf::Config::parse(&text)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(conf
+        .nameservers
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip.into(), 53))
+        .collect())
+}
+
+/// Drops upstreams that are this server itself, which would forward every query in a loop.
+pub fn without_self(upstreams: Vec<SocketAddr>, listen: SocketAddr) -> Vec<SocketAddr> {
+    upstreams
+        .into_iter()
+        .filter(|up| {
+            let same_ip =
+                up.ip() == listen.ip() || (listen.ip().is_unspecified() && up.ip().is_loopback());
+            !(up.port() == listen.port() && same_ip)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_nameservers_and_skips_self() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "search svc.cluster.local\nnameserver 10.96.0.10\nnameserver 127.0.0.1\noptions ndots:5\n").unwrap();
+        let ups = system_upstreams(&path).unwrap();
+        assert_eq!(
+            ups,
+            vec![
+                "10.96.0.10:53".parse().unwrap(),
+                "127.0.0.1:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            without_self(ups.clone(), "0.0.0.0:53".parse().unwrap()),
+            vec![ups[0]]
+        );
+        assert_eq!(
+            without_self(ups.clone(), "127.0.0.1:5353".parse().unwrap()),
+            ups
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The file source: ServiceEntry manifests in `*.yaml` / `*.yml` files under a directory.
+//!
+//! Each file is all-or-nothing: a file that fails to parse is skipped with a log line naming it,
+//! and everything else is served. Changes are picked up from filesystem events, with a periodic
+//! rescan as a safety net for filesystems that do not deliver them (network mounts, some
+//! ConfigMap volume updates).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use super::service_entry::{API_VERSIONS, EntryError, KIND, ServiceEntry};
+use super::{Declaration, DeclarationSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("reading: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("YAML: {0}")]
+    Yaml(String),
+    #[error("document {doc}: ServiceEntry {name:?}: {reason}")]
+    Entry {
+        doc: usize,
+        name: String,
+        reason: String,
+    },
+}
+
+/// What one scan of the directory found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub declarations: Vec<Declaration>,
+    pub failed: Vec<(PathBuf, FileError)>,
+}
+
+/// Parses one manifest file's text; `origin` names it in declarations and messages.
+pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, FileError> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| FileError::Yaml(e.to_string()))?;
+    let origin: Arc<str> = origin.into();
+    let mut out = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        if !is_service_entry(&doc) {
+            continue;
+        }
+        let entry_err = |name: &str, reason: String| FileError::Entry {
+            doc: i + 1,
+            name: name.to_string(),
+            reason,
+        };
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let se: ServiceEntry =
+            serde_json::from_value(doc).map_err(|e| entry_err(&name, e.to_string()))?;
+        let fail = |e: EntryError| entry_err(&name, e.to_string());
+        let hosts = se.host_names().map_err(fail)?;
+        let addresses = se.addresses().map_err(fail)?;
+        for cidr in &addresses.cidrs {
+            warn!(origin = %origin, entry = %name, %cidr, "CIDR in spec.addresses has no single address to answer with; ignored");
+        }
+        out.push(Declaration {
+            origin: origin.clone(),
+            namespace: se.namespace().to_string(),
+            name: se.metadata.name.clone(),
+            hosts,
+            addresses: addresses.ips,
+        });
+    }
+    Ok(out)
+}
+
+fn is_service_entry(doc: &Value) -> bool {
+    doc.get("kind").and_then(Value::as_str) == Some(KIND)
+        && doc
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|v| API_VERSIONS.contains(&v))
+}
+
+/// Reads every manifest under `dir`, in path order.
+pub fn scan(dir: &Path) -> Scan {
+    let mut out = Scan::default();
+    let files = match manifest_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            out.failed.push((dir.to_path_buf(), FileError::Read(e)));
+            return out;
+        }
+    };
+    for path in files {
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(FileError::from)
+            .and_then(|text| parse_manifest(&path.display().to_string(), &text));
+        match parsed {
+            Ok(decls) => out.declarations.extend(decls),
+            Err(e) => out.failed.push((path, e)),
+        }
+    }
+    out
+}
+
+/// Manifest paths under `dir`, sorted. Hidden entries are skipped, which also skips the
+/// `..data` indirection of Kubernetes ConfigMap volumes.
+fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Cheap summary of the directory used to skip rescans when nothing changed.
+type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    manifest_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let mtime = meta.as_ref().and_then(|m| m.modified().ok());
+            let len = meta.map_or(0, |m| m.len());
+            (p, mtime, len)
+        })
+        .collect()
+}
+
+/// Loads `dir` now, then keeps `tx` up to date until every receiver is gone.
+pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, tx: watch::Sender<DeclarationSet>) {
+    let changed = Arc::new(Notify::new());
+    let _watcher = start_watcher(&dir, changed.clone());
+    let mut last = None;
+    let mut ticker = tokio::time::interval(rescan_every);
+    loop {
+        let current = fingerprint(&dir);
+        if last.as_ref() != Some(&current) {
+            let dir2 = dir.clone();
+            let result = tokio::task::spawn_blocking(move || scan(&dir2)).await;
+            let Ok(result) = result else { return };
+            for (path, err) in &result.failed {
+                warn!(file = %path.display(), error = %err, "skipping manifest");
+            }
+            info!(dir = %dir.display(), entries = result.declarations.len(), failed = result.failed.len(), "loaded manifests");
+            if tx.send(Arc::new(result.declarations)).is_err() {
+                return;
+            }
+            last = Some(current);
+        }
+        tokio::select! {
+            _ = changed.notified() => {
+                // Let an editor or `kubectl cp` finish writing before reading.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = ticker.tick() => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+fn start_watcher(dir: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+    let handler = move |res: notify::Result<notify::Event>| {
+        if res.is_ok_and(|event| !event.kind.is_access()) {
+            changed.notify_one();
+        }
+    };
+    let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(dir, RecursiveMode::Recursive)?;
+        Ok(w)
+    });
+    match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            debug!(dir = %dir.display(), error = %e, "no filesystem events; relying on periodic rescans");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.global]
+  addresses: [240.0.0.3]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin.bar.global]
+  addresses: [127.255.0.3]
+---
+apiVersion: example.com/v1
+kind: ServiceEntry
+metadata: {name: not-istio}
+spec: {hosts: [x.global], addresses: [1.2.3.4]}
+";
+
+    #[test]
+    fn keeps_only_istio_service_entries() {
+        let decls = parse_manifest("f.yaml", GOOD).unwrap();
+        let names: Vec<_> = decls
+            .iter()
+            .map(|d| (d.namespace.as_str(), d.name.as_str()))
+            .collect();
+        assert_eq!(names, [("default", "reviews"), ("default", "httpbin")]);
+        assert_eq!(
+            decls[1].addresses,
+            vec!["127.255.0.3".parse::<std::net::IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_names_the_document() {
+        let text = format!(
+            "{GOOD}---\napiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {{name: broken}}\nspec: {{hosts: [a.global], addresses: [not-an-ip]}}\n"
+        );
+        let err = parse_manifest("f.yaml", &text).unwrap_err().to_string();
+        assert!(
+            err.contains("document 5") && err.contains("broken") && err.contains("not-an-ip"),
+            "{err}"
+        );
+        assert!(matches!(
+            parse_manifest("f.yaml", "a: [b"),
+            Err(FileError::Yaml(_))
+        ));
+    }
+
+    #[test]
+    fn scan_skips_broken_files_and_hidden_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("bad.yml"), "kind: [").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), GOOD).unwrap();
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        std::fs::write(dir.path().join("..data/dup.yaml"), GOOD).unwrap();
+        let scan = scan(dir.path());
+        assert_eq!(scan.declarations.len(), 2);
+        assert_eq!(scan.failed.len(), 1);
+        assert!(scan.failed[0].0.ends_with("bad.yml"));
+    }
+}

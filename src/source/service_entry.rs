@@ -1,0 +1,217 @@
+//! The part of Istio's `ServiceEntry` (`networking.istio.io`) that globaldns reads.
+//!
+//! Unknown fields are ignored so newer Istio releases keep working; the fields we do read are
+//! typed, so a malformed entry is rejected with a precise error instead of being half-served.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use hickory_proto::rr::Name;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// API versions under which Istio serves the same ServiceEntry schema.
+pub const API_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+pub const KIND: &str = "ServiceEntry";
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServiceEntry {
+    pub metadata: ObjectMeta,
+    pub spec: ServiceEntrySpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntrySpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    pub resolution: Option<Resolution>,
+    pub location: Option<Location>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Port {
+    pub number: u16,
+    pub protocol: Option<String>,
+    pub name: Option<String>,
+    pub target_port: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    None,
+    Static,
+    Dns,
+    DnsRoundRobin,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Location {
+    MeshExternal,
+    MeshInternal,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Endpoint {
+    pub address: Option<String>,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    pub network: Option<String>,
+    pub locality: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("spec.hosts is empty")]
+    NoHosts,
+    #[error("host {host:?} is not a valid DNS name: {reason}")]
+    BadHost { host: String, reason: String },
+    #[error("address {0:?} is neither an IP address nor a CIDR")]
+    BadAddress(String),
+    #[error("resolution STATIC needs endpoints or addresses")]
+    StaticWithoutEndpoints,
+}
+
+/// The addresses of an entry, split into what can be served and the CIDRs that cannot.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    pub ips: Vec<IpAddr>,
+    pub cidrs: Vec<IpNet>,
+}
+
+impl ServiceEntry {
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// Hosts as lower-cased fully-qualified names.
+    pub fn host_names(&self) -> Result<Vec<Name>, EntryError> {
+        if self.spec.hosts.is_empty() {
+            return Err(EntryError::NoHosts);
+        }
+        self.spec.hosts.iter().map(|h| parse_host(h)).collect()
+    }
+
+    /// `spec.addresses`: IPs are served; a CIDR (allowed by Istio for TCP services) has no single
+    /// address to answer with.
+    pub fn addresses(&self) -> Result<Addresses, EntryError> {
+        let mut out = Addresses::default();
+        for raw in &self.spec.addresses {
+            if let Ok(ip) = raw.parse::<IpAddr>() {
+                out.ips.push(ip);
+            } else if let Ok(net) = raw.parse::<IpNet>() {
+                if net.prefix_len() == net.max_prefix_len() {
+                    out.ips.push(net.addr());
+                } else {
+                    out.cidrs.push(net);
+                }
+            } else {
+                return Err(EntryError::BadAddress(raw.clone()));
+            }
+        }
+        if self.spec.resolution == Some(Resolution::Static)
+            && self.spec.endpoints.is_empty()
+            && out.ips.is_empty()
+        {
+            return Err(EntryError::StaticWithoutEndpoints);
+        }
+        Ok(out)
+    }
+}
+
+fn parse_host(host: &str) -> Result<Name, EntryError> {
+    let bad = |reason: String| EntryError::BadHost {
+        host: host.to_string(),
+        reason,
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+        return Err(bad("empty or contains whitespace or '/'".into()));
+    }
+    let mut name = Name::from_ascii(host).map_err(|e| bad(e.to_string()))?;
+    if name.iter().skip(1).any(|label| label.contains(&b'*'))
+        || name
+            .iter()
+            .next()
+            .is_some_and(|l| l.contains(&b'*') && l != b"*")
+    {
+        return Err(bad("'*' may only be the whole first label".into()));
+    }
+    name.set_fqdn(true);
+    Ok(name.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(yaml: &str) -> ServiceEntry {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn hosts_are_lowercase_fqdn_and_wildcards_checked() {
+        let se =
+            entry("metadata: {name: a}\nspec: {hosts: [Reviews.Default.Global, '*.foo.global']}");
+        let names: Vec<String> = se
+            .host_names()
+            .unwrap()
+            .iter()
+            .map(|n| n.to_ascii())
+            .collect();
+        assert_eq!(names, ["reviews.default.global.", "*.foo.global."]);
+        let bad = entry("metadata: {name: a}\nspec: {hosts: ['a.*.global']}");
+        assert!(matches!(bad.host_names(), Err(EntryError::BadHost { .. })));
+        let none = entry("metadata: {name: a}\nspec: {hosts: []}");
+        assert_eq!(none.host_names(), Err(EntryError::NoHosts));
+    }
+
+    #[test]
+    fn cidrs_are_split_from_ips() {
+        let se = entry(
+            "metadata: {name: a}\nspec: {hosts: [a.global], addresses: [240.0.0.1, 10.0.0.0/24, '2001:db8::1/128']}",
+        );
+        let a = se.addresses().unwrap();
+        assert_eq!(
+            a.ips,
+            vec![
+                "240.0.0.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(a.cidrs, vec!["10.0.0.0/24".parse::<IpNet>().unwrap()]);
+        let junk = entry("metadata: {name: a}\nspec: {hosts: [a.global], addresses: [nope]}");
+        assert_eq!(junk.addresses(), Err(EntryError::BadAddress("nope".into())));
+    }
+
+    #[test]
+    fn typed_fields_reject_bad_values() {
+        let port: Result<ServiceEntry, _> = serde_saphyr::from_str(
+            "metadata: {name: a}\nspec: {hosts: [a.global], ports: [{number: 70000}]}",
+        );
+        assert!(port.is_err());
+        let res: Result<ServiceEntry, _> = serde_saphyr::from_str(
+            "metadata: {name: a}\nspec: {hosts: [a.global], resolution: SOMETIMES}",
+        );
+        assert!(res.is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! The name table: what we answer for names inside the served zones.
+
+mod prepared;
+mod soa;
+mod table;
+pub mod wire;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use prepared::{BodyBuilder, Owner, Prepared};
+pub use soa::SoaSettings;
+pub use table::{BuildError, Lookup, NameTable, ZoneSettings};
+
+/// The current table, replaced whole on every change; readers never wait for writers.
+pub type SharedTable = Arc<ArcSwap<NameTable>>;

@@ -1,0 +1,135 @@
+//! Precomputed response bodies.
+//!
+//! A [`Prepared`] holds everything that follows the question section of a response, already in wire
+//! format. Its only reference into the message is a compression pointer to the question name at
+//! offset 12, so one body answers the query name in any letter case and every name a wildcard
+//! covers. All other names are written uncompressed for the same reason.
+
+use hickory_proto::ProtoError;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{DNSClass, Name, RData};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+
+/// Compression pointer to offset 12, where the question name starts.
+const QNAME_POINTER: [u8; 2] = [0xC0, 0x0C];
+
+/// The sections of a response after the question, ready to copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    pub rcode: ResponseCode,
+    pub answers: u16,
+    pub authorities: u16,
+    pub body: Box<[u8]>,
+}
+
+impl Prepared {
+    /// A body with no records, for error responses.
+    pub fn empty(rcode: ResponseCode) -> Self {
+        Prepared {
+            rcode,
+            answers: 0,
+            authorities: 0,
+            body: Box::new([]),
+        }
+    }
+}
+
+/// Who owns a record: the query name itself, or another name written out in full.
+#[derive(Clone, Copy)]
+pub enum Owner<'a> {
+    QueryName,
+    Named(&'a Name),
+}
+
+/// Builds a [`Prepared`]: all answer records first, then authority records.
+#[derive(Default)]
+pub struct BodyBuilder {
+    body: Vec<u8>,
+    answers: u16,
+    authorities: u16,
+}
+
+impl BodyBuilder {
+    pub fn answer(
+        &mut self,
+        owner: Owner<'_>,
+        ttl: u32,
+        rdata: &RData,
+    ) -> Result<&mut Self, ProtoError> {
+        debug_assert_eq!(self.authorities, 0, "answers precede authorities");
+        self.push(owner, ttl, rdata)?;
+        self.answers += 1;
+        Ok(self)
+    }
+
+    pub fn authority(
+        &mut self,
+        owner: Owner<'_>,
+        ttl: u32,
+        rdata: &RData,
+    ) -> Result<&mut Self, ProtoError> {
+        self.push(owner, ttl, rdata)?;
+        self.authorities += 1;
+        Ok(self)
+    }
+
+    pub fn finish(self, rcode: ResponseCode) -> Prepared {
+        Prepared {
+            rcode,
+            answers: self.answers,
+            authorities: self.authorities,
+            body: self.body.into_boxed_slice(),
+        }
+    }
+
+    fn push(&mut self, owner: Owner<'_>, ttl: u32, rdata: &RData) -> Result<(), ProtoError> {
+        let mut record = Vec::with_capacity(64);
+        {
+            let mut enc = BinEncoder::new(&mut record);
+            enc.set_name_encoding(NameEncoding::Uncompressed);
+            match owner {
+                Owner::QueryName => enc.emit_vec(&QNAME_POINTER)?,
+                Owner::Named(name) => name.emit(&mut enc)?,
+            }
+            rdata.record_type().emit(&mut enc)?;
+            DNSClass::IN.emit(&mut enc)?;
+            enc.emit_u32(ttl)?;
+            let place = enc.place::<u16>()?;
+            rdata.emit(&mut enc)?;
+            let len = enc.len_since_place(&place);
+            place.replace(&mut enc, len as u16)?;
+        }
+        self.body.extend_from_slice(&record);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RecordType;
+    use std::net::Ipv4Addr;
+
+    /// A body appended to a header and question must decode as a normal message.
+    #[test]
+    fn body_decodes_after_any_case_question() {
+        let mut b = BodyBuilder::default();
+        b.answer(
+            Owner::QueryName,
+            30,
+            &RData::A(Ipv4Addr::new(240, 0, 0, 3).into()),
+        )
+        .unwrap();
+        let prepared = b.finish(ResponseCode::NoError);
+
+        let mut msg = vec![0, 1, 0x84, 0, 0, 1, 0, 1, 0, 0, 0, 0];
+        msg.extend_from_slice(b"\x07ReViEws\x07default\x06GLOBAL\x00\x00\x01\x00\x01");
+        msg.extend_from_slice(&prepared.body);
+        let decoded = Message::from_vec(&msg).unwrap();
+        let answer = &decoded.answers[0];
+        assert_eq!(answer.name.to_ascii(), "ReViEws.default.GLOBAL.");
+        assert_eq!(answer.record_type(), RecordType::A);
+        assert_eq!(answer.ttl, 30);
+    }
+}

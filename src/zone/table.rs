@@ -1,0 +1,458 @@
+//! The name table: an immutable snapshot of everything we answer authoritatively.
+//!
+//! Built once per change of the catalog and swapped in whole, so the query path reads it without
+//! locks. Every (node, type) answer is a [`Prepared`] body computed at build time.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::IpAddr;
+
+use foldhash::fast::RandomState;
+use hickory_proto::ProtoError;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{Name, RData, RecordType};
+
+use super::prepared::{BodyBuilder, Owner, Prepared};
+use super::soa::SoaSettings;
+use super::wire::{is_wildcard, lower_wire, parent, suffix_offsets};
+use crate::catalog::HostEntry;
+
+/// How the table is shaped: which zones, TTLs and SOA.
+#[derive(Clone, Debug)]
+pub struct ZoneSettings {
+    pub zones: Vec<Name>,
+    pub ttl: u32,
+    pub soa: SoaSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("zone {0} is listed twice")]
+    DuplicateZone(Name),
+    #[error("the root zone cannot be served")]
+    RootZone,
+    #[error("encoding records for {name}: {source}")]
+    Encode { name: String, source: ProtoError },
+}
+
+/// What the table says about a query name.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// Inside a served zone: this is the answer.
+    Authoritative(&'a Prepared),
+    /// Outside every served zone.
+    NotOurs,
+}
+
+struct Node {
+    zone: u16,
+    wildcard: Option<u32>,
+    answers: Box<[(u16, Prepared)]>,
+}
+
+struct ZoneNegatives {
+    nodata: Prepared,
+    nxdomain: Prepared,
+}
+
+pub struct NameTable {
+    index: HashMap<Box<[u8]>, u32, RandomState>,
+    nodes: Vec<Node>,
+    zones: Vec<ZoneNegatives>,
+    hosts: usize,
+}
+
+impl NameTable {
+    /// Builds the table for `hosts`; hosts outside every zone are left out.
+    pub fn build<'a>(
+        settings: &ZoneSettings,
+        serial: u32,
+        hosts: impl IntoIterator<Item = &'a HostEntry>,
+    ) -> Result<Self, BuildError> {
+        let mut zones: Vec<(Vec<u8>, &Name)> = Vec::new();
+        for apex in &settings.zones {
+            if apex.is_root() {
+                return Err(BuildError::RootZone);
+            }
+            let key = lower_wire(apex);
+            if zones.iter().any(|(k, _)| *k == key) {
+                return Err(BuildError::DuplicateZone(apex.clone()));
+            }
+            zones.push((key, apex));
+        }
+
+        let mut draft = Draft::default();
+        for (zone, (key, _)) in zones.iter().enumerate() {
+            draft.node(key, zone as u16).apex = true;
+        }
+        let mut host_count = 0;
+        for host in hosts {
+            let key = lower_wire(&host.name);
+            // The deepest zone containing the host owns it.
+            let Some(zone) = suffix_offsets(&key)
+                .find_map(|off| zones.iter().position(|(k, _)| k[..] == key[off..]))
+            else {
+                continue;
+            };
+            host_count += 1;
+            draft
+                .node(&key, zone as u16)
+                .addresses
+                .extend(&host.addresses);
+            let apex_key = &zones[zone].0[..];
+            let mut up = if key == apex_key { None } else { parent(&key) };
+            while let Some(name) = up.filter(|n| *n != apex_key) {
+                draft.node(name, zone as u16);
+                up = parent(name);
+            }
+        }
+
+        let mut table = NameTable {
+            index: HashMap::with_capacity_and_hasher(draft.keys.len(), RandomState::default()),
+            nodes: Vec::with_capacity(draft.keys.len()),
+            zones: Vec::with_capacity(zones.len()),
+            hosts: host_count,
+        };
+        for (key, apex) in &zones {
+            table
+                .zones
+                .push(negatives(settings, serial, apex).map_err(|e| encode_err(key, e))?);
+        }
+        for (key, node) in draft.keys.iter().zip(&draft.nodes) {
+            let apex = zones[node.zone as usize].1;
+            let answers = node
+                .answers(settings, serial, apex)
+                .map_err(|e| encode_err(key, e))?;
+            table.index.insert(key.clone(), table.nodes.len() as u32);
+            table.nodes.push(Node {
+                zone: node.zone,
+                wildcard: None,
+                answers,
+            });
+        }
+        for (key, &idx) in &draft.positions {
+            if is_wildcard(key) {
+                let parent_idx = draft.positions[parent(key).expect("wildcard has a parent")];
+                table.nodes[parent_idx as usize].wildcard = Some(idx);
+            }
+        }
+        Ok(table)
+    }
+
+    /// Looks up a lower-cased wire-format query name (RFC 1034 §4.3.2 with RFC 4592 wildcards).
+    pub fn lookup(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
+        for off in suffix_offsets(qname) {
+            let Some(&idx) = self.index.get(&qname[off..]) else {
+                continue;
+            };
+            let node = &self.nodes[idx as usize];
+            let zone = &self.zones[node.zone as usize];
+            let answer = if off == 0 {
+                node.answer(qtype, zone)
+            } else {
+                // `node` is the closest encloser: synthesise from its wildcard or deny.
+                match node.wildcard {
+                    Some(w) => self.nodes[w as usize].answer(qtype, zone),
+                    None => &zone.nxdomain,
+                }
+            };
+            return Lookup::Authoritative(answer);
+        }
+        Lookup::NotOurs
+    }
+
+    /// Hosts answered (not counting apexes and empty non-terminals).
+    pub fn host_count(&self) -> usize {
+        self.hosts
+    }
+}
+
+impl Node {
+    fn answer<'a>(&'a self, qtype: u16, zone: &'a ZoneNegatives) -> &'a Prepared {
+        self.answers
+            .iter()
+            .find(|(t, _)| *t == qtype)
+            .map_or(&zone.nodata, |(_, p)| p)
+    }
+}
+
+fn encode_err(key: &[u8], source: ProtoError) -> BuildError {
+    BuildError::Encode {
+        name: String::from_utf8_lossy(key).into_owned(),
+        source,
+    }
+}
+
+fn negatives(
+    settings: &ZoneSettings,
+    serial: u32,
+    apex: &Name,
+) -> Result<ZoneNegatives, ProtoError> {
+    let soa = RData::SOA(settings.soa.record(apex, serial));
+    // RFC 2308 §3: the SOA of a negative answer lives no longer than its MINIMUM field.
+    let ttl = settings.ttl.min(settings.soa.minimum);
+    let with_soa = |rcode| -> Result<Prepared, ProtoError> {
+        let mut b = BodyBuilder::default();
+        b.authority(Owner::Named(apex), ttl, &soa)?;
+        Ok(b.finish(rcode))
+    };
+    Ok(ZoneNegatives {
+        nodata: with_soa(ResponseCode::NoError)?,
+        nxdomain: with_soa(ResponseCode::NXDomain)?,
+    })
+}
+
+/// Mutable form of a node while the table is assembled.
+#[derive(Default)]
+struct DraftNode {
+    zone: u16,
+    apex: bool,
+    addresses: Vec<IpAddr>,
+}
+
+#[derive(Default)]
+struct Draft {
+    keys: Vec<Box<[u8]>>,
+    nodes: Vec<DraftNode>,
+    positions: HashMap<Box<[u8]>, u32, RandomState>,
+}
+
+impl Draft {
+    fn node(&mut self, key: &[u8], zone: u16) -> &mut DraftNode {
+        let idx = match self.positions.entry(key.into()) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => {
+                let idx = self.keys.len() as u32;
+                self.keys.push(e.key().clone());
+                self.nodes.push(DraftNode {
+                    zone,
+                    ..Default::default()
+                });
+                e.insert(idx);
+                idx
+            }
+        };
+        &mut self.nodes[idx as usize]
+    }
+}
+
+impl DraftNode {
+    fn answers(
+        &self,
+        settings: &ZoneSettings,
+        serial: u32,
+        apex: &Name,
+    ) -> Result<Box<[(u16, Prepared)]>, ProtoError> {
+        let ttl = settings.ttl;
+        let mut rrsets: Vec<(RecordType, Vec<RData>)> = Vec::new();
+        if self.apex {
+            rrsets.push((
+                RecordType::SOA,
+                vec![RData::SOA(settings.soa.record(apex, serial))],
+            ));
+            let ns = hickory_proto::rr::rdata::NS(settings.soa.primary(apex));
+            rrsets.push((RecordType::NS, vec![RData::NS(ns)]));
+        }
+        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = self.addresses.iter().partition(|a| a.is_ipv4());
+        for (rtype, addrs) in [(RecordType::A, v4), (RecordType::AAAA, v6)] {
+            if !addrs.is_empty() {
+                rrsets.push((rtype, addrs.into_iter().map(RData::from).collect()));
+            }
+        }
+        if rrsets.is_empty() {
+            return Ok(Box::new([]));
+        }
+        let mut out = Vec::with_capacity(rrsets.len() + 1);
+        let mut any = BodyBuilder::default();
+        for (rtype, rdatas) in &rrsets {
+            let mut b = BodyBuilder::default();
+            for rdata in rdatas {
+                b.answer(Owner::QueryName, ttl, rdata)?;
+                any.answer(Owner::QueryName, ttl, rdata)?;
+            }
+            out.push((u16::from(*rtype), b.finish(ResponseCode::NoError)));
+        }
+        // RFC 8482 allows a subset; answering ANY with everything we hold stays small here.
+        out.push((
+            u16::from(RecordType::ANY),
+            any.finish(ResponseCode::NoError),
+        ));
+        Ok(out.into_boxed_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Message;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn table(hosts: &[(&str, &[&str])]) -> NameTable {
+        let settings = ZoneSettings {
+            zones: vec![name("global."), name("mesh.example.")],
+            ttl: 30,
+            soa: SoaSettings::default(),
+        };
+        let entries: Vec<HostEntry> = hosts
+            .iter()
+            .map(|(h, addrs)| HostEntry {
+                name: name(h),
+                addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            })
+            .collect();
+        NameTable::build(&settings, 7, &entries).unwrap()
+    }
+
+    /// Looks `qname` up (in whatever case it is given) and decodes the answer as a client would.
+    fn ask(t: &NameTable, qname: &str, qtype: RecordType) -> Option<Message> {
+        let wire = {
+            let n = name(qname);
+            let mut w = Vec::new();
+            for l in n.iter() {
+                w.push(l.len() as u8);
+                w.extend_from_slice(l);
+            }
+            w.push(0);
+            w
+        };
+        let lower: Vec<u8> = wire.iter().map(u8::to_ascii_lowercase).collect();
+        let Lookup::Authoritative(p) = t.lookup(&lower, u16::from(qtype)) else {
+            return None;
+        };
+        let mut msg = vec![0, 1, 0x84, p.rcode.low()];
+        for count in [1, p.answers, p.authorities, 0] {
+            msg.extend_from_slice(&count.to_be_bytes());
+        }
+        msg.extend_from_slice(&wire);
+        msg.extend_from_slice(&u16::from(qtype).to_be_bytes());
+        msg.extend_from_slice(&1u16.to_be_bytes());
+        msg.extend_from_slice(&p.body);
+        Some(Message::from_vec(&msg).unwrap())
+    }
+
+    fn ips(m: &Message) -> Vec<String> {
+        m.answers
+            .iter()
+            .filter_map(|r| r.data.ip_addr())
+            .map(|i| i.to_string())
+            .collect()
+    }
+
+    const HOSTS: &[(&str, &[&str])] = &[
+        ("reviews.default.global.", &["240.0.0.3"]),
+        ("ratings.prod.global.", &["240.0.0.4", "2001:2::4"]),
+        ("*.apps.global.", &["240.0.0.10"]),
+        ("special.apps.global.", &["240.0.0.11"]),
+        ("x.deep.apps.global.", &["240.0.0.12"]),
+        ("svc.mesh.example.", &["240.0.0.13"]),
+        ("outside.example.com.", &["192.0.2.1"]),
+    ];
+
+    #[test]
+    fn exact_names_match_in_any_case() {
+        let t = table(HOSTS);
+        for q in ["reviews.default.global.", "REVIEWS.Default.GLOBAL."] {
+            let m = ask(&t, q, RecordType::A).unwrap();
+            assert_eq!(ips(&m), ["240.0.0.3"]);
+            assert_eq!(
+                m.answers[0].name.to_ascii(),
+                q,
+                "owner follows the question's case"
+            );
+        }
+        assert_eq!(t.host_count(), 6, "the host outside every zone is left out");
+        assert!(ask(&t, "outside.example.com.", RecordType::A).is_none());
+        assert!(ask(&t, "example.com.", RecordType::A).is_none());
+    }
+
+    #[test]
+    fn v4_and_v6_split_by_type() {
+        let t = table(HOSTS);
+        assert_eq!(
+            ips(&ask(&t, "ratings.prod.global.", RecordType::A).unwrap()),
+            ["240.0.0.4"]
+        );
+        assert_eq!(
+            ips(&ask(&t, "ratings.prod.global.", RecordType::AAAA).unwrap()),
+            ["2001:2::4"]
+        );
+        let nodata = ask(&t, "reviews.default.global.", RecordType::AAAA).unwrap();
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty());
+        assert_eq!(nodata.authorities[0].record_type(), RecordType::SOA);
+    }
+
+    #[test]
+    fn empty_non_terminals_are_nodata_and_missing_names_nxdomain() {
+        let t = table(HOSTS);
+        for ent in ["default.global.", "prod.global.", "deep.apps.global."] {
+            let m = ask(&t, ent, RecordType::A).unwrap();
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{ent}");
+            assert!(m.answers.is_empty() && m.authorities.len() == 1, "{ent}");
+        }
+        let nx = ask(&t, "nope.default.global.", RecordType::A).unwrap();
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(nx.authorities[0].name.to_ascii(), "global.");
+    }
+
+    #[test]
+    fn wildcards_apply_only_without_a_closer_match() {
+        let t = table(HOSTS);
+        assert_eq!(
+            ips(&ask(&t, "one.apps.global.", RecordType::A).unwrap()),
+            ["240.0.0.10"]
+        );
+        assert_eq!(
+            ips(&ask(&t, "a.b.c.apps.global.", RecordType::A).unwrap()),
+            ["240.0.0.10"]
+        );
+        assert_eq!(
+            ips(&ask(&t, "special.apps.global.", RecordType::A).unwrap()),
+            ["240.0.0.11"]
+        );
+        // deep.apps.global exists (as an empty non-terminal), so it is the closest encloser and
+        // has no wildcard of its own (RFC 4592 §2.2.1).
+        let below_ent = ask(&t, "y.deep.apps.global.", RecordType::A).unwrap();
+        assert_eq!(below_ent.metadata.response_code, ResponseCode::NXDomain);
+        // Below a name that exists, the wildcard does not reach either.
+        let below_special = ask(&t, "z.special.apps.global.", RecordType::A).unwrap();
+        assert_eq!(below_special.metadata.response_code, ResponseCode::NXDomain);
+        let synthesized = ask(&t, "One.Apps.global.", RecordType::A).unwrap();
+        assert_eq!(synthesized.answers[0].name.to_ascii(), "One.Apps.global.");
+    }
+
+    #[test]
+    fn each_zone_has_its_own_apex() {
+        let t = table(HOSTS);
+        let soa = ask(&t, "mesh.example.", RecordType::SOA).unwrap();
+        let RData::SOA(data) = &soa.answers[0].data else {
+            panic!()
+        };
+        assert_eq!(data.mname.to_ascii(), "ns.dns.mesh.example.");
+        assert_eq!(data.serial, 7);
+        let ns = ask(&t, "global.", RecordType::NS).unwrap();
+        assert_eq!(ns.answers.len(), 1);
+        let nx = ask(&t, "nope.mesh.example.", RecordType::A).unwrap();
+        assert_eq!(nx.authorities[0].name.to_ascii(), "mesh.example.");
+        assert_eq!(
+            ips(&ask(&t, "svc.mesh.example.", RecordType::A).unwrap()),
+            ["240.0.0.13"]
+        );
+    }
+
+    #[test]
+    fn settings_errors_are_reported() {
+        let settings = ZoneSettings {
+            zones: vec![name("global."), name("GLOBAL.")],
+            ttl: 30,
+            soa: SoaSettings::default(),
+        };
+        assert!(matches!(
+            NameTable::build(&settings, 1, &[]),
+            Err(BuildError::DuplicateZone(_))
+        ));
+    }
+}

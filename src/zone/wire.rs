@@ -1,0 +1,69 @@
+//! Domain names in DNS wire format, as the query path sees them.
+//!
+//! The name table is keyed by the lower-cased wire form of a name, so a query name is looked up
+//! without building a `Name`: every suffix of a wire name starts at a label boundary and is itself
+//! a valid key.
+
+use hickory_proto::rr::Name;
+
+/// Longest domain name in wire format (RFC 1035 §2.3.4).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Lower-cased wire encoding of `name` (fully qualified, no compression).
+pub fn lower_wire(name: &Name) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out
+}
+
+/// Start offsets of every suffix of a wire name, longest first, ending with the root (`[0]`).
+pub fn suffix_offsets(wire: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut next = Some(0usize);
+    std::iter::from_fn(move || {
+        let at = next?;
+        let len = *wire.get(at)? as usize;
+        next = if len == 0 { None } else { Some(at + 1 + len) };
+        Some(at)
+    })
+}
+
+/// True when the first label of a wire name is `*`.
+pub fn is_wildcard(wire: &[u8]) -> bool {
+    wire.len() >= 2 && wire[0] == 1 && wire[1] == b'*'
+}
+
+/// The wire name without its first label (`None` for the root).
+pub fn parent(wire: &[u8]) -> Option<&[u8]> {
+    let len = *wire.first()? as usize;
+    (len != 0).then(|| &wire[1 + len..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_wire_folds_case_and_terminates() {
+        let name = Name::from_ascii("ReViews.Default.GLOBAL.").unwrap();
+        assert_eq!(lower_wire(&name), b"\x07reviews\x07default\x06global\x00");
+    }
+
+    #[test]
+    fn suffixes_walk_to_root() {
+        let wire = b"\x01a\x02bc\x00";
+        let got: Vec<&[u8]> = suffix_offsets(wire).map(|o| &wire[o..]).collect();
+        assert_eq!(got, vec![&wire[..], &b"\x02bc\x00"[..], &b"\x00"[..]]);
+    }
+
+    #[test]
+    fn parent_and_wildcard() {
+        assert!(is_wildcard(b"\x01*\x03foo\x00"));
+        assert!(!is_wildcard(b"\x02*a\x00"));
+        assert_eq!(parent(b"\x01*\x03foo\x00"), Some(&b"\x03foo\x00"[..]));
+        assert_eq!(parent(b"\x00"), None);
+    }
+}

@@ -1,0 +1,377 @@
+//! The server answering `.global` from zones/, queried over real sockets.
+
+mod support;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+use support::*;
+
+fn soa_in_authority(reply: &Message) -> bool {
+    matches!(reply.authorities.as_slice(), [r] if r.record_type() == RecordType::SOA && r.name.to_ascii() == "global.")
+}
+
+#[test]
+fn known_names_answer_over_udp_and_tcp() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let reply = query(server.addr, "reviews.default.global.", RecordType::A, proto);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.metadata.authoritative, "{proto:?}: AA");
+        assert_eq!(answer_ips(&reply), ["240.0.0.3"]);
+        assert_eq!(reply.answers[0].ttl, 30);
+        assert_eq!(reply.answers[0].name.to_ascii(), "reviews.default.global.");
+        let vm = query(server.addr, "httpbin.bar.global.", RecordType::A, proto);
+        assert_eq!(answer_ips(&vm), ["127.255.0.3"]);
+    }
+}
+
+#[test]
+fn dual_stack_hosts_split_a_and_aaaa() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    let a = query(
+        server.addr,
+        "ratings.prod.global.",
+        RecordType::A,
+        Proto::Udp,
+    );
+    assert_eq!(answer_ips(&a), ["240.0.0.4"]);
+    let aaaa = query(
+        server.addr,
+        "ratings.prod.global.",
+        RecordType::AAAA,
+        Proto::Udp,
+    );
+    assert_eq!(answer_ips(&aaaa), ["2001:2::4"]);
+    // v6-only host: A is NODATA.
+    let v6only = query(
+        server.addr,
+        "details.prod.global.",
+        RecordType::A,
+        Proto::Udp,
+    );
+    assert_eq!(v6only.metadata.response_code, ResponseCode::NoError);
+    assert!(v6only.answers.is_empty() && soa_in_authority(&v6only));
+}
+
+#[test]
+fn other_type_of_a_known_name_is_nodata_with_soa() {
+    let server = GlobalDns::start(&repo_zones(), &["--soa-minimum", "15"]);
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let reply = query(
+            server.addr,
+            "reviews.default.global.",
+            RecordType::AAAA,
+            proto,
+        );
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.metadata.authoritative);
+        assert!(reply.answers.is_empty());
+        assert!(soa_in_authority(&reply), "{:?}", reply.authorities);
+        // RFC 2308: the negative TTL is the SOA minimum.
+        assert_eq!(reply.authorities[0].ttl, 15);
+        let RData::SOA(soa) = &reply.authorities[0].data else {
+            panic!()
+        };
+        assert_eq!(soa.minimum, 15);
+    }
+}
+
+#[test]
+fn unknown_name_is_nxdomain_with_soa() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let reply = query(server.addr, "nope.default.global.", RecordType::A, proto);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        assert!(reply.metadata.authoritative);
+        assert!(reply.answers.is_empty() && soa_in_authority(&reply));
+    }
+}
+
+#[test]
+fn empty_non_terminals_are_nodata() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    for name in ["default.global.", "bar.global.", "apps.global."] {
+        let reply = query(server.addr, name, RecordType::A, Proto::Udp);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}"
+        );
+        assert!(
+            reply.answers.is_empty() && soa_in_authority(&reply),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn apex_has_soa_and_ns() {
+    let server = GlobalDns::start(
+        &repo_zones(),
+        &[
+            "--soa-mname",
+            "dns.mesh.example",
+            "--soa-rname",
+            "ops.mesh.example",
+            "--soa-refresh",
+            "600",
+        ],
+    );
+    let soa = query(server.addr, "global.", RecordType::SOA, Proto::Tcp);
+    let RData::SOA(data) = &soa.answers[0].data else {
+        panic!("{soa:?}")
+    };
+    assert_eq!(data.mname.to_ascii(), "dns.mesh.example.");
+    assert_eq!(data.rname.to_ascii(), "ops.mesh.example.");
+    assert_eq!(data.refresh, 600);
+    assert!(soa.metadata.authoritative);
+    let ns = query(server.addr, "global.", RecordType::NS, Proto::Udp);
+    let RData::NS(target) = &ns.answers[0].data else {
+        panic!("{ns:?}")
+    };
+    assert_eq!(target.0.to_ascii(), "dns.mesh.example.");
+    // Defaults derive from the zone.
+    let plain = GlobalDns::start(&repo_zones(), &[]);
+    let soa = query(plain.addr, "global.", RecordType::SOA, Proto::Udp);
+    let RData::SOA(data) = &soa.answers[0].data else {
+        panic!()
+    };
+    assert_eq!(data.mname.to_ascii(), "ns.dns.global.");
+    assert_eq!(data.rname.to_ascii(), "hostmaster.global.");
+}
+
+#[test]
+fn question_case_is_kept_and_matching_ignores_it() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    let msg = query_message("ReViEwS.DeFaUlT.gLoBaL.", RecordType::A, None);
+    let packet = msg.to_vec().unwrap();
+    let raw = exchange_raw(server.addr, &packet, Proto::Udp).unwrap();
+    let question_end = 12 + "ReViEwS.DeFaUlT.gLoBaL.".len() + 1 + 4;
+    assert_eq!(
+        raw[12..question_end],
+        packet[12..question_end],
+        "question echoed byte for byte"
+    );
+    assert_eq!(answer_ips(&Message::from_vec(&raw).unwrap()), ["240.0.0.3"]);
+}
+
+#[test]
+fn wildcards_cover_names_without_a_closer_match() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    for name in ["tenant1.apps.global.", "a.b.apps.global.", "*.apps.global."] {
+        let reply = query(server.addr, name, RecordType::A, Proto::Udp);
+        assert_eq!(answer_ips(&reply), ["240.0.0.10"], "{name}");
+        assert_eq!(
+            reply.answers[0].name.to_ascii(),
+            name,
+            "owner is the query name"
+        );
+    }
+    let nodata = query(
+        server.addr,
+        "tenant1.apps.global.",
+        RecordType::AAAA,
+        Proto::Udp,
+    );
+    assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+    assert!(nodata.answers.is_empty() && soa_in_authority(&nodata));
+    // No wildcard next to reviews: its siblings do not exist.
+    let reply = query(
+        server.addr,
+        "x.reviews.default.global.",
+        RecordType::A,
+        Proto::Udp,
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[test]
+fn edns_is_echoed_and_do_bit_copied() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    let mut msg = query_message("reviews.default.global.", RecordType::A, Some(4096));
+    msg.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let reply = exchange(server.addr, &msg, Proto::Udp);
+    let edns = reply.edns.expect("OPT in reply");
+    assert!(edns.flags().dnssec_ok);
+    assert_eq!(edns.version(), 0);
+    assert_eq!(edns.max_payload(), 1232);
+    let plain = exchange(
+        server.addr,
+        &query_message("reviews.default.global.", RecordType::A, None),
+        Proto::Udp,
+    );
+    assert!(plain.edns.is_none(), "no OPT for a query without one");
+}
+
+#[test]
+fn large_answers_truncate_over_udp_and_complete_over_tcp() {
+    let zones = tempfile::tempdir().unwrap();
+    let addresses: Vec<String> = (1..=60).map(|i| format!("240.0.1.{i}")).collect();
+    std::fs::write(
+        zones.path().join("big.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: big}}\nspec:\n  hosts: [big.global]\n  addresses: [{}]\n",
+            addresses.join(", ")
+        ),
+    )
+    .unwrap();
+    let server = GlobalDns::start(zones.path(), &[]);
+    let classic = query_message("big.global.", RecordType::A, None);
+    let raw = exchange_raw(server.addr, &classic.to_vec().unwrap(), Proto::Udp).unwrap();
+    assert!(raw.len() <= 512, "{} bytes", raw.len());
+    let truncated = Message::from_vec(&raw).unwrap();
+    assert!(truncated.metadata.truncation);
+    let full = exchange(server.addr, &classic, Proto::Tcp);
+    assert!(!full.metadata.truncation);
+    assert_eq!(full.answers.len(), 60);
+    // An EDNS client with room gets everything over UDP.
+    let roomy = exchange(
+        server.addr,
+        &query_message("big.global.", RecordType::A, Some(1232)),
+        Proto::Udp,
+    );
+    assert_eq!(roomy.answers.len(), 60);
+    // A real client falls back to TCP on its own.
+    let dig = kdig(server.addr, &["+noedns", "big.global", "A"]);
+    assert_eq!(dig.matches("240.0.1.").count(), 60, "{dig}");
+    assert!(dig.contains("(TCP)"), "{dig}");
+}
+
+#[test]
+fn any_is_answered_with_what_exists() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    let reply = query(
+        server.addr,
+        "ratings.prod.global.",
+        RecordType::ANY,
+        Proto::Udp,
+    );
+    assert_eq!(answer_ips(&reply), ["2001:2::4", "240.0.0.4"]);
+    let missing = query(
+        server.addr,
+        "nope.prod.global.",
+        RecordType::ANY,
+        Proto::Udp,
+    );
+    assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[test]
+fn unsupported_opcodes_get_notimp() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    for opcode in [OpCode::Notify, OpCode::Update, OpCode::Status] {
+        let mut msg = query_message("global.", RecordType::SOA, None);
+        msg.metadata.op_code = opcode;
+        let reply = exchange(server.addr, &msg, Proto::Udp);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NotImp,
+            "{opcode:?}"
+        );
+        assert_eq!(reply.metadata.op_code, opcode);
+    }
+}
+
+#[test]
+fn other_classes_inside_the_zone_are_refused() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    let mut msg = query_message("reviews.default.global.", RecordType::A, None);
+    msg.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    let reply = exchange(server.addr, &msg, Proto::Udp);
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+}
+
+#[test]
+fn junk_never_stops_the_server() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    let good = query_message("reviews.default.global.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let mut junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xFF],
+        vec![0u8; 11],
+        good[..good.len() - 3].to_vec(), // cut inside the question
+        [&good[..12], b"\xC0\x0C\x00\x01\x00\x01"].concat(), // name pointing at itself
+        [&good[..12], b"\x3F\x00"].concat(), // label longer than the packet
+        [&good[..], &[0u8; 40]].concat(), // trailing garbage
+    ];
+    let mut header_only = good[..12].to_vec();
+    header_only[5] = 3; // claims three questions
+    junk.push(header_only);
+    let mut response = good.clone();
+    response[2] |= 0x80;
+    junk.push(response);
+    for seed in 0..200u32 {
+        let len = (seed as usize * 7) % 300;
+        junk.push(
+            (0..len)
+                .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as u8)
+                .collect(),
+        );
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for packet in &junk {
+        sock.send_to(packet, server.addr).unwrap();
+    }
+    // Anything it did answer is a well-formed response, never a crash.
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        let reply = Message::from_vec(&buf[..n]).expect("replies to junk decode");
+        assert_eq!(reply.metadata.message_type, MessageType::Response);
+    }
+    // Junk over TCP, then a good query on a fresh connection.
+    let garbage = exchange_raw(server.addr, b"\x00\x01\x02", Proto::Tcp);
+    assert!(garbage.is_none() || garbage.is_some_and(|r| r.len() >= 12));
+    let after = query(
+        server.addr,
+        "reviews.default.global.",
+        RecordType::A,
+        Proto::Udp,
+    );
+    assert_eq!(answer_ips(&after), ["240.0.0.3"]);
+    let after_tcp = query(
+        server.addr,
+        "reviews.default.global.",
+        RecordType::A,
+        Proto::Tcp,
+    );
+    assert_eq!(answer_ips(&after_tcp), ["240.0.0.3"]);
+}
+
+#[test]
+fn malformed_questions_get_formerr() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    let good = query_message("reviews.default.global.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let cut = exchange_raw(server.addr, &good[..good.len() - 3], Proto::Udp).expect("FORMERR");
+    let reply = Message::from_vec(&cut).unwrap();
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(reply.metadata.id, u16::from_be_bytes([good[0], good[1]]));
+}
+
+#[test]
+fn kdig_resolves_over_udp_and_tcp() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    for transport in ["+notcp", "+tcp"] {
+        let out = kdig(
+            server.addr,
+            &[transport, "+short", "httpbin.bar.global", "A"],
+        );
+        assert_eq!(out.trim(), "127.255.0.3", "{transport}");
+        let out = kdig(server.addr, &[transport, "nope.global", "A"]);
+        assert!(
+            out.contains("status: NXDOMAIN") && out.contains("aa"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    assert!(server.terminate().success());
+}

@@ -1,0 +1,208 @@
+//! Test support: run the real `globaldns` binary on an ephemeral loopback port, and query it
+//! over real sockets with hickory-proto messages or with `kdig`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running server process, killed on drop. Its stderr (the log) goes to a file.
+pub struct GlobalDns {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl GlobalDns {
+    /// Starts `globaldns` serving `zones` with no upstream unless `args` names one.
+    pub fn start(zones: &Path, args: &[&str]) -> GlobalDns {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("stderr.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_globaldns"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--resolv-conf",
+            "/dev/null",
+            "--workers",
+            "2",
+        ])
+        .arg("--zones")
+        .arg(zones)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().expect("spawn globaldns");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let Some(addr) = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+        else {
+            let _ = child.kill();
+            panic!(
+                "globaldns did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        GlobalDns {
+            child,
+            addr,
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GlobalDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repository's zones/ directory.
+pub fn repo_zones() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("zones")
+}
+
+/// A copy of zones/ that a test may change.
+pub fn zones_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo_zones()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Proto {
+    Udp,
+    Tcp,
+}
+
+pub fn query_message(name: &str, qtype: RecordType, edns: Option<u16>) -> Message {
+    let mut msg = Message::new(
+        rand::random(),
+        hickory_proto::op::MessageType::Query,
+        OpCode::Query,
+    );
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        msg.set_edns(e);
+    }
+    msg
+}
+
+/// Sends raw bytes and returns the raw reply.
+pub fn exchange_raw(addr: SocketAddr, packet: &[u8], proto: Proto) -> Option<Vec<u8>> {
+    match proto {
+        Proto::Udp => {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+            sock.send_to(packet, addr).unwrap();
+            let mut buf = vec![0u8; 65535];
+            let (n, _) = sock.recv_from(&mut buf).ok()?;
+            buf.truncate(n);
+            Some(buf)
+        }
+        Proto::Tcp => {
+            let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(packet);
+            stream.write_all(&framed).unwrap();
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).ok()?;
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            stream.read_exact(&mut buf).ok()?;
+            Some(buf)
+        }
+    }
+}
+
+/// Sends a message and decodes the reply, checking it answers this message.
+pub fn exchange(addr: SocketAddr, msg: &Message, proto: Proto) -> Message {
+    let raw = exchange_raw(addr, &msg.to_vec().unwrap(), proto).expect("no reply");
+    let reply = Message::from_vec(&raw).expect("reply decodes");
+    assert_eq!(reply.metadata.id, msg.metadata.id, "reply ID");
+    reply
+}
+
+pub fn query(addr: SocketAddr, name: &str, qtype: RecordType, proto: Proto) -> Message {
+    exchange(addr, &query_message(name, qtype, Some(1232)), proto)
+}
+
+/// Addresses in the answer section, as text, sorted.
+pub fn answer_ips(msg: &Message) -> Vec<String> {
+    let mut ips: Vec<String> = msg
+        .answers
+        .iter()
+        .filter_map(|r| r.data.ip_addr())
+        .map(|ip| ip.to_string())
+        .collect();
+    ips.sort();
+    ips
+}
+
+/// Runs kdig against `addr` with `args`; its standard output.
+pub fn kdig(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("kdig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+time=2", "+retry=1"])
+        .args(args)
+        .output()
+        .expect("kdig (Debian package knot-dnsutils) must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}

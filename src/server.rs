@@ -77,9 +77,15 @@ impl Server {
             while rx.changed().await.is_ok() {
                 serial = next_serial(serial);
                 let declarations = rx.borrow_and_update().clone();
-                match build_table(&zone, serial, &declarations) {
-                    Ok(t) => shared.store(Arc::new(t)),
-                    Err(error) => warn!(%error, "keeping the previous name table"),
+                let zone = zone.clone();
+                // Off the runtime's threads: a large rebuild must not hold up queries.
+                let built =
+                    tokio::task::spawn_blocking(move || build_table(&zone, serial, &declarations))
+                        .await;
+                match built {
+                    Ok(Ok(t)) => shared.store(Arc::new(t)),
+                    Ok(Err(error)) => warn!(%error, "keeping the previous name table"),
+                    Err(_) => return,
                 }
             }
         });

@@ -114,10 +114,7 @@ fn truncated_upstream_replies_are_retried_over_tcp_for_tcp_clients() {
 #[test]
 fn dead_upstream_gives_servfail_in_time() {
     // A bound-then-closed port: nothing listens there.
-    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_upstream();
     let front = GlobalDns::start(
         &repo_zones(),
         &[
@@ -160,10 +157,7 @@ fn dead_upstream_gives_servfail_in_time() {
 #[test]
 fn second_upstream_answers_when_the_first_is_dead() {
     let (up, _dir) = upstream();
-    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_upstream();
     let front = GlobalDns::start(
         &repo_zones(),
         &[

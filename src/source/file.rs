@@ -152,24 +152,37 @@ fn fingerprint(dir: &Path) -> Fingerprint {
 /// Loads `dir` now, then keeps `tx` up to date until every receiver is gone.
 pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, tx: watch::Sender<DeclarationSet>) {
     let changed = Arc::new(Notify::new());
-    let _watcher = start_watcher(&dir, changed.clone());
-    let mut last = None;
+    let mut watcher = None;
+    let mut last: Option<Fingerprint> = None;
     let mut ticker = tokio::time::interval(rescan_every);
     loop {
-        let current = fingerprint(&dir);
-        if last.as_ref() != Some(&current) {
-            let dir2 = dir.clone();
-            let result = tokio::task::spawn_blocking(move || scan(&dir2)).await;
-            let Ok(result) = result else { return };
-            for (path, err) in &result.failed {
-                warn!(file = %path.display(), error = %err, "skipping manifest");
+        if watcher.is_none() {
+            // Retried on every pass: the directory may appear after start.
+            watcher = start_watcher(&dir, changed.clone());
+        }
+        let (d, previous) = (dir.clone(), last.take());
+        let pass = tokio::task::spawn_blocking(move || {
+            let current = fingerprint(&d);
+            let result = (previous.as_ref() != Some(&current)).then(|| scan(&d));
+            (current, result)
+        });
+        let Ok((current, result)) = pass.await else {
+            return;
+        };
+        if let Some(result) = result {
+            for (path, error) in &result.failed {
+                if *path == dir {
+                    warn!(dir = %dir.display(), %error, "cannot read the zones directory; serving nothing from it");
+                } else {
+                    warn!(file = %path.display(), %error, "skipping manifest");
+                }
             }
             info!(dir = %dir.display(), entries = result.declarations.len(), failed = result.failed.len(), "loaded manifests");
             if tx.send(Arc::new(result.declarations)).is_err() {
                 return;
             }
-            last = Some(current);
         }
+        last = Some(current);
         tokio::select! {
             _ = changed.notified() => {
                 // Let an editor or `kubectl cp` finish writing before reading.

@@ -206,3 +206,12 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// An address where nothing listens: a port bound and released on a loopback address no other
+/// test binds, so no server started meanwhile can take it over.
+pub fn dead_upstream() -> SocketAddr {
+    UdpSocket::bind("127.88.77.66:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

@@ -58,7 +58,8 @@ async fn serve_connection(mut stream: TcpStream, handler: &Handler) -> std::io::
                 out = handler.forward(&req, &packet, Transport::Tcp).await;
                 &out
             }
-            Action::Drop => continue,
+            // Nothing sensible can follow an unanswerable message on a stream.
+            Action::Drop => return Ok(()),
         };
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());

@@ -2,16 +2,18 @@
 //!
 //! A host may be declared by several ServiceEntries. Explicit addresses are taken from the first
 //! declaration in a stable order (origin, namespace, name), so every replica picks the same one;
-//! declarations that disagree are reported.
+//! declarations that disagree are reported. Hosts that only entries without `spec.addresses`
+//! declare need a VIP from the allocator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use hickory_proto::rr::Name;
 
 use crate::source::Declaration;
 
-/// One host and the addresses it resolves to.
+/// One host and the addresses it resolves to. A host without addresses is declared but not
+/// answerable yet (its VIP is not durably allocated): it gets SERVFAIL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostEntry {
     pub name: Name,
@@ -28,8 +30,10 @@ pub struct Conflict {
 
 #[derive(Debug, Default)]
 pub struct Catalog {
-    /// Sorted by host name.
+    /// Hosts with explicit addresses, sorted by name.
     pub hosts: Vec<HostEntry>,
+    /// Hosts declared only without addresses.
+    pub unaddressed: BTreeSet<Name>,
     pub conflicts: Vec<Conflict>,
 }
 
@@ -40,8 +44,12 @@ impl Catalog {
 
         let mut by_host: BTreeMap<Name, (&Declaration, Vec<IpAddr>)> = BTreeMap::new();
         let mut conflicts = Vec::new();
+        let mut unaddressed = BTreeSet::new();
         for decl in ordered {
             if decl.addresses.is_empty() {
+                if decl.needs_vip {
+                    unaddressed.extend(decl.hosts.iter().cloned());
+                }
                 continue;
             }
             for host in &decl.hosts {
@@ -58,11 +66,23 @@ impl Catalog {
                 }
             }
         }
+        unaddressed.retain(|h| !by_host.contains_key(h));
         let hosts = by_host
             .into_iter()
             .map(|(name, (_, addresses))| HostEntry { name, addresses })
             .collect();
-        Catalog { hosts, conflicts }
+        Catalog {
+            hosts,
+            unaddressed,
+            conflicts,
+        }
+    }
+
+    /// Explicit addresses and the host each belongs to: the allocator must not hand them out.
+    pub fn explicit_addresses(&self) -> impl Iterator<Item = (IpAddr, &Name)> {
+        self.hosts
+            .iter()
+            .flat_map(|h| h.addresses.iter().map(move |a| (*a, &h.name)))
     }
 }
 
@@ -77,6 +97,7 @@ mod tests {
             name: name.into(),
             hosts: hosts.iter().map(|h| Name::from_ascii(h).unwrap()).collect(),
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            needs_vip: addrs.is_empty(),
         }
     }
 
@@ -91,7 +112,7 @@ mod tests {
                 &["240.0.0.1"],
             ),
             decl("c.yaml", "same", &["b.global."], &["240.0.0.1"]),
-            decl("d.yaml", "no-vip", &["c.global."], &[]),
+            decl("d.yaml", "no-vip", &["c.global.", "a.global."], &[]),
         ];
         let catalog = Catalog::merge(&decls);
         let hosts: Vec<(String, Vec<IpAddr>)> = catalog

@@ -1,13 +1,14 @@
 //! Command-line flags of the server, turned into a [`ServerConfig`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 use hickory_proto::rr::Name;
 use tracing::warn;
 
+use crate::alloc::{DEFAULT_POOL, Policy, Pool};
 use crate::forward::{system_upstreams, without_self};
 use crate::server::ServerConfig;
 use crate::zone::{SoaSettings, ZoneSettings};
@@ -74,6 +75,20 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub soa_minimum: u32,
 
+    /// File keeping the VIP allocations, shared with `dnsctl`
+    /// [default: <zones>.state.json, next to the zones directory].
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+
+    /// Pool for VIPs of hosts without spec.addresses (repeatable, in order of preference).
+    /// 127.255.0.0/16 suits VMs; an IPv6 pool such as 2001:2::/48 adds AAAA answers.
+    #[arg(long = "pool", default_value = DEFAULT_POOL, value_name = "CIDR")]
+    pub pools: Vec<Pool>,
+
+    /// How long a VIP stays reserved for a host that is no longer declared.
+    #[arg(long, default_value_t = 86400, value_name = "SECONDS")]
+    pub grace: u64,
+
     /// Rescan the zones directory this often even without filesystem events.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub rescan_interval: u64,
@@ -97,6 +112,13 @@ impl ServerArgs {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         ServerConfig {
+            state: self
+                .state
+                .unwrap_or_else(|| default_state_path(&self.zones)),
+            policy: Policy {
+                pools: self.pools,
+                grace: Duration::from_secs(self.grace),
+            },
             listen: self.listen,
             zones_dir: self.zones,
             zone: ZoneSettings {
@@ -117,6 +139,13 @@ impl ServerArgs {
             forward_budget: Duration::from_millis(self.forward_timeout_ms.max(1)),
         }
     }
+}
+
+/// `<zones>.state.json`, beside the zones directory (so the directory watch never sees it).
+pub fn default_state_path(zones: &Path) -> PathBuf {
+    let mut name = zones.components().as_path().as_os_str().to_owned();
+    name.push(".state.json");
+    PathBuf::from(name)
 }
 
 fn parse_zone(s: &str) -> Result<Name, String> {
@@ -173,6 +202,15 @@ mod tests {
         let zones: Vec<String> = args.zones_served.iter().map(|z| z.to_ascii()).collect();
         assert_eq!(zones, ["global.", "mesh.example."]);
         assert!(ServerArgs::try_parse_from(["globaldns", "--upstream", "nope"]).is_err());
+        assert!(ServerArgs::try_parse_from(["globaldns", "--pool", "240.0.0.0/40"]).is_err());
+        assert_eq!(
+            default_state_path(Path::new("zones/")),
+            PathBuf::from("zones.state.json")
+        );
+        assert_eq!(
+            default_state_path(Path::new("/etc/globaldns/zones")),
+            PathBuf::from("/etc/globaldns/zones.state.json")
+        );
         assert!(ServerArgs::try_parse_from(["globaldns", "--zone", "."]).is_err());
     }
 }

@@ -5,10 +5,12 @@
 //! [`zone`] (immutable name table with precomputed answers) → [`dns`] (sockets and wire format).
 //! Names outside the served zones go to [`forward`].
 
+pub mod alloc;
 pub mod catalog;
 pub mod config;
 pub mod dns;
 pub mod forward;
+pub mod publish;
 pub mod server;
 pub mod source;
 pub mod zone;

@@ -1,28 +1,32 @@
-//! Wires the pieces together: file source → catalog → name table → DNS listeners.
+//! Wires the pieces together: file source → publisher (catalog, allocator) → name table → DNS
+//! listeners.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::catalog::Catalog;
+use crate::alloc::{FileStore, Policy, Store};
 use crate::dns::{Handler, serve_tcp, serve_udp};
 use crate::forward::{Forward, UpstreamForwarder};
+use crate::publish::Publisher;
 use crate::source::{DeclarationSet, file};
-use crate::zone::{BuildError, NameTable, SharedTable, ZoneSettings};
+use crate::zone::{BuildError, SharedTable, ZoneSettings};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub zones_dir: PathBuf,
     pub zone: ZoneSettings,
+    /// Where allocations are kept (the file store).
+    pub state: PathBuf,
+    pub policy: Policy,
     /// Already stripped of this server's own address.
     pub upstreams: Vec<SocketAddr>,
     /// UDP sockets (and runtime threads) serving queries.
@@ -68,27 +72,12 @@ impl Server {
             tx,
         ));
         rx.changed().await.map_err(|_| ServerError::SourceGone)?;
-        let mut serial = next_serial(0);
-        let first = build_table(&config.zone, serial, &rx.borrow_and_update())?;
-        let table: SharedTable = Arc::new(ArcSwap::from_pointee(first));
-
-        let (zone, shared) = (config.zone.clone(), table.clone());
-        tasks.spawn(async move {
-            while rx.changed().await.is_ok() {
-                serial = next_serial(serial);
-                let declarations = rx.borrow_and_update().clone();
-                let zone = zone.clone();
-                // Off the runtime's threads: a large rebuild must not hold up queries.
-                let built =
-                    tokio::task::spawn_blocking(move || build_table(&zone, serial, &declarations))
-                        .await;
-                match built {
-                    Ok(Ok(t)) => shared.store(Arc::new(t)),
-                    Ok(Err(error)) => warn!(%error, "keeping the previous name table"),
-                    Err(_) => return,
-                }
-            }
-        });
+        let first = rx.borrow_and_update().clone();
+        let store: Arc<dyn Store> = Arc::new(FileStore::new(&config.state));
+        let publisher =
+            Publisher::start(config.zone.clone(), config.policy.clone(), store, &first).await?;
+        let table = publisher.table();
+        tasks.spawn(publisher.run(rx));
 
         let forwarder = (!config.upstreams.is_empty()).then(|| {
             Arc::new(UpstreamForwarder::new(
@@ -123,28 +112,6 @@ impl Server {
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
     }
-}
-
-fn build_table(
-    zone: &ZoneSettings,
-    serial: u32,
-    declarations: &DeclarationSet,
-) -> Result<NameTable, BuildError> {
-    let catalog = Catalog::merge(declarations);
-    for c in &catalog.conflicts {
-        warn!(host = %c.host, kept = %c.kept, ignored = %c.ignored, "host declared with different addresses; keeping the first");
-    }
-    let table = NameTable::build(zone, serial, &catalog.hosts)?;
-    info!(hosts = table.host_count(), serial, "name table published");
-    Ok(table)
-}
-
-/// SOA serials follow the clock but always move forward, even for rebuilds within a second.
-fn next_serial(previous: u32) -> u32 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as u32);
-    now.max(previous.wrapping_add(1))
 }
 
 /// One TCP listener and `workers` UDP sockets sharing its port through SO_REUSEPORT.

@@ -56,7 +56,7 @@ impl Handler {
                     Transport::Tcp => MAX_TCP_MESSAGE,
                 };
                 let flags = ReplyFlags {
-                    authoritative: true,
+                    authoritative: body.rcode != ResponseCode::ServFail,
                     recursion_available: self.recursion_available(),
                 };
                 write(out, &req, body, flags, limit);

@@ -71,6 +71,7 @@ pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, File
             namespace: se.namespace().to_string(),
             name: se.metadata.name.clone(),
             hosts,
+            needs_vip: se.spec.addresses.is_empty(),
             addresses: addresses.ips,
         });
     }

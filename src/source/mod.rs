@@ -18,7 +18,10 @@ pub struct Declaration {
     pub name: String,
     /// Lower-cased, fully qualified.
     pub hosts: Vec<Name>,
+    /// Explicit addresses (`spec.addresses`, CIDRs left out).
     pub addresses: Vec<IpAddr>,
+    /// The entry has no `spec.addresses` at all, so its hosts need an allocated VIP.
+    pub needs_vip: bool,
 }
 
 impl Declaration {

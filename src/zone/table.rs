@@ -47,12 +47,15 @@ pub enum Lookup<'a> {
 struct Node {
     zone: u16,
     wildcard: Option<u32>,
+    /// Declared, but its VIP is not durably stored yet.
+    pending: bool,
     answers: Box<[(u16, Prepared)]>,
 }
 
 struct ZoneNegatives {
     nodata: Prepared,
     nxdomain: Prepared,
+    servfail: Prepared,
 }
 
 pub struct NameTable {
@@ -60,6 +63,13 @@ pub struct NameTable {
     nodes: Vec<Node>,
     zones: Vec<ZoneNegatives>,
     hosts: usize,
+}
+
+impl ZoneSettings {
+    /// Whether `name` falls under one of the served zones.
+    pub fn serves(&self, name: &Name) -> bool {
+        self.zones.iter().any(|z| z.zone_of(name))
+    }
 }
 
 impl NameTable {
@@ -95,10 +105,9 @@ impl NameTable {
                 continue;
             };
             host_count += 1;
-            draft
-                .node(&key, zone as u16)
-                .addresses
-                .extend(&host.addresses);
+            let node = draft.node(&key, zone as u16);
+            node.addresses.extend(&host.addresses);
+            node.pending = node.addresses.is_empty() && !node.apex;
             let apex_key = &zones[zone].0[..];
             let mut up = if key == apex_key { None } else { parent(&key) };
             while let Some(name) = up.filter(|n| *n != apex_key) {
@@ -127,6 +136,7 @@ impl NameTable {
             table.nodes.push(Node {
                 zone: node.zone,
                 wildcard: None,
+                pending: node.pending,
                 answers,
             });
         }
@@ -169,6 +179,9 @@ impl NameTable {
 
 impl Node {
     fn answer<'a>(&'a self, qtype: u16, zone: &'a ZoneNegatives) -> &'a Prepared {
+        if self.pending {
+            return &zone.servfail;
+        }
         self.answers
             .iter()
             .find(|(t, _)| *t == qtype)
@@ -199,6 +212,7 @@ fn negatives(
     Ok(ZoneNegatives {
         nodata: with_soa(ResponseCode::NoError)?,
         nxdomain: with_soa(ResponseCode::NXDomain)?,
+        servfail: Prepared::empty(ResponseCode::ServFail),
     })
 }
 
@@ -207,6 +221,7 @@ fn negatives(
 struct DraftNode {
     zone: u16,
     apex: bool,
+    pending: bool,
     addresses: Vec<IpAddr>,
 }
 
@@ -440,6 +455,29 @@ mod tests {
         assert_eq!(
             ips(&ask(&t, "svc.mesh.example.", RecordType::A).unwrap()),
             ["240.0.0.13"]
+        );
+    }
+
+    #[test]
+    fn hosts_without_addresses_get_servfail() {
+        let t = table(&[("new.default.global.", &[]), ("*.pending.global.", &[])]);
+        for q in ["new.default.global.", "x.pending.global."] {
+            for qtype in [RecordType::A, RecordType::AAAA, RecordType::TXT] {
+                let m = ask(&t, q, qtype).unwrap();
+                assert_eq!(
+                    m.metadata.response_code,
+                    ResponseCode::ServFail,
+                    "{q} {qtype}"
+                );
+                assert!(m.answers.is_empty() && m.authorities.is_empty());
+            }
+        }
+        assert_eq!(
+            ask(&t, "default.global.", RecordType::A)
+                .unwrap()
+                .metadata
+                .response_code,
+            ResponseCode::NoError
         );
     }
 

@@ -28,6 +28,10 @@ impl GlobalDns {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_globaldns"));
+        if !args.contains(&"--state") {
+            // Never next to the zones directory: that may be the repository's zones/.
+            cmd.arg("--state").arg(log_dir.path().join("state.json"));
+        }
         cmd.args([
             "--listen",
             "127.0.0.1:0",

@@ -1,0 +1,17 @@
+//! VIP allocation: every host without `spec.addresses` gets one stable virtual IP per address
+//! family, keyed by host name, recorded durably in a [`Store`] before it is ever answered.
+
+mod allocator;
+mod pool;
+mod state;
+pub mod store;
+
+pub use allocator::{
+    AllocError, Allocator, Policy, PoolUsage, Reconciled, Reserved, check, reconcile, unix_now,
+    usage,
+};
+pub use pool::{DEFAULT_POOL, Pool, PoolError, VM_POOL};
+pub use state::{
+    AllocState, DecodeError, FORMAT, Record, RecordState, host_key, host_key_from_str,
+};
+pub use store::{FileStore, MemoryStore, Mutation, Store, StoreError};

@@ -1,0 +1,53 @@
+//! An in-memory store, for tests and for running without persistence.
+
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use super::{Mutation, Store, StoreFuture};
+use crate::alloc::state::AllocState;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<AllocState>,
+    notify: Notify,
+}
+
+impl MemoryStore {
+    pub fn new(state: AllocState) -> Self {
+        MemoryStore {
+            state: Mutex::new(state),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".to_string()
+    }
+
+    fn load(&self) -> StoreFuture<'_, AllocState> {
+        let state = self.state.lock().expect("memory store lock").clone();
+        Box::pin(async move { Ok(state) })
+    }
+
+    fn update(&self, mut mutate: Mutation) -> StoreFuture<'_, AllocState> {
+        let result = {
+            let mut guard = self.state.lock().expect("memory store lock");
+            let mut next = guard.clone();
+            mutate(&mut next).map(|changed| {
+                if changed {
+                    *guard = next;
+                    self.notify.notify_waiters();
+                }
+                guard.clone()
+            })
+        };
+        Box::pin(async move { Ok(result?) })
+    }
+
+    fn changed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.notify.notified())
+    }
+}

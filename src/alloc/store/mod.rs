@@ -1,0 +1,47 @@
+//! Where allocations live. Every store offers the same transaction: apply a mutation to the
+//! latest state and make the result durable before returning it.
+
+mod file;
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+use super::allocator::AllocError;
+use super::state::AllocState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store}: {source}")]
+    Io {
+        store: String,
+        source: std::io::Error,
+    },
+    #[error("{store} is unreadable, refusing to use or overwrite it: {detail}")]
+    Corrupt { store: String, detail: String },
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+}
+
+/// A change to apply; returns whether it changed anything. It may run more than once when a
+/// store retries after a concurrent writer, so it must only depend on the state it is given.
+pub type Mutation = Box<dyn FnMut(&mut AllocState) -> Result<bool, AllocError> + Send>;
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+pub trait Store: Send + Sync + 'static {
+    /// Human-readable location, for messages.
+    fn describe(&self) -> String;
+
+    fn load(&self) -> StoreFuture<'_, AllocState>;
+
+    /// Applies `mutate` to the latest state and stores the result durably when it changed.
+    /// Returns the state as stored. A failed mutation stores nothing.
+    fn update(&self, mutate: Mutation) -> StoreFuture<'_, AllocState>;
+
+    /// Resolves once the stored state may have been changed by another writer.
+    fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}

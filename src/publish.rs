@@ -1,0 +1,191 @@
+//! Turns what the sources declare into the served name table: merges declarations, makes sure
+//! every address-less host has a durably stored VIP, and swaps in a new table.
+//!
+//! A host whose VIP could not be stored yet is published as pending (SERVFAIL), never with an
+//! address that only exists in memory.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::alloc::{AllocState, Policy, Reserved, Store, host_key, reconcile, unix_now};
+use crate::catalog::{Catalog, HostEntry};
+use crate::source::DeclarationSet;
+use crate::zone::{BuildError, NameTable, SharedTable, ZoneSettings};
+
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+pub struct Publisher {
+    zone: ZoneSettings,
+    policy: Arc<Policy>,
+    store: Arc<dyn Store>,
+    table: SharedTable,
+    serial: u32,
+    /// The allocations as last read from or written to the store.
+    durable: AllocState,
+    /// Set after a failed store write; cleared by the next success.
+    retry: Option<Duration>,
+    /// Allocated VIPs moved because a ServiceEntry declared them explicitly (for metrics).
+    pub conflicts: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    /// Builds the first table from `declarations`, allocating and storing VIPs first.
+    pub async fn start(
+        zone: ZoneSettings,
+        policy: Policy,
+        store: Arc<dyn Store>,
+        declarations: &DeclarationSet,
+    ) -> Result<Publisher, BuildError> {
+        let durable = store.load().await.unwrap_or_else(|error| {
+            warn!(%error, "cannot read allocations; new hosts stay unanswered until it can be written");
+            AllocState::default()
+        });
+        let empty = NameTable::build(&zone, 0, &[])?;
+        let mut this = Publisher {
+            zone,
+            policy: Arc::new(policy),
+            store,
+            table: Arc::new(arc_swap::ArcSwap::from_pointee(empty)),
+            serial: 0,
+            durable,
+            retry: None,
+            conflicts: Arc::default(),
+        };
+        this.publish(declarations).await?;
+        Ok(this)
+    }
+
+    pub fn table(&self) -> SharedTable {
+        self.table.clone()
+    }
+
+    /// Republishes whenever the sources or the store change, until the sources go away.
+    pub async fn run(mut self, mut sources: watch::Receiver<DeclarationSet>) {
+        loop {
+            let retry = self.retry;
+            tokio::select! {
+                changed = sources.changed() => if changed.is_err() { return },
+                _ = self.store.changed() => {}
+                _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
+            }
+            let declarations = sources.borrow_and_update().clone();
+            if let Err(error) = self.publish(&declarations).await {
+                warn!(%error, "keeping the previous name table");
+            }
+        }
+    }
+
+    async fn publish(&mut self, declarations: &DeclarationSet) -> Result<(), BuildError> {
+        let decls = declarations.clone();
+        // Merging and building are CPU work that grows with the mesh: off the runtime's threads.
+        let catalog = blocking(move || Catalog::merge(&decls)).await;
+        for c in &catalog.conflicts {
+            warn!(host = %c.host, kept = %c.kept, ignored = %c.ignored, "host declared with different addresses; keeping the first");
+        }
+        let wanted: BTreeSet<String> = catalog
+            .unaddressed
+            .iter()
+            .filter(|n| self.zone.serves(n))
+            .map(host_key)
+            .collect();
+        let reserved: Reserved = catalog
+            .explicit_addresses()
+            .map(|(a, h)| (a, host_key(h)))
+            .collect();
+        self.allocate(&wanted, &reserved).await;
+
+        let hosts = self.resolve(&catalog, &reserved);
+        self.serial = next_serial(self.serial);
+        let pending = hosts.iter().filter(|h| h.addresses.is_empty()).count();
+        let (zone, serial) = (self.zone.clone(), self.serial);
+        let table = blocking(move || NameTable::build(&zone, serial, &hosts)).await?;
+        info!(
+            hosts = table.host_count(),
+            pending,
+            serial = self.serial,
+            "name table published"
+        );
+        self.table.store(Arc::new(table));
+        Ok(())
+    }
+
+    /// Stores VIPs for `wanted`; on failure keeps the last durable state and schedules a retry.
+    async fn allocate(&mut self, wanted: &BTreeSet<String>, reserved: &Reserved) {
+        let (policy, wanted2, reserved2, conflicts) = (
+            self.policy.clone(),
+            wanted.clone(),
+            reserved.clone(),
+            self.conflicts.clone(),
+        );
+        let mutation = Box::new(move |state: &mut AllocState| {
+            let outcome = reconcile(state, &policy, &wanted2, &reserved2, unix_now());
+            for (host, error) in &outcome.failed {
+                warn!(host, %error, "no VIP for host; answering SERVFAIL");
+            }
+            conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
+            Ok(outcome.changed)
+        });
+        match self.store.update(mutation).await {
+            Ok(state) => {
+                self.durable = state;
+                self.retry = None;
+            }
+            Err(error) => {
+                let next = self
+                    .retry
+                    .map_or(Duration::from_secs(1), |d| (d * 2).min(MAX_RETRY));
+                warn!(store = %self.store.describe(), %error, retry_in = ?next, "cannot store allocations; new hosts stay unanswered");
+                self.retry = Some(next);
+            }
+        }
+    }
+
+    /// Explicit hosts as declared, plus address-less hosts with their stored VIPs. A stored VIP
+    /// that an explicit entry now claims is withheld, so no address is served for two hosts.
+    fn resolve(&self, catalog: &Catalog, reserved: &Reserved) -> Vec<HostEntry> {
+        let mut hosts = catalog.hosts.clone();
+        for name in catalog.unaddressed.iter().filter(|n| self.zone.serves(n)) {
+            let key = host_key(name);
+            let record = self
+                .durable
+                .records
+                .get(&key)
+                .filter(|r| r.released_at.is_none());
+            let addresses = record.map_or_else(Vec::new, |r| {
+                let clash = r
+                    .addresses
+                    .iter()
+                    .any(|a| reserved.get(a).is_some_and(|owner| *owner != key));
+                if clash {
+                    Vec::new()
+                } else {
+                    r.addresses.clone()
+                }
+            });
+            hosts.push(HostEntry {
+                name: name.clone(),
+                addresses,
+            });
+        }
+        hosts
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("publisher work does not panic")
+}
+
+/// SOA serials follow the clock but always move forward, even for rebuilds within a second.
+fn next_serial(previous: u32) -> u32 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32);
+    now.max(previous.wrapping_add(1))
+}

@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod catalog;
 pub mod config;
+pub mod ctl;
 pub mod dns;
 pub mod forward;
 pub mod publish;

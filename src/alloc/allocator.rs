@@ -144,8 +144,10 @@ impl<'a> Allocator<'a> {
         Ok(addresses)
     }
 
-    /// Pins `address` to `host`. Idempotent; refuses to take an address from anyone.
-    pub fn pin(&mut self, host: &str, address: IpAddr) -> Result<(), AllocError> {
+    /// Pins `address` to `host`. Idempotent; refuses to take an address from anyone. With
+    /// `replace`, the host's current address of that family is dropped (freed at once) instead
+    /// of being an error: the operator is moving the host on purpose.
+    pub fn pin(&mut self, host: &str, address: IpAddr, replace: bool) -> Result<(), AllocError> {
         if !self.policy.pools.iter().any(|p| p.contains(address)) {
             return Err(AllocError::OutsidePools {
                 address,
@@ -165,16 +167,21 @@ impl<'a> Allocator<'a> {
             });
         }
         let mut record = self.state.records.get(host).cloned().unwrap_or_default();
-        if let Some(current) = record
+        let current = record
             .addresses
             .iter()
             .find(|a| a.is_ipv4() == address.is_ipv4() && **a != address)
-        {
-            return Err(AllocError::AlreadyAllocated {
-                host: host.to_string(),
-                current: *current,
-                requested: address,
-            });
+            .copied();
+        if let Some(current) = current {
+            if !replace {
+                return Err(AllocError::AlreadyAllocated {
+                    host: host.to_string(),
+                    current,
+                    requested: address,
+                });
+            }
+            record.addresses.retain(|a| *a != current);
+            self.release_address(current);
         }
         if !record.addresses.contains(&address) {
             record.addresses.push(address);
@@ -491,7 +498,7 @@ mod tests {
         let none = Reserved::new();
         let mut alloc = Allocator::new(&p, &mut state, &none, 2);
         alloc
-            .pin("pinned.global", "10.0.0.6".parse().unwrap())
+            .pin("pinned.global", "10.0.0.6".parse().unwrap(), false)
             .unwrap();
         let reserved: Reserved = [("10.0.0.6".parse().unwrap(), "other.global".to_string())].into();
         let r = reconcile(&mut state, &p, &set(&["pinned.global"]), &reserved, 3);
@@ -505,31 +512,27 @@ mod tests {
         let none = Reserved::new();
         let mut alloc = Allocator::new(&p, &mut state, &none, 0);
         let ip: IpAddr = "240.0.0.7".parse().unwrap();
-        alloc.pin("a.global", ip).unwrap();
-        alloc.pin("a.global", ip).unwrap();
-        assert_eq!(
-            alloc.pin("b.global", ip),
-            Err(AllocError::Taken {
-                address: ip,
-                owner: "a.global".into()
-            })
-        );
-        assert!(matches!(
-            alloc.pin("a.global", "240.0.0.8".parse().unwrap()),
-            Err(AllocError::AlreadyAllocated { .. })
-        ));
-        assert!(matches!(
-            alloc.pin("c.global", "10.0.0.1".parse().unwrap()),
-            Err(AllocError::OutsidePools { .. })
-        ));
-        assert_eq!(
-            alloc.release("nope.global"),
-            Err(AllocError::NotFound("nope.global".into()))
-        );
+        alloc.pin("a.global", ip, false).unwrap();
+        alloc.pin("a.global", ip, false).unwrap();
+        let taken = AllocError::Taken {
+            address: ip,
+            owner: "a.global".into(),
+        };
+        assert_eq!(alloc.pin("b.global", ip, true), Err(taken));
+        let moved: IpAddr = "240.0.0.8".parse().unwrap();
+        let err = alloc.pin("a.global", moved, false);
+        assert!(matches!(err, Err(AllocError::AlreadyAllocated { .. })));
+        let err = alloc.pin("c.global", "10.0.0.1".parse().unwrap(), false);
+        assert!(matches!(err, Err(AllocError::OutsidePools { .. })));
+        alloc.pin("a.global", moved, true).unwrap();
+        alloc.pin("b.global", ip, false).unwrap();
+        let missing = alloc.release("nope.global");
+        assert_eq!(missing, Err(AllocError::NotFound("nope.global".into())));
         drop(alloc);
         assert!(state.records["a.global"].pinned);
+        assert_eq!(state.records["a.global"].addresses, [moved]);
         assert!(check(&p, &state).is_empty());
         let usage = usage(&p, &state);
-        assert_eq!(usage[0].used, 1);
+        assert_eq!(usage[0].used, 2);
     }
 }

@@ -219,3 +219,38 @@ pub fn dead_upstream() -> SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// Runs `dnsctl --state STATE ARGS...`; its exit code, stdout and stderr.
+pub fn dnsctl(state: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dnsctl"))
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("run dnsctl");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// A ServiceEntry manifest for `hosts` with `addresses` (none: the allocator gives a VIP).
+pub fn service_entry(name: &str, hosts: &[&str], addresses: &[&str]) -> String {
+    let quote = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let addresses = if addresses.is_empty() {
+        String::new()
+    } else {
+        format!("\n  addresses: [{}]", quote(addresses))
+    };
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: test}}\nspec:\n  hosts: [{}]{addresses}\n",
+        quote(hosts)
+    )
+}

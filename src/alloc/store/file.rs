@@ -64,12 +64,13 @@ impl FileStore {
             }
             Err(e) => return Err(self.io(e)),
         };
-        let state = AllocState::from_json(&text).map_err(|e| StoreError::Corrupt {
+        // Remembered even when unreadable: a broken file is reported again when it changes
+        // (or on retry), not on every poll.
+        self.remember(fp);
+        AllocState::from_json(&text).map_err(|e| StoreError::Corrupt {
             store: self.describe(),
             detail: e.to_string(),
-        })?;
-        self.remember(fp);
-        Ok(state)
+        })
     }
 
     fn update_blocking(&self, mut mutate: Mutation) -> Result<AllocState, StoreError> {

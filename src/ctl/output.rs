@@ -1,0 +1,111 @@
+//! What dnsctl prints.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Format;
+use crate::alloc::{AllocState, PoolUsage, Record, RecordState};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Row<'a> {
+    host: &'a str,
+    address: String,
+    state: RecordState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    released_at: Option<u64>,
+}
+
+fn rows(state: &AllocState) -> Vec<Row<'_>> {
+    state
+        .records
+        .iter()
+        .flat_map(|(host, r)| {
+            r.addresses.iter().map(move |a| Row {
+                host,
+                address: a.to_string(),
+                state: r.state(),
+                released_at: r.released_at,
+            })
+        })
+        .collect()
+}
+
+fn state_name(state: RecordState) -> &'static str {
+    match state {
+        RecordState::Allocated => "allocated",
+        RecordState::Pinned => "pinned",
+        RecordState::Released => "released",
+    }
+}
+
+/// `HOST ADDRESS` for each address of each host, in the order given.
+pub fn host_lines(state: &AllocState, hosts: &[String]) -> String {
+    let mut out = String::new();
+    for host in hosts {
+        for address in state.records.get(host).map_or(&[][..], |r| &r.addresses) {
+            out.push_str(&format!("{host} {address}\n"));
+        }
+    }
+    out
+}
+
+pub fn get(host: &str, record: &Record) -> String {
+    let state = state_name(record.state());
+    record
+        .addresses
+        .iter()
+        .map(|a| format!("{host} {a} {state}\n"))
+        .collect()
+}
+
+pub fn list(state: &AllocState, format: Format) -> String {
+    let rows = rows(state);
+    match format {
+        Format::Json => serde_json::to_string_pretty(&rows).expect("rows serialize") + "\n",
+        Format::Yaml => serde_saphyr::to_string(&rows).expect("rows serialize"),
+        Format::Table => {
+            let hw = rows.iter().map(|r| r.host.len()).max().unwrap_or(0).max(4);
+            let aw = rows
+                .iter()
+                .map(|r| r.address.len())
+                .max()
+                .unwrap_or(0)
+                .max(7);
+            let mut out = format!("{:<hw$}  {:<aw$}  STATE\n", "HOST", "ADDRESS");
+            for r in &rows {
+                let state = state_name(r.state);
+                out.push_str(&format!("{:<hw$}  {:<aw$}  {state}\n", r.host, r.address));
+            }
+            out
+        }
+    }
+}
+
+/// Lines for /etc/hosts, as Istio's VM guide adds for `.global` names; released hosts left out.
+pub fn etc_hosts(state: &AllocState, path: &Path) -> String {
+    let mut out = format!("# .global VIPs from {} (dnsctl hosts)\n", path.display());
+    for r in rows(state)
+        .iter()
+        .filter(|r| r.state != RecordState::Released)
+    {
+        out.push_str(&format!("{} {}\n", r.address, r.host));
+    }
+    out
+}
+
+pub fn pools(usage: &[PoolUsage]) -> String {
+    let mut out = format!(
+        "{:<24}  {:>12}  {:>12}  {:>12}\n",
+        "POOL", "CAPACITY", "USED", "FREE"
+    );
+    for u in usage {
+        let free = u.capacity.saturating_sub(u.used);
+        out.push_str(&format!(
+            "{:<24}  {:>12}  {:>12}  {:>12}\n",
+            u.pool, u.capacity, u.used, free
+        ));
+    }
+    out
+}

@@ -49,11 +49,18 @@ pub struct AllocState {
 }
 
 /// The serialized form: versioned and human-readable.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
     format: String,
     allocations: BTreeMap<String, Record>,
+}
+
+/// [`Document`] for writing, borrowing the records.
+#[derive(Serialize)]
+struct DocumentRef<'a> {
+    format: &'a str,
+    allocations: &'a BTreeMap<String, Record>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +81,9 @@ pub enum DecodeError {
 
 impl AllocState {
     pub fn to_json(&self) -> String {
-        let doc = Document {
-            format: FORMAT.to_string(),
-            allocations: self.records.clone(),
+        let doc = DocumentRef {
+            format: FORMAT,
+            allocations: &self.records,
         };
         let mut text = serde_json::to_string_pretty(&doc).expect("records serialize");
         text.push('\n');

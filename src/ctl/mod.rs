@@ -227,12 +227,14 @@ fn host_lines(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_string)
 }
 
+/// Record keys of `hosts`, first occurrence kept, in the order given.
 fn normalize(hosts: &[String]) -> Result<Vec<String>, CtlError> {
-    let mut out: Vec<String> = Vec::with_capacity(hosts.len());
+    let mut seen = std::collections::HashSet::with_capacity(hosts.len());
+    let mut out = Vec::with_capacity(hosts.len());
     for host in hosts {
         let key = host_key_from_str(host)
             .ok_or_else(|| CtlError::Usage(format!("{host:?} is not a valid host name")))?;
-        if !out.contains(&key) {
+        if seen.insert(key.clone()) {
             out.push(key);
         }
     }

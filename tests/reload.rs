@@ -16,10 +16,6 @@ fn entry(host: &str, address: &str) -> String {
     )
 }
 
-fn resolves_to(server: &GlobalDns, name: &str, ip: &str) -> bool {
-    answer_ips(&query(server.addr, name, RecordType::A, Proto::Udp)) == [ip]
-}
-
 fn is_nxdomain(server: &GlobalDns, name: &str) -> bool {
     query(server.addr, name, RecordType::A, Proto::Udp)
         .metadata

@@ -389,85 +389,45 @@ mod tests {
         hosts.iter().map(|h| h.to_string()).collect()
     }
 
+    /// Reconciles `hosts` with no explicit addresses around.
+    fn run(state: &mut AllocState, p: &Policy, hosts: &[&str], now: u64) -> Reconciled {
+        reconcile(state, p, &set(hosts), &Reserved::new(), now)
+    }
+
     #[test]
     fn one_address_per_family_stable_across_reconciles() {
         let p = policy(&["240.0.0.0/4", "2001:2::/48"]);
         let mut state = AllocState::default();
-        let r = reconcile(
-            &mut state,
-            &p,
-            &set(&["a.global", "b.global"]),
-            &Reserved::new(),
-            0,
-        );
+        let r = run(&mut state, &p, &["a.global", "b.global"], 0);
         assert!(r.changed && r.failed.is_empty());
         let a = state.records["a.global"].addresses.clone();
         assert!(a[0].is_ipv4() && a[1].is_ipv6() && a.len() == 2);
-        let again = reconcile(
-            &mut state,
-            &p,
-            &set(&["b.global", "a.global", "c.global"]),
-            &Reserved::new(),
-            1,
-        );
+        let again = run(&mut state, &p, &["b.global", "a.global", "c.global"], 1);
         assert!(again.changed);
         assert_eq!(state.records["a.global"].addresses, a);
-        assert!(
-            !reconcile(
-                &mut state,
-                &p,
-                &set(&["a.global", "b.global", "c.global"]),
-                &Reserved::new(),
-                2
-            )
-            .changed
-        );
+        assert!(!run(&mut state, &p, &["a.global", "b.global", "c.global"], 2).changed);
     }
 
     #[test]
     fn released_hosts_come_back_within_grace_and_expire_after() {
         let p = policy(&["10.0.0.0/30"]); // two usable addresses
         let mut state = AllocState::default();
-        reconcile(
-            &mut state,
-            &p,
-            &set(&["a.global", "b.global"]),
-            &Reserved::new(),
-            0,
-        );
+        run(&mut state, &p, &["a.global", "b.global"], 0);
         let a = state.records["a.global"].addresses.clone();
-        reconcile(&mut state, &p, &set(&["b.global"]), &Reserved::new(), 10);
+        run(&mut state, &p, &["b.global"], 10);
         assert_eq!(state.records["a.global"].released_at, Some(10));
         // The pool is full while a.global is in grace.
-        let full = reconcile(
-            &mut state,
-            &p,
-            &set(&["b.global", "c.global"]),
-            &Reserved::new(),
-            50,
-        );
+        let full = run(&mut state, &p, &["b.global", "c.global"], 50);
         assert!(
             matches!(&full.failed[..], [(h, AllocError::Exhausted { pools, .. })] if h == "c.global" && pools == "10.0.0.0/30")
         );
-        reconcile(
-            &mut state,
-            &p,
-            &set(&["a.global", "b.global"]),
-            &Reserved::new(),
-            60,
-        );
+        run(&mut state, &p, &["a.global", "b.global"], 60);
         assert_eq!(
             state.records["a.global"].addresses, a,
             "same VIP back within grace"
         );
-        reconcile(&mut state, &p, &set(&["b.global"]), &Reserved::new(), 70);
-        let after = reconcile(
-            &mut state,
-            &p,
-            &set(&["b.global", "c.global"]),
-            &Reserved::new(),
-            170,
-        );
+        run(&mut state, &p, &["b.global"], 70);
+        let after = run(&mut state, &p, &["b.global", "c.global"], 170);
         assert!(after.failed.is_empty());
         assert_eq!(
             state.records["c.global"].addresses, a,
@@ -480,7 +440,7 @@ mod tests {
     fn explicit_addresses_are_reserved_and_win_over_allocations() {
         let p = policy(&["10.0.0.0/29"]);
         let mut state = AllocState::default();
-        reconcile(&mut state, &p, &set(&["a.global"]), &Reserved::new(), 0);
+        run(&mut state, &p, &["a.global"], 0);
         let taken = state.records["a.global"].addresses[0];
         let reserved: Reserved = [(taken, "explicit.global".to_string())].into();
         let r = reconcile(

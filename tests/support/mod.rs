@@ -188,6 +188,11 @@ pub fn answer_ips(msg: &Message) -> Vec<String> {
     ips
 }
 
+/// Whether `name` resolves to exactly `ip` (A) right now.
+pub fn resolves_to(server: &GlobalDns, name: &str, ip: &str) -> bool {
+    answer_ips(&query(server.addr, name, RecordType::A, Proto::Udp)) == [ip]
+}
+
 /// Runs kdig against `addr` with `args`; its standard output.
 pub fn kdig(addr: SocketAddr, args: &[&str]) -> String {
     let out = Command::new("kdig")

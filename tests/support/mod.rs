@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Edns, Message, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 
+pub mod apiserver;
+
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running server process, killed on drop. Its stderr (the log) goes to a file.

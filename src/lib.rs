@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod dns;

@@ -90,6 +90,10 @@ impl<'a> Allocator<'a> {
         for address in reserved.keys() {
             this.count(*address, 1);
         }
+        let unreadable: Vec<IpAddr> = this.state.unreadable.iter().copied().collect();
+        for address in unreadable {
+            this.take(address, "(unreadable storage)".to_string());
+        }
         this
     }
 

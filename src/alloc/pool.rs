@@ -128,7 +128,7 @@ impl std::str::FromStr for Pool {
 }
 
 /// A stable hash: the same on every machine, build and release (the first 16 bytes of SHA-256).
-fn host_hash(host: &str) -> u128 {
+pub(crate) fn host_hash(host: &str) -> u128 {
     let digest = Sha256::digest(host.as_bytes());
     u128::from_be_bytes(digest[..16].try_into().expect("SHA-256 is 32 bytes"))
 }

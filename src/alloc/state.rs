@@ -1,6 +1,6 @@
 //! What the stores persist: one record per host.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use hickory_proto::rr::Name;
@@ -46,6 +46,9 @@ impl Record {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllocState {
     pub records: BTreeMap<String, Record>,
+    /// Addresses found in storage that could not be read as records (a damaged shard): nobody
+    /// may be given them until the damage is repaired.
+    pub unreadable: BTreeSet<IpAddr>,
 }
 
 /// The serialized form: versioned and human-readable.
@@ -114,6 +117,7 @@ impl AllocState {
         }
         Ok(AllocState {
             records: doc.allocations,
+            unreadable: BTreeSet::new(),
         })
     }
 }

@@ -15,22 +15,36 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::alloc::{
-    AllocError, AllocState, Allocator, DEFAULT_POOL, FileStore, Policy, Pool, Reserved, Store,
-    StoreError, check, host_key_from_str, unix_now, usage,
+    AllocError, AllocState, Allocator, ConfigMapStore, DEFAULT_POOL, FileStore, Policy, Pool,
+    Reserved, Store, StoreError, check, host_key_from_str, unix_now, usage,
 };
 
 /// Operate globaldns: allocate, pin, release and inspect the VIPs of `.global` hosts.
 #[derive(Parser, Debug)]
 #[command(name = "dnsctl", version, arg_required_else_help = true, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// State file shared with the server (its --state).
+    /// Use this state file (the server's --state) instead of a cluster.
+    #[arg(long, global = true, env = "GLOBALDNS_STATE", value_name = "PATH", conflicts_with_all = ["kubeconfig", "context"])]
+    pub state: Option<PathBuf>,
+
+    /// Kubeconfig of the cluster holding the allocation ConfigMaps
+    /// [default: KUBECONFIG, then ~/.kube/config, then in-cluster].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// Namespace of the allocation ConfigMaps.
     #[arg(
         long,
+        short = 'n',
         global = true,
-        env = "GLOBALDNS_STATE",
-        default_value = "zones.state.json"
+        default_value = "istio-system",
+        value_name = "NS"
     )]
-    pub state: PathBuf,
+    pub namespace: String,
 
     /// VIP pools, in order (the server's --pool).
     #[arg(long = "pool", global = true, default_value = DEFAULT_POOL, value_name = "CIDR")]
@@ -89,11 +103,16 @@ pub enum Format {
     Yaml,
 }
 
+/// Hosts per transaction for `allocate --from-file`.
+const BATCH: usize = 10_000;
+
 /// A failure with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
 enum CtlError {
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -109,7 +128,7 @@ impl CtlError {
             CtlError::Usage(_) => 2,
             CtlError::Store(StoreError::Alloc(AllocError::NotFound(_))) => 1,
             CtlError::Store(StoreError::Alloc(_)) => 3,
-            CtlError::Store(_) => 4,
+            CtlError::Store(_) | CtlError::Cluster(_) => 4,
         }
     }
 }
@@ -134,22 +153,40 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+async fn open_store(cli: &Cli) -> Result<Box<dyn Store>, CtlError> {
+    Ok(match &cli.state {
+        Some(path) => Box::new(FileStore::new(path)),
+        None => {
+            let client =
+                crate::cluster::connect(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
+            Box::new(ConfigMapStore::new(client, &cli.namespace))
+        }
+    })
+}
+
+fn state_location(cli: &Cli) -> String {
+    match &cli.state {
+        Some(path) => path.display().to_string(),
+        None => format!("ConfigMaps in namespace {}", cli.namespace),
+    }
+}
+
 async fn execute(cli: Cli) -> Result<String, CtlError> {
     let policy = Arc::new(Policy {
-        pools: cli.pools,
+        pools: cli.pools.clone(),
         grace: Duration::from_secs(cli.grace),
     });
-    let store = FileStore::new(&cli.state);
+    let store = open_store(&cli).await?;
     match cli.command {
         Command::Allocate {
-            hosts,
+            ref hosts,
             ip,
             force,
-            from_file,
+            ref from_file,
         } => {
-            let mut hosts = hosts;
+            let mut hosts = hosts.clone();
             if let Some(file) = from_file {
-                let text = std::fs::read_to_string(&file)
+                let text = std::fs::read_to_string(file)
                     .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
                 hosts.extend(host_lines(&text));
             }
@@ -160,26 +197,42 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             if ip.is_some() && hosts.len() != 1 {
                 return Err(CtlError::Usage("--ip pins one host at a time".into()));
             }
-            let (p, h) = (policy.clone(), hosts.clone());
-            let state = store
-                .update(Box::new(move |state: &mut AllocState| {
-                    let reserved = Reserved::new();
-                    let mut alloc = Allocator::new(&p, state, &reserved, unix_now());
-                    for host in &h {
-                        match ip {
-                            Some(ip) => alloc.pin(host, ip, force)?,
-                            None => {
-                                alloc.allocate_pinned(host)?;
+            let mut out = String::new();
+            for batch in hosts.chunks(BATCH) {
+                let (p, h) = (policy.clone(), batch.to_vec());
+                let state = store
+                    .update(Box::new(move |state: &mut AllocState| {
+                        let reserved = Reserved::new();
+                        let mut alloc = Allocator::new(&p, state, &reserved, unix_now());
+                        for host in &h {
+                            match ip {
+                                Some(ip) => alloc.pin(host, ip, force)?,
+                                None => {
+                                    alloc.allocate_pinned(host)?;
+                                }
                             }
                         }
-                    }
-                    Ok(alloc.changed())
-                }))
-                .await?;
-            Ok(output::host_lines(&state, &hosts))
+                        Ok(alloc.changed())
+                    }))
+                    .await?;
+                let missing: Vec<&String> = batch
+                    .iter()
+                    .filter(|h| !state.records.contains_key(*h))
+                    .collect();
+                if !missing.is_empty() {
+                    let list: Vec<&str> = missing.iter().map(|h| h.as_str()).collect();
+                    let detail = format!("not stored (see the errors above): {}", list.join(" "));
+                    return Err(CtlError::Store(StoreError::Unavailable {
+                        store: store.describe(),
+                        detail,
+                    }));
+                }
+                out.push_str(&output::host_lines(&state, batch));
+            }
+            Ok(out)
         }
-        Command::Release { hosts } => {
-            let hosts = normalize(&hosts)?;
+        Command::Release { ref hosts } => {
+            let hosts = normalize(hosts)?;
             let (p, h) = (policy.clone(), hosts.clone());
             store
                 .update(Box::new(move |state: &mut AllocState| {
@@ -193,8 +246,8 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                 .await?;
             Ok(hosts.iter().map(|h| format!("{h} released\n")).collect())
         }
-        Command::Get { host } => {
-            let host = normalize(&[host])?.remove(0);
+        Command::Get { ref host } => {
+            let host = normalize(std::slice::from_ref(host))?.remove(0);
             let state = store.load().await?;
             match state.records.get(&host) {
                 Some(record) => Ok(output::get(&host, record)),
@@ -202,10 +255,19 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             }
         }
         Command::List { output } => Ok(output::list(&store.load().await?, output)),
-        Command::Hosts => Ok(output::etc_hosts(&store.load().await?, &cli.state)),
+        Command::Hosts => Ok(output::etc_hosts(
+            &store.load().await?,
+            &state_location(&cli),
+        )),
         Command::Check => {
             let state = store.load().await?;
-            let problems = check(&policy, &state);
+            let mut problems = check(&policy, &state);
+            if !state.unreadable.is_empty() {
+                problems.push(format!(
+                    "{} addresses are held in unreadable storage (see the errors above)",
+                    state.unreadable.len()
+                ));
+            }
             if problems.is_empty() {
                 let addresses: usize = state.records.values().map(|r| r.addresses.len()).sum();
                 Ok(format!(

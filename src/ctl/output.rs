@@ -1,7 +1,5 @@
 //! What dnsctl prints.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use super::Format;
@@ -84,8 +82,8 @@ pub fn list(state: &AllocState, format: Format) -> String {
 }
 
 /// Lines for /etc/hosts, as Istio's VM guide adds for `.global` names; released hosts left out.
-pub fn etc_hosts(state: &AllocState, path: &Path) -> String {
-    let mut out = format!("# .global VIPs from {} (dnsctl hosts)\n", path.display());
+pub fn etc_hosts(state: &AllocState, source: &str) -> String {
+    let mut out = format!("# .global VIPs from {source} (dnsctl hosts)\n");
     for r in rows(state)
         .iter()
         .filter(|r| r.state != RecordState::Released)

@@ -1,12 +1,14 @@
 //! Where allocations live. Every store offers the same transaction: apply a mutation to the
 //! latest state and make the result durable before returning it.
 
+pub mod configmap;
 mod file;
 mod memory;
 
 use std::future::Future;
 use std::pin::Pin;
 
+pub use configmap::ConfigMapStore;
 pub use file::FileStore;
 pub use memory::MemoryStore;
 
@@ -22,6 +24,8 @@ pub enum StoreError {
     },
     #[error("{store} is unreadable, refusing to use or overwrite it: {detail}")]
     Corrupt { store: String, detail: String },
+    #[error("{store} is unavailable: {detail}")]
+    Unavailable { store: String, detail: String },
     #[error(transparent)]
     Alloc(#[from] AllocError),
 }

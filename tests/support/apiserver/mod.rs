@@ -91,10 +91,7 @@ impl ApiServer {
 
     /// A kubeconfig for this cluster: one context, named `context`, with no credentials.
     pub fn kubeconfig(&self, context: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: {context}\n  cluster:\n    server: http://{}\nusers:\n- name: {context}\n  user: {{}}\ncontexts:\n- name: {context}\n  context:\n    cluster: {context}\n    user: {context}\n    namespace: default\ncurrent-context: {context}\n",
-            self.addr
-        )
+        kubeconfig(&[(context, self.addr)], context)
     }
 
     pub fn write_kubeconfig(&self, path: &Path, context: &str) {
@@ -175,6 +172,26 @@ impl ApiServer {
             store.create(kind, namespace, object).unwrap();
         }
     }
+}
+
+/// A kubeconfig with one context per `(name, API server)`, `current` selected.
+pub fn kubeconfig(clusters: &[(&str, SocketAddr)], current: &str) -> String {
+    let mut doc = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
+    for (name, addr) in clusters {
+        doc.push_str(&format!(
+            "- name: {name}\n  cluster:\n    server: http://{addr}\n"
+        ));
+    }
+    doc.push_str("users:\n");
+    for (name, _) in clusters {
+        doc.push_str(&format!("- name: {name}\n  user: {{}}\n"));
+    }
+    doc.push_str("contexts:\n");
+    for (name, _) in clusters {
+        doc.push_str(&format!("- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\n    namespace: default\n"));
+    }
+    doc.push_str(&format!("current-context: {current}\n"));
+    doc
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {

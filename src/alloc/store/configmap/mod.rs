@@ -1,0 +1,337 @@
+//! Allocations in Kubernetes ConfigMaps: the store every replica in every cluster shares.
+//!
+//! Layout: see [`shard`]. Writes: take the writer [`lease`], re-read every shard, apply the
+//! mutation, and write each touched shard once with compare-and-swap on its resourceVersion
+//! (create for a new shard). A 409 means someone wrote behind our back: re-read, re-decide,
+//! retry with backoff. 5xx and transport errors are retried with backoff, then reported.
+//! Readers follow the shards with a watch and re-read on every change.
+//!
+//! A shard that cannot be parsed is never written: hosts that would go into it are not stored
+//! (so not served), and the addresses it seems to hold are kept out of every allocation.
+
+mod lease;
+mod retry;
+pub mod shard;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+use tracing::{debug, error, warn};
+
+use self::lease::{LockError, WriterLock};
+use self::retry::{api_code, with_retries};
+use self::shard::{
+    FORMAT_ANNOTATION, FORMAT_VERSION, MANAGED_BY, MAX_SHARD_BYTES, SHARD_LABEL, SHARDS, data_size,
+    decode_shard, encode_key, encode_value, salvage, shard_name, shard_of,
+};
+use super::{Mutation, Store, StoreError, StoreFuture};
+use crate::alloc::state::{AllocState, Record};
+
+/// Attempts of a whole transaction when other writers keep getting in the way.
+const TRANSACTION_ATTEMPTS: u32 = 8;
+
+pub struct ConfigMapStore {
+    api: Api<ConfigMap>,
+    lock: WriterLock,
+    namespace: String,
+    changes: OnceLock<(watch::Receiver<u64>, tokio::task::JoinHandle<()>)>,
+    seen: Mutex<u64>,
+}
+
+/// One shard as read: what is needed to write it back with compare-and-swap.
+struct ShardRead {
+    resource_version: Option<String>,
+    /// Why it cannot be used, if it cannot.
+    damage: Option<String>,
+}
+
+enum WriteError {
+    Conflict,
+    Failed(StoreError),
+}
+
+impl ConfigMapStore {
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        let identity = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "globaldns".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        ConfigMapStore {
+            api: Api::namespaced(client.clone(), namespace),
+            lock: WriterLock::new(Api::namespaced(client, namespace), identity),
+            namespace: namespace.to_string(),
+            changes: OnceLock::new(),
+            seen: Mutex::new(0),
+        }
+    }
+
+    fn unavailable(&self, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            store: self.describe(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn selector() -> String {
+        format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+    }
+
+    /// Every shard, and the allocations of the readable ones.
+    async fn read(&self) -> Result<(BTreeMap<usize, ShardRead>, AllocState), StoreError> {
+        let params = ListParams::default().labels(&Self::selector());
+        let list = with_retries("list shards", || self.api.list(&params))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let mut shards = BTreeMap::new();
+        let mut state = AllocState::default();
+        for cm in list.items {
+            let name = cm.metadata.name.clone().unwrap_or_default();
+            let Some(index) = (0..SHARDS).find(|i| shard_name(*i) == name) else {
+                debug!(configmap = %name, "not an allocation shard; ignored");
+                continue;
+            };
+            let format = cm
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(FORMAT_ANNOTATION))
+                .map(String::as_str);
+            let data = cm.data.clone().unwrap_or_default();
+            let damage = match decode_shard(index, format, &data) {
+                Ok(records) => {
+                    state.records.extend(records);
+                    None
+                }
+                Err(e) => {
+                    error!(configmap = %name, namespace = %self.namespace, error = %e, "allocation shard is unreadable; not writing to it until it is repaired");
+                    state.unreadable.extend(salvage(&data));
+                    Some(e.to_string())
+                }
+            };
+            shards.insert(
+                index,
+                ShardRead {
+                    resource_version: cm.metadata.resource_version.clone(),
+                    damage,
+                },
+            );
+        }
+        Ok((shards, state))
+    }
+
+    async fn transaction(&self, mutate: &mut Mutation) -> Result<AllocState, StoreError> {
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=TRANSACTION_ATTEMPTS {
+            // Most calls change nothing (readers refreshing): decide that without the lease.
+            let (_, state) = self.read().await?;
+            let mut next = state.clone();
+            if !mutate(&mut next)? {
+                return Ok(state);
+            }
+            self.lock.acquire().await.map_err(|e| match e {
+                LockError::Busy(_) => self.unavailable(e),
+                LockError::Api(e) => self.unavailable(e),
+            })?;
+            let result = self.write_locked(mutate).await;
+            self.lock.release().await;
+            match result {
+                Ok(state) => return Ok(state),
+                Err(WriteError::Failed(e)) => return Err(e),
+                Err(WriteError::Conflict) => {
+                    debug!(attempt, "allocation shard changed underneath; retrying");
+                    tokio::time::sleep(delay + Duration::from_millis(rand::random::<u64>() % 50))
+                        .await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        Err(self.unavailable(format!(
+            "gave up after {TRANSACTION_ATTEMPTS} conflicting attempts"
+        )))
+    }
+
+    /// Under the lease: re-read, re-decide, write each touched shard once.
+    async fn write_locked(&self, mutate: &mut Mutation) -> Result<AllocState, WriteError> {
+        let (shards, state) = self.read().await.map_err(WriteError::Failed)?;
+        let mut next = state.clone();
+        if !mutate(&mut next).map_err(|e| WriteError::Failed(e.into()))? {
+            return Ok(state);
+        }
+        let mut stored = next.clone();
+        for index in touched_shards(&state, &next) {
+            let shard = shards.get(&index);
+            let hosts: BTreeMap<&String, &Record> = next
+                .records
+                .iter()
+                .filter(|(h, _)| shard_of(h) == index)
+                .collect();
+            let refusal = match shard.and_then(|s| s.damage.as_ref()) {
+                Some(damage) => Some(format!(
+                    "shard {} is unreadable ({damage})",
+                    shard_name(index)
+                )),
+                None => match self.write_shard(index, shard, &hosts).await {
+                    Ok(()) => None,
+                    Err(WriteError::Failed(StoreError::Corrupt { detail, .. })) => Some(detail),
+                    Err(e) => return Err(e),
+                },
+            };
+            if let Some(reason) = refusal {
+                // Nothing of this shard was stored: what is returned must say so.
+                let refused: Vec<&String> = hosts.keys().copied().collect();
+                error!(shard = %shard_name(index), hosts = refused.len(), %reason, "allocations not stored");
+                stored.records.retain(|h, _| shard_of(h) != index);
+                stored.records.extend(
+                    state
+                        .records
+                        .iter()
+                        .filter(|(h, _)| shard_of(h) == index)
+                        .map(|(h, r)| (h.clone(), r.clone())),
+                );
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn write_shard(
+        &self,
+        index: usize,
+        shard: Option<&ShardRead>,
+        hosts: &BTreeMap<&String, &Record>,
+    ) -> Result<(), WriteError> {
+        let mut data = BTreeMap::new();
+        for (host, record) in hosts {
+            let key = encode_key(host).ok_or_else(|| {
+                WriteError::Failed(StoreError::Corrupt {
+                    store: self.describe(),
+                    detail: format!("host {host} cannot be a ConfigMap key"),
+                })
+            })?;
+            data.insert(key, encode_value(record));
+        }
+        if data_size(&data) > MAX_SHARD_BYTES {
+            let detail = format!(
+                "shard {} would exceed {MAX_SHARD_BYTES} bytes",
+                shard_name(index)
+            );
+            return Err(WriteError::Failed(StoreError::Corrupt {
+                store: self.describe(),
+                detail,
+            }));
+        }
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(shard_name(index));
+        cm.metadata.labels = Some(BTreeMap::from([
+            (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+            (SHARD_LABEL.to_string(), format!("{index:02x}")),
+        ]));
+        cm.metadata.annotations = Some(BTreeMap::from([(
+            FORMAT_ANNOTATION.to_string(),
+            FORMAT_VERSION.to_string(),
+        )]));
+        cm.data = Some(data);
+        let params = PostParams::default();
+        let name = shard_name(index);
+        let result = match shard.and_then(|s| s.resource_version.clone()) {
+            Some(rv) => {
+                cm.metadata.resource_version = Some(rv);
+                with_retries("replace shard", || self.api.replace(&name, &params, &cm)).await
+            }
+            None => with_retries("create shard", || self.api.create(&params, &cm)).await,
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if api_code(&e) == Some(409) => Err(WriteError::Conflict),
+            Err(e) => Err(WriteError::Failed(self.unavailable(e))),
+        }
+    }
+
+    fn watch_changes(&self) -> watch::Receiver<u64> {
+        let (rx, _) = self.changes.get_or_init(|| {
+            let (tx, rx) = watch::channel(0u64);
+            let config = watcher::Config::default().labels(&Self::selector());
+            let mut events = watcher(self.api.clone(), config).default_backoff().boxed();
+            let task = tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(
+                            watcher::Event::Apply(_)
+                            | watcher::Event::Delete(_)
+                            | watcher::Event::InitDone,
+                        ) => {
+                            tx.send_modify(|n| *n += 1);
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "watching allocation shards; retrying"),
+                    }
+                }
+            });
+            (rx, task)
+        });
+        rx.clone()
+    }
+}
+
+impl Drop for ConfigMapStore {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.changes.get() {
+            task.abort();
+        }
+    }
+}
+
+/// Shards holding a host whose record differs between `before` and `after`.
+fn touched_shards(before: &AllocState, after: &AllocState) -> BTreeSet<usize> {
+    let hosts: BTreeSet<&String> = before.records.keys().chain(after.records.keys()).collect();
+    hosts
+        .into_iter()
+        .filter(|h| before.records.get(*h) != after.records.get(*h))
+        .map(|h| shard_of(h))
+        .collect()
+}
+
+impl Store for ConfigMapStore {
+    fn describe(&self) -> String {
+        format!(
+            "ConfigMaps {}=globaldns in namespace {}",
+            MANAGED_BY.0, self.namespace
+        )
+    }
+
+    fn load(&self) -> StoreFuture<'_, AllocState> {
+        Box::pin(async move { Ok(self.read().await?.1) })
+    }
+
+    fn update(&self, mut mutate: Mutation) -> StoreFuture<'_, AllocState> {
+        Box::pin(async move { self.transaction(&mut mutate).await })
+    }
+
+    fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let mut rx = self.watch_changes();
+        Box::pin(async move {
+            loop {
+                let now = *rx.borrow_and_update();
+                {
+                    let mut seen = self.seen.lock().expect("seen lock");
+                    if now > *seen {
+                        *seen = now;
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! Connecting to a Kubernetes cluster the way kubectl does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Fail fast on an unreachable API server instead of hanging a CLI or a startup.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("kubeconfig {path}: {detail}")]
+    Kubeconfig { path: String, detail: String },
+    #[error(
+        "no kubeconfig found (--kubeconfig, KUBECONFIG, ~/.kube/config) and not running in a pod: {0}"
+    )]
+    NoConfig(String),
+    #[error("cannot build a client: {0}")]
+    Client(String),
+}
+
+/// A client from, in order: `kubeconfig` if given, then `KUBECONFIG`, then `~/.kube/config`,
+/// then the in-cluster service account. `context` picks a kubeconfig context.
+pub async fn connect(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Client, ClusterError> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let from_file = |path: PathBuf, kc: Result<Kubeconfig, kube::config::KubeconfigError>| {
+        let shown = path.display().to_string();
+        kc.map_err(|e| ClusterError::Kubeconfig {
+            path: shown.clone(),
+            detail: one_line(&e),
+        })
+    };
+    let mut config = if let Some(path) = kubeconfig {
+        let kc = from_file(path.to_path_buf(), Kubeconfig::read_from(path))?;
+        kube::Config::from_custom_kubeconfig(kc, &options)
+            .await
+            .map_err(|e| ClusterError::Kubeconfig {
+                path: path.display().to_string(),
+                detail: one_line(&e),
+            })?
+    } else if let Some(path) = default_kubeconfig() {
+        let kc = from_file(path.clone(), Kubeconfig::read())?;
+        kube::Config::from_custom_kubeconfig(kc, &options)
+            .await
+            .map_err(|e| ClusterError::Kubeconfig {
+                path: path.display().to_string(),
+                detail: one_line(&e),
+            })?
+    } else {
+        kube::Config::incluster().map_err(|e| ClusterError::NoConfig(one_line(&e)))?
+    };
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    kube::Client::try_from(config).map_err(|e| ClusterError::Client(one_line(&e)))
+}
+
+fn default_kubeconfig() -> Option<PathBuf> {
+    if let Some(paths) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+        return std::env::split_paths(&paths).next();
+    }
+    let home = std::env::var_os("HOME")?;
+    let path = Path::new(&home).join(".kube/config");
+    path.exists().then_some(path)
+}
+
+/// An error and its causes on one line.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}

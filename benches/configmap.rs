@@ -4,43 +4,50 @@
 //!     cargo bench --bench configmap [-- HOSTS]
 
 #[path = "../tests/support/apiserver/mod.rs"]
+#[allow(dead_code)] // the fault-injection half is for tests
 mod apiserver;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use globaldns::alloc::store::configmap::shard::{SHARDS, shard_name};
-use globaldns::alloc::{AllocState, Allocator, ConfigMapStore, Policy, Reserved, Store, unix_now};
+use globaldns::alloc::{ConfigMapStore, Policy, Store, operate};
 
 const BATCH: usize = 10_000;
 
 fn main() {
-    let hosts: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let hosts: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(run(hosts));
 }
 
 async fn run(count: usize) {
     let sim = apiserver::ApiServer::start().await;
     let store = ConfigMapStore::new(sim.client().await, "istio-system");
-    let policy = Arc::new(Policy { pools: vec!["240.0.0.0/4".parse().unwrap()], grace: Duration::from_secs(86400) });
-    let hosts: Vec<String> = (0..count).map(|i| format!("svc{i}.ns{}.global", i % 100)).collect();
+    let policy = Arc::new(Policy {
+        pools: vec!["240.0.0.0/4".parse().unwrap()],
+        grace: Duration::from_secs(86400),
+    });
+    let hosts: Vec<String> = (0..count)
+        .map(|i| format!("svc{i}.ns{}.global", i % 100))
+        .collect();
 
     let (writes0, requests0) = (sim.writes(), sim.requests());
     let started = Instant::now();
     for batch in hosts.chunks(BATCH) {
-        let (p, batch) = (policy.clone(), batch.to_vec());
-        store
-            .update(Box::new(move |state: &mut AllocState| {
-                let none = Reserved::new();
-                let mut alloc = Allocator::new(&p, state, &none, unix_now());
-                for h in &batch {
-                    alloc.ensure(h)?;
-                }
-                Ok(alloc.changed())
-            }))
-            .await
-            .unwrap();
+        let batch = batch.to_vec();
+        operate(&store, policy.clone(), move |alloc| {
+            batch.iter().try_for_each(|h| alloc.ensure(h).map(drop))
+        })
+        .await
+        .unwrap();
     }
     let allocate = started.elapsed();
     let (writes, requests) = (sim.writes() - writes0, sim.requests() - requests0);
@@ -53,14 +60,38 @@ async fn run(count: usize) {
 
     let sizes: Vec<usize> = (0..SHARDS)
         .filter_map(|i| sim.object("", "configmaps", "istio-system", &shard_name(i)))
-        .map(|cm| cm["data"].as_object().map_or(0, |d| d.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum()))
+        .map(|cm| {
+            cm["data"].as_object().map_or(0, |d| {
+                d.iter()
+                    .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                    .sum()
+            })
+        })
         .collect();
     let largest = sizes.iter().max().copied().unwrap_or(0);
     let total: usize = sizes.iter().sum();
 
     println!("ConfigMap store, {count} hosts in batches of {BATCH}, API simulator in process");
-    println!("{:<44} {:>10.2} s  {:>10.0} allocations/s", "allocate", allocate.as_secs_f64(), count as f64 / allocate.as_secs_f64());
-    println!("{:<44} {:>10}    ({} requests in all)", "API write requests", writes, requests);
-    println!("{:<44} {:>10.2} s", "fresh reader: load every shard", load.as_secs_f64());
-    println!("{:<44} {:>10}    largest {} KiB, {} KiB in all", "shards", sizes.len(), largest / 1024, total / 1024);
+    println!(
+        "{:<44} {:>10.2} s  {:>10.0} allocations/s",
+        "allocate",
+        allocate.as_secs_f64(),
+        count as f64 / allocate.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>10}    ({} requests in all)",
+        "API write requests", writes, requests
+    );
+    println!(
+        "{:<44} {:>10.2} s",
+        "fresh reader: load every shard",
+        load.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>10}    largest {} KiB, {} KiB in all",
+        "shards",
+        sizes.len(),
+        largest / 1024,
+        total / 1024
+    );
 }

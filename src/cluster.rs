@@ -30,31 +30,22 @@ pub async fn connect(
         context: context.map(str::to_string),
         ..Default::default()
     };
-    let from_file = |path: PathBuf, kc: Result<Kubeconfig, kube::config::KubeconfigError>| {
-        let shown = path.display().to_string();
-        kc.map_err(|e| ClusterError::Kubeconfig {
-            path: shown.clone(),
-            detail: one_line(&e),
-        })
+    let file = match kubeconfig {
+        Some(path) => Some((path.to_path_buf(), Kubeconfig::read_from(path))),
+        None => default_kubeconfig().map(|path| (path, Kubeconfig::read())),
     };
-    let mut config = if let Some(path) = kubeconfig {
-        let kc = from_file(path.to_path_buf(), Kubeconfig::read_from(path))?;
-        kube::Config::from_custom_kubeconfig(kc, &options)
-            .await
-            .map_err(|e| ClusterError::Kubeconfig {
+    let mut config = match file {
+        Some((path, kc)) => {
+            let bad = |detail| ClusterError::Kubeconfig {
                 path: path.display().to_string(),
-                detail: one_line(&e),
-            })?
-    } else if let Some(path) = default_kubeconfig() {
-        let kc = from_file(path.clone(), Kubeconfig::read())?;
-        kube::Config::from_custom_kubeconfig(kc, &options)
-            .await
-            .map_err(|e| ClusterError::Kubeconfig {
-                path: path.display().to_string(),
-                detail: one_line(&e),
-            })?
-    } else {
-        kube::Config::incluster().map_err(|e| ClusterError::NoConfig(one_line(&e)))?
+                detail,
+            };
+            let kc = kc.map_err(|e| bad(one_line(&e)))?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|e| bad(one_line(&e)))?
+        }
+        None => kube::Config::incluster().map_err(|e| ClusterError::NoConfig(one_line(&e)))?,
     };
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     kube::Client::try_from(config).map_err(|e| ClusterError::Client(one_line(&e)))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use globaldns::alloc::store::configmap::shard::{SHARDS, shard_name, shard_of};
-use globaldns::alloc::{AllocState, Allocator, ConfigMapStore, Policy, Reserved, Store, unix_now};
+use globaldns::alloc::{AllocState, Allocator, ConfigMapStore, Policy, Reserved, Store, operate};
 use support::apiserver::ApiServer;
 
 fn policy() -> Arc<Policy> {
@@ -24,18 +24,11 @@ async fn store(sim: &ApiServer) -> ConfigMapStore {
 
 /// Allocates `hosts` in one transaction; returns the stored state.
 async fn allocate(store: &ConfigMapStore, hosts: Vec<String>) -> AllocState {
-    let policy = policy();
-    store
-        .update(Box::new(move |state: &mut AllocState| {
-            let none = Reserved::new();
-            let mut alloc = Allocator::new(&policy, state, &none, unix_now());
-            for h in &hosts {
-                alloc.ensure(h)?;
-            }
-            Ok(alloc.changed())
-        }))
-        .await
-        .unwrap()
+    operate(store, policy(), move |alloc| {
+        hosts.iter().try_for_each(|h| alloc.ensure(h).map(drop))
+    })
+    .await
+    .unwrap()
 }
 
 fn addresses(state: &AllocState) -> BTreeSet<IpAddr> {
@@ -111,14 +104,7 @@ async fn allocation_goes_through_injected_server_errors() {
     assert_eq!(state.records.len(), 3);
     // With the API down for good, a clear error instead of a hang or a panic.
     sim.fail_next(1000);
-    let policy = policy();
-    let err = store
-        .update(Box::new(move |s: &mut AllocState| {
-            let none = Reserved::new();
-            let mut alloc = Allocator::new(&policy, s, &none, 0);
-            alloc.ensure("d.global")?;
-            Ok(true)
-        }))
+    let err = operate(&store, policy(), |alloc| alloc.ensure("d.global").map(drop))
         .await
         .unwrap_err();
     assert!(

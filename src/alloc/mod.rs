@@ -14,4 +14,4 @@ pub use pool::{DEFAULT_POOL, Pool, PoolError, VM_POOL};
 pub use state::{
     AllocState, DecodeError, FORMAT, Record, RecordState, host_key, host_key_from_str,
 };
-pub use store::{ConfigMapStore, FileStore, MemoryStore, Mutation, Store, StoreError};
+pub use store::{ConfigMapStore, FileStore, MemoryStore, Mutation, Store, StoreError, operate};

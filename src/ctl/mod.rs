@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::alloc::{
-    AllocError, AllocState, Allocator, ConfigMapStore, DEFAULT_POOL, FileStore, Policy, Pool,
-    Reserved, Store, StoreError, check, host_key_from_str, unix_now, usage,
+    AllocError, ConfigMapStore, DEFAULT_POOL, FileStore, Policy, Pool, Store, StoreError, check,
+    host_key_from_str, operate, usage,
 };
 
 /// Operate globaldns: allocate, pin, release and inspect the VIPs of `.global` hosts.
@@ -199,22 +199,19 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             }
             let mut out = String::new();
             for batch in hosts.chunks(BATCH) {
-                let (p, h) = (policy.clone(), batch.to_vec());
-                let state = store
-                    .update(Box::new(move |state: &mut AllocState| {
-                        let reserved = Reserved::new();
-                        let mut alloc = Allocator::new(&p, state, &reserved, unix_now());
-                        for host in &h {
-                            match ip {
-                                Some(ip) => alloc.pin(host, ip, force)?,
-                                None => {
-                                    alloc.allocate_pinned(host)?;
-                                }
+                let batch_hosts = batch.to_vec();
+                let state = operate(store.as_ref(), policy.clone(), move |alloc| {
+                    for host in &batch_hosts {
+                        match ip {
+                            Some(ip) => alloc.pin(host, ip, force)?,
+                            None => {
+                                alloc.allocate_pinned(host)?;
                             }
                         }
-                        Ok(alloc.changed())
-                    }))
-                    .await?;
+                    }
+                    Ok(())
+                })
+                .await?;
                 let missing: Vec<&String> = batch
                     .iter()
                     .filter(|h| !state.records.contains_key(*h))
@@ -233,17 +230,11 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
         }
         Command::Release { ref hosts } => {
             let hosts = normalize(hosts)?;
-            let (p, h) = (policy.clone(), hosts.clone());
-            store
-                .update(Box::new(move |state: &mut AllocState| {
-                    let reserved = Reserved::new();
-                    let mut alloc = Allocator::new(&p, state, &reserved, unix_now());
-                    for host in &h {
-                        alloc.release(host)?;
-                    }
-                    Ok(alloc.changed())
-                }))
-                .await?;
+            let to_release = hosts.clone();
+            operate(store.as_ref(), policy.clone(), move |alloc| {
+                to_release.iter().try_for_each(|host| alloc.release(host))
+            })
+            .await?;
             Ok(hosts.iter().map(|h| format!("{h} released\n")).collect())
         }
         Command::Get { ref host } => {

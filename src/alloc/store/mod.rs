@@ -36,6 +36,26 @@ pub type Mutation = Box<dyn FnMut(&mut AllocState) -> Result<bool, AllocError> +
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// Runs `operate` on an [`Allocator`](super::Allocator) over the latest stored state, as one
+/// transaction: what operators and tools do (no explicit addresses are known to them).
+pub async fn operate<F>(
+    store: &dyn Store,
+    policy: std::sync::Arc<super::Policy>,
+    mut operate: F,
+) -> Result<AllocState, StoreError>
+where
+    F: FnMut(&mut super::Allocator<'_>) -> Result<(), AllocError> + Send + 'static,
+{
+    store
+        .update(Box::new(move |state: &mut AllocState| {
+            let none = super::Reserved::new();
+            let mut alloc = super::Allocator::new(&policy, state, &none, super::unix_now());
+            operate(&mut alloc)?;
+            Ok(alloc.changed())
+        }))
+        .await
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Human-readable location, for messages.
     fn describe(&self) -> String;

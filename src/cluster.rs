@@ -51,6 +51,29 @@ pub async fn connect(
     kube::Client::try_from(config).map_err(|e| ClusterError::Client(one_line(&e)))
 }
 
+/// A client from kubeconfig text, as held in an Istio remote secret.
+pub async fn connect_yaml(yaml: &str, what: &str) -> Result<kube::Client, ClusterError> {
+    let bad = |detail| ClusterError::Kubeconfig {
+        path: what.to_string(),
+        detail,
+    };
+    let kc = Kubeconfig::from_yaml(yaml).map_err(|e| bad(one_line(&e)))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| bad(one_line(&e)))?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    kube::Client::try_from(config).map_err(|e| ClusterError::Client(one_line(&e)))
+}
+
+/// Context names of a kubeconfig file, in file order.
+pub fn contexts(path: &Path) -> Result<Vec<String>, ClusterError> {
+    let kc = Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+        path: path.display().to_string(),
+        detail: one_line(&e),
+    })?;
+    Ok(kc.contexts.into_iter().map(|c| c.name).collect())
+}
+
 fn default_kubeconfig() -> Option<PathBuf> {
     if let Some(paths) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
         return std::env::split_paths(&paths).next();
@@ -61,7 +84,7 @@ fn default_kubeconfig() -> Option<PathBuf> {
 }
 
 /// An error and its causes on one line.
-fn one_line(e: &dyn std::error::Error) -> String {
+pub fn one_line(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use crate::alloc::{DEFAULT_POOL, Policy, Pool};
 use crate::forward::{system_upstreams, without_self};
-use crate::server::ServerConfig;
+use crate::server::{ClusterConfig, ServerConfig};
 use crate::zone::{SoaSettings, ZoneSettings};
 
 /// Authoritative DNS for the `.global` names of an Istio multicluster mesh, read from
@@ -75,7 +75,8 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub soa_minimum: u32,
 
-    /// File keeping the VIP allocations, shared with `dnsctl`
+    /// File keeping the VIP allocations, shared with `dnsctl`; with clusters, given only to keep
+    /// allocations in a file instead of the primary's ConfigMaps
     /// [default: <zones>.state.json, next to the zones directory].
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
@@ -84,6 +85,37 @@ pub struct ServerArgs {
     /// 127.255.0.0/16 suits VMs; an IPv6 pool such as 2001:2::/48 adds AAAA answers.
     #[arg(long = "pool", default_value = DEFAULT_POOL, value_name = "CIDR")]
     pub pools: Vec<Pool>,
+
+    /// Kubeconfig of clusters whose ServiceEntries are served (repeatable); every context in
+    /// each file is a cluster, its ID the context name. The first cluster is the primary: it
+    /// holds the VIP allocations and the remote secrets.
+    #[arg(long = "kubeconfig", value_name = "PATH")]
+    pub kubeconfigs: Vec<PathBuf>,
+
+    /// Only these contexts of the kubeconfigs (repeatable).
+    #[arg(long = "context", value_name = "NAME")]
+    pub contexts: Vec<String>,
+
+    /// Keep the allocations in this context's cluster instead of the first one.
+    #[arg(long, value_name = "NAME")]
+    pub store_context: Option<String>,
+
+    /// Namespace of the allocation ConfigMaps and of the remote secrets in the primary cluster.
+    #[arg(long, default_value = "istio-system", value_name = "NS")]
+    pub namespace: String,
+
+    /// ID of this cluster when running in a pod without --kubeconfig.
+    #[arg(
+        long,
+        env = "CLUSTER_ID",
+        default_value = "Kubernetes",
+        value_name = "ID"
+    )]
+    pub cluster_id: String,
+
+    /// Ready once every cluster has synced, or after this long.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub sync_timeout: u64,
 
     /// How long a VIP stays reserved for a host that is no longer declared.
     #[arg(long, default_value_t = 86400, value_name = "SECONDS")]
@@ -112,9 +144,18 @@ impl ServerArgs {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         ServerConfig {
+            force_state_file: self.state.is_some(),
             state: self
                 .state
                 .unwrap_or_else(|| default_state_path(&self.zones)),
+            clusters: ClusterConfig {
+                kubeconfigs: self.kubeconfigs,
+                contexts: self.contexts,
+                in_cluster_id: std::env::var_os("KUBERNETES_SERVICE_HOST").map(|_| self.cluster_id),
+                store_context: self.store_context,
+                namespace: self.namespace,
+                sync_timeout: Duration::from_secs(self.sync_timeout),
+            },
             policy: Policy {
                 pools: self.pools,
                 grace: Duration::from_secs(self.grace),

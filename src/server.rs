@@ -8,15 +8,18 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::alloc::{FileStore, Policy, Store};
+use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
+use crate::cluster::{self, ClusterError};
 use crate::dns::{Handler, serve_tcp, serve_udp};
 use crate::forward::{Forward, UpstreamForwarder};
 use crate::publish::Publisher;
-use crate::source::{DeclarationSet, file};
+use crate::source::file;
+use crate::source::kube::{ClusterSet, watch_remote_secrets};
+use crate::source::readiness::Readiness;
+use crate::source::set::SourceSet;
 use crate::zone::{BuildError, SharedTable, ZoneSettings};
 
 #[derive(Clone, Debug)]
@@ -24,9 +27,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub zones_dir: PathBuf,
     pub zone: ZoneSettings,
-    /// Where allocations are kept (the file store).
+    /// The state file, when allocations are kept in a file.
     pub state: PathBuf,
+    /// Use the state file even when clusters are configured.
+    pub force_state_file: bool,
     pub policy: Policy,
+    pub clusters: ClusterConfig,
     /// Already stripped of this server's own address.
     pub upstreams: Vec<SocketAddr>,
     /// UDP sockets (and runtime threads) serving queries.
@@ -35,8 +41,28 @@ pub struct ServerConfig {
     pub forward_budget: Duration,
 }
 
+/// Kubernetes clusters to watch. The first is the primary: it holds the allocation ConfigMaps
+/// and the remote secrets.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterConfig {
+    /// Kubeconfig files: every context in each is a cluster (its ID is the context name).
+    pub kubeconfigs: Vec<PathBuf>,
+    /// Only these contexts, when not empty.
+    pub contexts: Vec<String>,
+    /// The in-cluster service account, when running in a pod without kubeconfigs.
+    pub in_cluster_id: Option<String>,
+    /// Context holding the allocations instead of the first cluster.
+    pub store_context: Option<String>,
+    pub namespace: String,
+    pub sync_timeout: Duration,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("cluster {id}: {source}")]
+    Cluster { id: String, source: ClusterError },
+    #[error("--store-context {0} is not one of the configured clusters")]
+    NoStoreCluster(String),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -44,14 +70,13 @@ pub enum ServerError {
     },
     #[error("building the name table: {0}")]
     Table(#[from] BuildError),
-    #[error("the file source stopped before its first load")]
-    SourceGone,
 }
 
 pub struct Server {
     local_addr: SocketAddr,
     table: SharedTable,
     tasks: JoinSet<()>,
+    readiness: Readiness,
 }
 
 impl Server {
@@ -65,15 +90,56 @@ impl Server {
         })?;
         let mut tasks = JoinSet::new();
 
-        let (tx, mut rx) = watch::channel(DeclarationSet::default());
+        let readiness = Readiness::new(config.clusters.sync_timeout);
+        let (sources, mut rx) = SourceSet::new();
         tasks.spawn(file::watch_dir(
             config.zones_dir.clone(),
             config.rescan_every,
-            tx,
+            sources.clone(),
         ));
-        rx.changed().await.map_err(|_| ServerError::SourceGone)?;
+        sources.published(file::SOURCE).await;
+
+        let clusters = connect_clusters(&config.clusters).await?;
+        let primary = match &config.clusters.store_context {
+            Some(ctx) => Some(
+                clusters
+                    .iter()
+                    .find(|(id, _)| id == ctx)
+                    .ok_or_else(|| ServerError::NoStoreCluster(ctx.clone()))?,
+            ),
+            None => clusters.first(),
+        };
+        let store: Arc<dyn Store> =
+            match (primary.and_then(|p| p.1.as_ref()), config.force_state_file) {
+                (Some(client), false) => Arc::new(ConfigMapStore::new(
+                    client.clone(),
+                    &config.clusters.namespace,
+                )),
+                _ => Arc::new(FileStore::new(&config.state)),
+            };
+        info!(store = %store.describe(), "allocations");
+        if !clusters.is_empty() {
+            let set = ClusterSet::new(sources.clone(), readiness.clone());
+            for (id, client) in &clusters {
+                if let Some(client) = client {
+                    set.add(id, &format!("context {id}"), "", client.clone());
+                }
+            }
+            if let Some(client) = &clusters[0].1 {
+                tasks.spawn(watch_remote_secrets(
+                    client.clone(),
+                    config.clusters.namespace.clone(),
+                    set.clone(),
+                ));
+            }
+            tasks.spawn(async move {
+                // Keeps the cluster set (and its watches) alive as long as the server.
+                let _set = set;
+                std::future::pending::<()>().await
+            });
+        }
+
         let first = rx.borrow_and_update().clone();
-        let store: Arc<dyn Store> = Arc::new(FileStore::new(&config.state));
         let publisher =
             Publisher::start(config.zone.clone(), config.policy.clone(), store, &first).await?;
         let table = publisher.table();
@@ -98,11 +164,17 @@ impl Server {
             local_addr,
             table,
             tasks,
+            readiness,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every cluster has synced once, or the sync timeout passed.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
     }
 
     pub fn table(&self) -> &SharedTable {
@@ -112,6 +184,49 @@ impl Server {
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
     }
+}
+
+/// Clients for the configured clusters, by ID, in order. A cluster whose kubeconfig is broken
+/// is reported and left out (`None`) unless it would be the primary.
+async fn connect_clusters(
+    config: &ClusterConfig,
+) -> Result<Vec<(String, Option<kube::Client>)>, ServerError> {
+    let mut out: Vec<(String, Option<kube::Client>)> = Vec::new();
+    for path in &config.kubeconfigs {
+        let contexts = cluster::contexts(path).map_err(|source| ServerError::Cluster {
+            id: path.display().to_string(),
+            source,
+        })?;
+        for ctx in contexts
+            .into_iter()
+            .filter(|c| config.contexts.is_empty() || config.contexts.contains(c))
+        {
+            if out.iter().any(|(id, _)| *id == ctx) {
+                warn!(cluster = %ctx, kubeconfig = %path.display(), "duplicate cluster ID; keeping the first");
+                continue;
+            }
+            match cluster::connect(Some(path), Some(&ctx)).await {
+                Ok(client) => out.push((ctx, Some(client))),
+                Err(source) if out.is_empty() => {
+                    return Err(ServerError::Cluster { id: ctx, source });
+                }
+                Err(error) => {
+                    warn!(cluster = %ctx, %error, "cannot use cluster; skipped");
+                    out.push((ctx, None));
+                }
+            }
+        }
+    }
+    if let (true, Some(id)) = (out.is_empty(), &config.in_cluster_id) {
+        let client = cluster::connect(None, None)
+            .await
+            .map_err(|source| ServerError::Cluster {
+                id: id.clone(),
+                source,
+            })?;
+        out.push((id.clone(), Some(client)));
+    }
+    Ok(out)
 }
 
 /// One TCP listener and `workers` UDP sockets sharing its port through SO_REUSEPORT.

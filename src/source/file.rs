@@ -11,11 +11,12 @@ use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use serde_json::Value;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::service_entry::{API_VERSIONS, EntryError, KIND, ServiceEntry};
-use super::{Declaration, DeclarationSet};
+use super::Declaration;
+use super::service_entry::{API_VERSIONS, KIND};
+use super::set::SourceSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -48,32 +49,18 @@ pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, File
         if !is_service_entry(&doc) {
             continue;
         }
-        let entry_err = |name: &str, reason: String| FileError::Entry {
-            doc: i + 1,
-            name: name.to_string(),
-            reason,
-        };
         let name = doc
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let se: ServiceEntry =
-            serde_json::from_value(doc).map_err(|e| entry_err(&name, e.to_string()))?;
-        let fail = |e: EntryError| entry_err(&name, e.to_string());
-        let hosts = se.host_names().map_err(fail)?;
-        let addresses = se.addresses().map_err(fail)?;
-        for cidr in &addresses.cidrs {
-            warn!(origin = %origin, entry = %name, %cidr, "CIDR in spec.addresses has no single address to answer with; ignored");
-        }
-        out.push(Declaration {
-            origin: origin.clone(),
-            namespace: se.namespace().to_string(),
-            name: se.metadata.name.clone(),
-            hosts,
-            needs_vip: se.spec.addresses.is_empty(),
-            addresses: addresses.ips,
-        });
+        let declaration =
+            Declaration::from_manifest(&origin, doc).map_err(|reason| FileError::Entry {
+                doc: i + 1,
+                name,
+                reason,
+            })?;
+        out.push(declaration);
     }
     Ok(out)
 }
@@ -150,8 +137,11 @@ fn fingerprint(dir: &Path) -> Fingerprint {
         .collect()
 }
 
-/// Loads `dir` now, then keeps `tx` up to date until every receiver is gone.
-pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, tx: watch::Sender<DeclarationSet>) {
+/// The name the file source publishes under.
+pub const SOURCE: &str = "files";
+
+/// Loads `dir` now, then keeps `sources` up to date until nobody reads them.
+pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet) {
     let changed = Arc::new(Notify::new());
     let mut watcher = None;
     let mut last: Option<Fingerprint> = None;
@@ -179,9 +169,7 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, tx: watch::Sender<D
                 }
             }
             info!(dir = %dir.display(), entries = result.declarations.len(), failed = result.failed.len(), "loaded manifests");
-            if tx.send(Arc::new(result.declarations)).is_err() {
-                return;
-            }
+            sources.publish(SOURCE, Arc::new(result.declarations));
         }
         last = Some(current);
         tokio::select! {
@@ -190,7 +178,7 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, tx: watch::Sender<D
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             _ = ticker.tick() => {}
-            _ = tx.closed() => return,
+            _ = sources.closed() => return,
         }
     }
 }

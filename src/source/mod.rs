@@ -2,12 +2,18 @@
 //! what it currently declares, and the name table is rebuilt from that.
 
 pub mod file;
+pub mod kube;
+pub mod readiness;
 pub mod service_entry;
+pub mod set;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::Name;
+use tracing::warn;
+
+use service_entry::ServiceEntry;
 
 /// "These hosts are declared by this ServiceEntry, with these explicit addresses."
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +31,28 @@ pub struct Declaration {
 }
 
 impl Declaration {
+    /// Reads one ServiceEntry object (from a file or an API server). CIDRs in `spec.addresses`
+    /// are logged and left out; anything else malformed is an error naming the problem.
+    pub fn from_manifest(
+        origin: &Arc<str>,
+        object: serde_json::Value,
+    ) -> Result<Declaration, String> {
+        let se: ServiceEntry = serde_json::from_value(object).map_err(|e| e.to_string())?;
+        let hosts = se.host_names().map_err(|e| e.to_string())?;
+        let addresses = se.addresses().map_err(|e| e.to_string())?;
+        for cidr in &addresses.cidrs {
+            warn!(%origin, namespace = se.namespace(), entry = %se.metadata.name, %cidr, "CIDR in spec.addresses has no single address to answer with; ignored");
+        }
+        Ok(Declaration {
+            origin: origin.clone(),
+            namespace: se.namespace().to_string(),
+            name: se.metadata.name.clone(),
+            hosts,
+            needs_vip: se.spec.addresses.is_empty(),
+            addresses: addresses.ips,
+        })
+    }
+
     /// Stable ordering key: every replica sorts declarations the same way.
     pub fn key(&self) -> (&str, &str, &str) {
         (&self.origin, &self.namespace, &self.name)

@@ -1,0 +1,108 @@
+//! ServiceEntries from Kubernetes clusters: a set of clusters, each watched on its own, fed by
+//! kubeconfig contexts and by Istio remote secrets.
+
+mod secrets;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tracing::{error, info};
+
+pub use secrets::{REMOTE_SECRET_LABEL, watch_remote_secrets};
+
+use super::readiness::Readiness;
+use super::set::SourceSet;
+
+/// The clusters being watched, by cluster ID. The first registration of an ID wins.
+pub struct ClusterSet {
+    sources: SourceSet,
+    readiness: Readiness,
+    running: Mutex<BTreeMap<String, Running>>,
+}
+
+struct Running {
+    /// Who registered it: a kubeconfig context or a remote secret.
+    owner: String,
+    /// Changes when its kubeconfig does.
+    fingerprint: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The source name a cluster publishes under (also the origin of its declarations).
+pub fn source_name(id: &str) -> String {
+    format!("cluster {id}")
+}
+
+impl ClusterSet {
+    pub fn new(sources: SourceSet, readiness: Readiness) -> Arc<Self> {
+        Arc::new(ClusterSet {
+            sources,
+            readiness,
+            running: Mutex::default(),
+        })
+    }
+
+    /// Watches cluster `id`. Returns false when another owner already registered that ID.
+    pub fn add(&self, id: &str, owner: &str, fingerprint: &str, client: kube::Client) -> bool {
+        let mut running = self.running.lock().expect("cluster set lock");
+        if let Some(existing) = running.get(id) {
+            if existing.owner != owner {
+                error!(cluster = id, %owner, registered_by = %existing.owner, "duplicate cluster ID; keeping the first registration");
+                return false;
+            }
+            if existing.fingerprint == fingerprint {
+                return true;
+            }
+            info!(cluster = id, %owner, "cluster credentials changed; reconnecting");
+        } else {
+            info!(cluster = id, %owner, "cluster added");
+        }
+        let source = source_name(id);
+        self.readiness.expect(&source);
+        let task = tokio::spawn(watch::watch_cluster(
+            id.to_string(),
+            source,
+            client,
+            self.sources.clone(),
+            self.readiness.clone(),
+        ));
+        running.insert(
+            id.to_string(),
+            Running {
+                owner: owner.to_string(),
+                fingerprint: fingerprint.to_string(),
+                task,
+            },
+        );
+        true
+    }
+
+    /// Stops watching cluster `id` and withdraws its names, if `owner` registered it.
+    pub fn remove(&self, id: &str, owner: &str) {
+        let mut running = self.running.lock().expect("cluster set lock");
+        if running.get(id).is_some_and(|r| r.owner == owner) {
+            running.remove(id);
+            let source = source_name(id);
+            self.sources.remove(&source);
+            self.readiness.forget(&source);
+            info!(cluster = id, %owner, "cluster removed");
+        }
+    }
+
+    /// IDs registered by `owner`.
+    pub fn owned_by(&self, owner: &str) -> Vec<String> {
+        let running = self.running.lock().expect("cluster set lock");
+        running
+            .iter()
+            .filter(|(_, r)| r.owner == owner)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}

@@ -30,7 +30,7 @@ impl GlobalDns {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_globaldns"));
-        if !args.contains(&"--state") {
+        if !args.contains(&"--state") && !args.contains(&"--kubeconfig") {
             // Never next to the zones directory: that may be the repository's zones/.
             cmd.arg("--state").arg(log_dir.path().join("state.json"));
         }

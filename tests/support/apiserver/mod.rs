@@ -152,6 +152,27 @@ impl ApiServer {
             .cloned()
     }
 
+    /// Creates namespace `name` unless it exists.
+    pub fn ensure_namespace(&self, name: &str) {
+        if self.object("", "namespaces", "", name).is_none() {
+            self.put_object("", "namespaces", "", json!({"metadata": {"name": name}}));
+        }
+    }
+
+    /// Deletes an object directly (no-op when absent).
+    pub fn remove_object(&self, group: &str, plural: &str, namespace: &str, name: &str) {
+        let kind = KINDS
+            .iter()
+            .position(|k| k.group == group && k.plural == plural)
+            .unwrap();
+        let _ = self
+            .shared
+            .store
+            .lock()
+            .unwrap()
+            .delete(&(kind, namespace.to_string(), name.to_string()), None);
+    }
+
     /// Creates or replaces an object directly, bypassing validation of preconditions (to plant
     /// data a client would not write, such as a corrupted shard).
     pub fn put_object(&self, group: &str, plural: &str, namespace: &str, object: Value) {

@@ -199,6 +199,7 @@ impl Store {
                 format!("{what} \"{name}\" already exists"),
             ));
         }
+        fold_string_data(kind, &mut obj);
         validate(kind, &obj)?;
         self.uid += 1;
         let meta = obj
@@ -235,6 +236,7 @@ impl Store {
             .get(key)
             .ok_or_else(|| ApiError::not_found(&KINDS[key.0], &key.2))?;
         check_precondition(&obj, current, &key.2)?;
+        fold_string_data(key.0, &mut obj);
         validate(key.0, &obj)?;
         for field in ["uid", "creationTimestamp", "namespace"] {
             if let Some(v) = current["metadata"].get(field) {
@@ -332,6 +334,21 @@ pub fn check_precondition(obj: &Value, current: &Value, name: &str) -> Result<()
             Err(conflict(name))
         }
         _ => Ok(()),
+    }
+}
+
+/// Secrets: `stringData` is write-only; the API server folds it into `data` (base64).
+fn fold_string_data(kind: usize, obj: &mut Value) {
+    if KINDS[kind].kind != "Secret" {
+        return;
+    }
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    for (key, value) in strings {
+        let bytes = k8s_openapi::ByteString(value.as_str().unwrap_or_default().as_bytes().to_vec());
+        obj["data"][key] = serde_json::to_value(bytes).expect("bytes serialize");
     }
 }
 

@@ -101,11 +101,25 @@ async fn two_clusters_resolve_and_share_one_vip_per_host() {
     );
     service_entry(&a, "foo", "sleep", &["sleep.foo.global"], &[]);
     service_entry(&b, "foo", "sleep-too", &["sleep.foo.global"], &[]);
+    // Conflicting explicit addresses: the first in (cluster, namespace, name) order wins.
+    service_entry(
+        &b,
+        "default",
+        "reviews-b",
+        &["reviews.default.global"],
+        &["240.0.0.99"],
+    );
     let dir = tempfile::tempdir().unwrap();
+    // The zones/ files keep working next to the clusters.
+    std::fs::create_dir_all(dir.path().join("zones")).unwrap();
+    let file_entry = support::service_entry("f", &["from-file.global"], &["240.0.0.9"]);
+    std::fs::write(dir.path().join("zones/file.yaml"), file_entry).unwrap();
     let server = start(
         dir.path(),
         &write_kubeconfig(dir.path(), &[("a", &a), ("b", &b)]),
     );
+    assert!(eventually(WITHIN, || ips(&server, "from-file.global.")
+        == ["240.0.0.9"]));
     assert!(eventually(WITHIN, || ips(
         &server,
         "reviews.default.global."
@@ -121,6 +135,43 @@ async fn two_clusters_resolve_and_share_one_vip_per_host() {
     assert!(eventually(WITHIN, || server
         .log_text()
         .contains("every source has synced")));
+    assert!(
+        server
+            .log_text()
+            .contains("host declared with different addresses")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_context_moves_the_allocations() {
+    let (a, b) = (ApiServer::start().await, ApiServer::start().await);
+    service_entry(&a, "foo", "sleep", &["sleep.foo.global"], &[]);
+    b.ensure_namespace("mesh-dns");
+    let dir = tempfile::tempdir().unwrap();
+    let kc = write_kubeconfig(dir.path(), &[("a", &a), ("b", &b)]);
+    std::fs::create_dir_all(dir.path().join("zones")).unwrap();
+    let args = [
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--store-context",
+        "b",
+        "--namespace",
+        "mesh-dns",
+    ];
+    let server = GlobalDns::start(&dir.path().join("zones"), &args);
+    assert!(eventually(WITHIN, || ips(&server, "sleep.foo.global.")
+        .len()
+        == 1));
+    let shards = |sim: &ApiServer, ns: &str| {
+        (0..64)
+            .filter(|i| {
+                sim.object("", "configmaps", ns, &format!("globaldns-vips-{i:02x}"))
+                    .is_some()
+            })
+            .count()
+    };
+    assert_eq!(shards(&b, "mesh-dns"), 1);
+    assert_eq!(shards(&a, "istio-system") + shards(&a, "mesh-dns"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -224,10 +275,12 @@ async fn dropped_watches_and_410_relist_and_catch_up() {
     remove_entry(&b, "ns", "old");
     service_entry(&b, "ns", "new", &["new.ns.global"], &["240.0.0.61"]);
     b.compact();
-    let within = Duration::from_secs(10);
+    // kube-runtime backs off after each failure (0.8 s, doubling), so recovery takes seconds.
+    let within = Duration::from_secs(20);
     assert!(
         eventually(within, || ips(&server, "new.ns.global.") == ["240.0.0.61"]),
-        "caught up"
+        "caught up: {}",
+        server.log_text()
     );
     assert!(
         eventually(within, || nxdomain(&server, "old.ns.global.")),
@@ -246,6 +299,7 @@ async fn an_unreachable_cluster_keeps_its_last_known_names() {
         &write_kubeconfig(dir.path(), &[("a", &a), ("b", &b)]),
     );
     assert!(eventually(WITHIN, || ips(&server, "on-b.ns.global.") == ["240.0.0.71"]));
+    assert!(eventually(WITHIN, || ips(&server, "on-a.ns.global.") == ["240.0.0.70"]));
     b.fail_next(u32::MAX);
     b.drop_watches();
     for _ in 0..15 {

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use hickory_proto::rr::Name;
+use ipnet::IpNet;
 use tracing::warn;
 
 use crate::alloc::{DEFAULT_POOL, Policy, Pool};
 use crate::forward::{system_upstreams, without_self};
-use crate::server::{ClusterConfig, ServerConfig};
+use crate::server::{ClusterConfig, ForwardConfig, ServerConfig};
 use crate::zone::{SoaSettings, ZoneSettings};
 
 /// Authoritative DNS for the `.global` names of an Istio multicluster mesh, read from
@@ -46,6 +47,20 @@ pub struct ServerArgs {
     /// Time budget for one forwarded query across all upstreams; SERVFAIL after it.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     pub forward_timeout_ms: u64,
+
+    /// Forwarded answers kept in the cache, in entries of up to 1 KiB; 0 turns it off.
+    #[arg(long, default_value_t = 100_000, value_name = "ENTRIES")]
+    pub cache_size: u64,
+
+    /// Longest time a forwarded answer is cached, whatever its TTL.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub cache_max_ttl: u64,
+
+    /// Clients that may resolve names outside the served zones (repeatable); others get REFUSED
+    /// for those, and answers for the served zones.
+    /// [default: loopback, RFC 1918, 100.64.0.0/10, fc00::/7]
+    #[arg(long = "allow-from", value_name = "CIDR")]
+    pub allow_from: Vec<IpNet>,
 
     /// TTL of answers for served names.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
@@ -174,12 +189,37 @@ impl ServerArgs {
                     minimum: self.soa_minimum,
                 },
             },
-            upstreams: without_self(upstreams, self.listen),
+            forward: ForwardConfig {
+                upstreams: without_self(upstreams, self.listen),
+                budget: Duration::from_millis(self.forward_timeout_ms.max(1)),
+                cache_size: self.cache_size,
+                cache_max_ttl: Duration::from_secs(self.cache_max_ttl),
+                allow_recursion: if self.allow_from.is_empty() {
+                    default_allow_from()
+                } else {
+                    self.allow_from
+                },
+            },
             workers: workers.max(1),
             rescan_every: Duration::from_secs(self.rescan_interval.max(1)),
-            forward_budget: Duration::from_millis(self.forward_timeout_ms.max(1)),
         }
     }
+}
+
+/// Private and cluster-internal ranges: what pods, nodes and VMs of a mesh use.
+fn default_allow_from() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("valid CIDR"))
+    .collect()
 }
 
 /// `<zones>.state.json`, beside the zones directory (so the directory watch never sees it).

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
 use crate::dns::{Handler, serve_tcp, serve_udp};
-use crate::forward::{Forward, UpstreamForwarder};
+use crate::forward::{AnswerCache, CachingForwarder, Forward, UpstreamForwarder};
 use crate::publish::Publisher;
 use crate::source::file;
 use crate::source::kube::{ClusterSet, watch_remote_secrets};
@@ -33,12 +34,43 @@ pub struct ServerConfig {
     pub force_state_file: bool,
     pub policy: Policy,
     pub clusters: ClusterConfig,
-    /// Already stripped of this server's own address.
-    pub upstreams: Vec<SocketAddr>,
+    pub forward: ForwardConfig,
     /// UDP sockets (and runtime threads) serving queries.
     pub workers: usize,
     pub rescan_every: Duration,
-    pub forward_budget: Duration,
+}
+
+/// How names outside the served zones are resolved.
+#[derive(Clone, Debug)]
+pub struct ForwardConfig {
+    /// Already stripped of this server's own address.
+    pub upstreams: Vec<SocketAddr>,
+    /// Time for one forwarded query across all upstreams.
+    pub budget: Duration,
+    /// Cached answers (entries of up to 1 KiB); 0 turns the cache off.
+    pub cache_size: u64,
+    pub cache_max_ttl: Duration,
+    /// Clients that may use us as a recursive resolver.
+    pub allow_recursion: Vec<IpNet>,
+}
+
+/// Queries upstream at once; beyond this, SERVFAIL at once instead of piling up.
+const MAX_INFLIGHT: usize = 4096;
+
+fn build_forwarder(config: &ForwardConfig) -> Option<Arc<dyn Forward>> {
+    if config.upstreams.is_empty() {
+        return None;
+    }
+    let upstream: Arc<dyn Forward> = Arc::new(UpstreamForwarder::new(
+        config.upstreams.clone(),
+        config.budget,
+        MAX_INFLIGHT,
+    ));
+    if config.cache_size == 0 {
+        return Some(upstream);
+    }
+    let cache = AnswerCache::new(config.cache_size, config.cache_max_ttl);
+    Some(Arc::new(CachingForwarder::new(upstream, cache)))
 }
 
 /// Kubernetes clusters to watch. The first is the primary: it holds the allocation ConfigMaps
@@ -145,21 +177,20 @@ impl Server {
         let table = publisher.table();
         tasks.spawn(publisher.run(rx));
 
-        let forwarder = (!config.upstreams.is_empty()).then(|| {
-            Arc::new(UpstreamForwarder::new(
-                config.upstreams.clone(),
-                config.forward_budget,
-            )) as Arc<dyn Forward>
-        });
+        let forwarder = build_forwarder(&config.forward);
         if forwarder.is_none() {
             warn!("no upstream resolver: names outside the served zones get REFUSED");
         }
-        let handler = Arc::new(Handler::new(table.clone(), forwarder));
+        let handler = Arc::new(Handler::new(
+            table.clone(),
+            forwarder,
+            config.forward.allow_recursion.clone(),
+        ));
         for socket in udp {
             tasks.spawn(serve_udp(Arc::new(socket), handler.clone()));
         }
         tasks.spawn(serve_tcp(tcp, handler));
-        info!(%local_addr, upstreams = ?config.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
+        info!(%local_addr, upstreams = ?config.forward.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
         Ok(Server {
             local_addr,
             table,

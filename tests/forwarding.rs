@@ -95,7 +95,7 @@ fn names_inside_our_zone_are_never_forwarded() {
 }
 
 #[test]
-fn truncated_upstream_replies_are_retried_over_tcp_for_tcp_clients() {
+fn tcp_clients_get_complete_answers_and_udp_clients_truncated_ones() {
     let (up, _dir) = upstream();
     let front = GlobalDns::start(&repo_zones(), &["--upstream", &up.addr.to_string()]);
     let classic = query_message("big.example.", RecordType::A, None);

@@ -1,8 +1,10 @@
 //! One query in, one decision out: an answer from the name table, an error, or forwarding.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
+use ipnet::IpNet;
 use tracing::{debug, warn};
 
 use super::Transport;
@@ -23,15 +25,40 @@ pub enum Action {
 pub struct Handler {
     table: SharedTable,
     forwarder: Option<Arc<dyn Forward>>,
+    /// Clients that may use us as a recursive resolver; everyone gets our own zones.
+    allow_recursion: Vec<IpNet>,
 }
 
 impl Handler {
-    pub fn new(table: SharedTable, forwarder: Option<Arc<dyn Forward>>) -> Self {
-        Handler { table, forwarder }
+    pub fn new(
+        table: SharedTable,
+        forwarder: Option<Arc<dyn Forward>>,
+        allow_recursion: Vec<IpNet>,
+    ) -> Self {
+        Handler {
+            table,
+            forwarder,
+            allow_recursion,
+        }
     }
 
-    /// Handles one message; any response is written into `out`.
-    pub fn handle(&self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> Action {
+    fn may_recurse(&self, client: IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let client = match client {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow_recursion.iter().any(|net| net.contains(&client))
+    }
+
+    /// Handles one message from `client`; any response is written into `out`.
+    pub fn handle(
+        &self,
+        packet: &[u8],
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+    ) -> Action {
         let req = match parse(packet) {
             Parsed::Query(req) => req,
             Parsed::Error(req, rcode) => {
@@ -61,8 +88,15 @@ impl Handler {
                 };
                 write(out, &req, body, flags, limit);
             }
-            Lookup::NotOurs if self.forwarder.is_some() => return Action::Forward(Box::new(req)),
-            Lookup::NotOurs => write_error(out, &req, ResponseCode::Refused, false),
+            Lookup::NotOurs => match &self.forwarder {
+                Some(_) if !self.may_recurse(client) => {
+                    debug!(%client, "recursion refused to a client outside --allow-from");
+                    write_error(out, &req, ResponseCode::Refused, false);
+                }
+                Some(f) if f.cached(&req, transport, out) => {}
+                Some(_) => return Action::Forward(Box::new(req)),
+                None => write_error(out, &req, ResponseCode::Refused, false),
+            },
         }
         Action::Reply
     }
@@ -71,7 +105,7 @@ impl Handler {
     /// upstream failed.
     pub async fn forward(&self, req: &Request, packet: &[u8], transport: Transport) -> Vec<u8> {
         let result = match &self.forwarder {
-            Some(f) => f.forward(packet, transport).await,
+            Some(f) => f.forward(req, packet, transport).await,
             None => Err(ForwardError::NoUpstream),
         };
         result.unwrap_or_else(|error| {

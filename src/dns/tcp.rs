@@ -1,6 +1,7 @@
 //! The TCP listener: length-prefixed messages (RFC 1035 §4.2.2), several per connection, answered
 //! in order, with an idle timeout (RFC 7766 §6.2.3) and a cap on open connections.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ pub async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>) {
         };
         let handler = handler.clone();
         tokio::spawn(async move {
-            if let Err(error) = serve_connection(stream, &handler).await {
+            if let Err(error) = serve_connection(stream, peer.ip(), &handler).await {
                 debug!(%peer, %error, "TCP connection ended");
             }
             drop(slot);
@@ -39,7 +40,11 @@ pub async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>) {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
+async fn serve_connection(
+    mut stream: TcpStream,
+    client: IpAddr,
+    handler: &Handler,
+) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut packet = Vec::new();
     let mut out = Vec::with_capacity(4096);
@@ -52,7 +57,7 @@ async fn serve_connection(mut stream: TcpStream, handler: &Handler) -> std::io::
         };
         packet.resize(len, 0);
         tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut packet)).await??;
-        let reply = match handler.handle(&packet, Transport::Tcp, &mut out) {
+        let reply = match handler.handle(&packet, Transport::Tcp, client, &mut out) {
             Action::Reply => &out,
             Action::Forward(req) => {
                 out = handler.forward(&req, &packet, Transport::Tcp).await;

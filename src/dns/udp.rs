@@ -21,7 +21,7 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
         if peer.port() == 0 {
             continue; // cannot be answered; a classic reflection probe
         }
-        match handler.handle(&packet[..len], Transport::Udp, &mut out) {
+        match handler.handle(&packet[..len], Transport::Udp, peer.ip(), &mut out) {
             Action::Reply => {
                 if let Err(error) = socket.send_to(&out, peer).await {
                     debug!(%peer, %error, "UDP send failed");

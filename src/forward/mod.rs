@@ -3,16 +3,21 @@
 //! [`Forward`] is the seam: the DNS layer hands over the client's message as received and gets
 //! the upstream's reply back, ID and question restored. A cache wraps the same trait.
 
+mod cache;
+mod coalesce;
 mod resolv;
 mod upstream;
 
 use std::future::Future;
 use std::pin::Pin;
 
+pub use cache::{AnswerCache, CacheKey};
+pub use coalesce::CachingForwarder;
 pub use resolv::{system_upstreams, without_self};
 pub use upstream::UpstreamForwarder;
 
 use crate::dns::Transport;
+use crate::dns::request::Request;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -29,12 +34,26 @@ pub enum ForwardError {
     Timeout(std::net::SocketAddr),
     #[error("upstream {0}: malformed reply")]
     BadReply(std::net::SocketAddr),
+    #[error("too many queries in flight upstream")]
+    Busy,
+    #[error("{0}")]
+    Shared(String),
 }
 
 pub type ForwardFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<u8>, ForwardError>> + Send + 'a>>;
 
 pub trait Forward: Send + Sync + 'static {
-    /// Relays `query` (a complete DNS message) and returns the reply for the client.
-    fn forward<'a>(&'a self, query: &'a [u8], transport: Transport) -> ForwardFuture<'a>;
+    /// An answer to `req` that needs no waiting (a cache hit), written into `out`.
+    fn cached(&self, _req: &Request, _transport: Transport, _out: &mut Vec<u8>) -> bool {
+        false
+    }
+
+    /// Relays `query` (the client's message, as received) and returns the reply for the client.
+    fn forward<'a>(
+        &'a self,
+        req: &'a Request,
+        query: &'a [u8],
+        transport: Transport,
+    ) -> ForwardFuture<'a>;
 }

@@ -1,45 +1,83 @@
-//! Relaying to upstream resolvers over UDP, and TCP when a TCP client's answer was truncated.
+//! Relaying to upstream resolvers: over UDP for UDP clients and over TCP for TCP clients.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout_at};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::{Forward, ForwardError, ForwardFuture};
 use crate::dns::Transport;
+use crate::dns::request::Request;
 
 const HEADER_LEN: usize = 12;
 
-/// Tries each upstream in order within one time budget, so the client gets an answer or
-/// SERVFAIL before its own retry timer fires.
+/// How often a dead upstream is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+struct Upstream {
+    addr: SocketAddr,
+    /// Set after a timeout or refusal; cleared by a successful probe.
+    down: AtomicBool,
+    probing: AtomicBool,
+}
+
+/// Tries the live upstreams in order within one time budget, so the client gets an answer or
+/// SERVFAIL before its own retry timer fires. Dead upstreams are skipped (tried last) until a
+/// probe gets any reply from them. At most `max_inflight` queries are upstream at once.
 pub struct UpstreamForwarder {
-    upstreams: Vec<SocketAddr>,
+    upstreams: Vec<Arc<Upstream>>,
     budget: Duration,
+    slots: Semaphore,
 }
 
 impl UpstreamForwarder {
-    pub fn new(upstreams: Vec<SocketAddr>, budget: Duration) -> Self {
-        UpstreamForwarder { upstreams, budget }
+    pub fn new(upstreams: Vec<SocketAddr>, budget: Duration, max_inflight: usize) -> Self {
+        let upstreams = upstreams
+            .into_iter()
+            .map(|addr| {
+                Arc::new(Upstream {
+                    addr,
+                    down: AtomicBool::new(false),
+                    probing: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        UpstreamForwarder {
+            upstreams,
+            budget,
+            slots: Semaphore::new(max_inflight),
+        }
     }
 
     async fn relay(&self, query: &[u8], transport: Transport) -> Result<Vec<u8>, ForwardError> {
+        let _slot = self.slots.try_acquire().map_err(|_| ForwardError::Busy)?;
         let question = question_len(query).ok_or(ForwardError::BadQuery)?;
         let deadline = Instant::now() + self.budget;
+        let (live, dead): (Vec<_>, Vec<_>) = self
+            .upstreams
+            .iter()
+            .partition(|u| !u.down.load(Ordering::Relaxed));
+        let order: Vec<&Arc<Upstream>> = live.into_iter().chain(dead).collect();
         let mut last = ForwardError::NoUpstream;
-        for (i, &upstream) in self.upstreams.iter().enumerate() {
+        for (i, upstream) in order.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = Instant::now() + left / (self.upstreams.len() - i) as u32;
+            let attempt = Instant::now() + left / (order.len() - i) as u32;
             let mut outgoing = query.to_vec();
             outgoing[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
-            let mut result = udp_exchange(upstream, &outgoing, question, attempt).await;
-            if transport == Transport::Tcp && result.as_ref().is_ok_and(|r| r[2] & 0x02 != 0) {
-                result = tcp_exchange(upstream, &outgoing, question, deadline).await;
-            }
+            // TCP clients are asked over TCP; a UDP client gets a truncated reply to retry itself.
+            let result = match transport {
+                Transport::Udp => udp_exchange(upstream.addr, &outgoing, question, attempt).await,
+                Transport::Tcp => tcp_exchange(upstream.addr, &outgoing, question, attempt).await,
+            };
             match result {
                 Ok(mut reply) => {
+                    upstream.down.store(false, Ordering::Relaxed);
                     // Give the client back its own ID and question, letter case included.
                     reply[..2].copy_from_slice(&query[..2]);
                     reply[HEADER_LEN..HEADER_LEN + question]
@@ -47,17 +85,58 @@ impl UpstreamForwarder {
                     return Ok(reply);
                 }
                 Err(e) => {
-                    debug!(%upstream, error = %e, "upstream failed");
+                    debug!(upstream = %upstream.addr, error = %e, "upstream failed");
+                    if matches!(e, ForwardError::Timeout(_) | ForwardError::Io { .. }) {
+                        self.mark_down(upstream);
+                    }
                     last = e;
                 }
             }
         }
         Err(last)
     }
+
+    fn mark_down(&self, upstream: &Arc<Upstream>) {
+        if !upstream.down.swap(true, Ordering::Relaxed) {
+            warn!(upstream = %upstream.addr, "upstream is not answering; skipping it until a probe succeeds");
+        }
+        if upstream.probing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            // `. NS` is answered (or refused) by every resolver; any reply proves it is back.
+            let probe = b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x01";
+            while upstream.down.load(Ordering::Relaxed) {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let mut query = probe.to_vec();
+                query[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
+                let question = question_len(&query).expect("probe question");
+                if udp_exchange(
+                    upstream.addr,
+                    &query,
+                    question,
+                    Instant::now() + PROBE_EVERY,
+                )
+                .await
+                .is_ok()
+                {
+                    upstream.down.store(false, Ordering::Relaxed);
+                    info!(upstream = %upstream.addr, "upstream answers again");
+                }
+            }
+            upstream.probing.store(false, Ordering::Relaxed);
+        });
+    }
 }
 
 impl Forward for UpstreamForwarder {
-    fn forward<'a>(&'a self, query: &'a [u8], transport: Transport) -> ForwardFuture<'a> {
+    fn forward<'a>(
+        &'a self,
+        _req: &'a Request,
+        query: &'a [u8],
+        transport: Transport,
+    ) -> ForwardFuture<'a> {
         Box::pin(self.relay(query, transport))
     }
 }

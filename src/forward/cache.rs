@@ -1,0 +1,320 @@
+//! Answers from upstreams, kept for their TTL.
+//!
+//! Keyed by the lower-cased question, the DO bit and whether the client spoke EDNS (a reply with
+//! OPT must not reach a client that sent none). Positive answers live for their smallest TTL,
+//! negative ones (NXDOMAIN, NODATA) for the SOA minimum (RFC 2308 §5), both capped by
+//! `max_ttl`. What is returned counts the TTLs down. SERVFAIL, truncated and unsigned-negative
+//! replies without an SOA are not kept. The cache is bounded: an entry weighs one unit per KiB.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+
+use crate::dns::request::Request;
+
+const HEADER_LEN: usize = 12;
+const TYPE_OPT: u16 = 41;
+const TYPE_SOA: u16 = 6;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct CacheKey {
+    name: Box<[u8]>,
+    qtype: u16,
+    qclass: u16,
+    dnssec_ok: bool,
+    edns: bool,
+}
+
+impl CacheKey {
+    pub fn of(req: &Request) -> Option<CacheKey> {
+        let q = req.question.as_ref()?;
+        Some(CacheKey {
+            name: q.name.lower().into(),
+            qtype: q.qtype,
+            qclass: q.qclass,
+            dnssec_ok: req.edns.is_some_and(|e| e.dnssec_ok),
+            edns: req.edns.is_some(),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    reply: Arc<[u8]>,
+    /// Where each record's TTL sits in `reply` (OPT excluded).
+    ttl_offsets: Arc<[usize]>,
+    stored: Instant,
+    ttl: Duration,
+}
+
+struct ExpireAtTtl;
+
+impl moka::Expiry<CacheKey, Entry> for ExpireAtTtl {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        value: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+pub struct AnswerCache {
+    entries: Cache<CacheKey, Entry>,
+    max_ttl: Duration,
+}
+
+impl AnswerCache {
+    /// `capacity` in entries of up to 1 KiB (larger answers count for more).
+    pub fn new(capacity: u64, max_ttl: Duration) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_: &CacheKey, e: &Entry| 1 + (e.reply.len() / 1024) as u32)
+            .expire_after(ExpireAtTtl)
+            .build();
+        AnswerCache { entries, max_ttl }
+    }
+
+    /// Writes the cached answer to `req` into `out`, with the client's ID and question and the
+    /// TTLs counted down. False on a miss.
+    pub fn get(&self, key: &CacheKey, req: &Request, out: &mut Vec<u8>) -> bool {
+        let Some(entry) = self.entries.get(key) else {
+            return false;
+        };
+        let elapsed = entry.stored.elapsed();
+        if elapsed >= entry.ttl {
+            return false;
+        }
+        out.clear();
+        out.extend_from_slice(&entry.reply);
+        out[..2].copy_from_slice(&req.id.to_be_bytes());
+        if let Some(q) = &req.question {
+            let name = q.name.wire();
+            out[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
+        }
+        let spent = elapsed.as_secs() as u32;
+        for &at in entry.ttl_offsets.iter() {
+            let ttl = u32::from_be_bytes(out[at..at + 4].try_into().expect("4 bytes"));
+            out[at..at + 4].copy_from_slice(&ttl.saturating_sub(spent).to_be_bytes());
+        }
+        true
+    }
+
+    /// Keeps `reply` if it may be cached.
+    pub fn insert(&self, key: CacheKey, reply: &[u8]) {
+        let Some((ttl, ttl_offsets)) = cacheable(reply) else {
+            return;
+        };
+        let ttl = ttl.min(self.max_ttl);
+        if ttl.is_zero() {
+            return;
+        }
+        let entry = Entry {
+            reply: reply.into(),
+            ttl_offsets: ttl_offsets.into(),
+            stored: Instant::now(),
+            ttl,
+        };
+        self.entries.insert(key, entry);
+    }
+
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn u16_at(p: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
+}
+
+fn u32_at(p: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(p.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Offset just past a (possibly compressed) name.
+fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
+    for _ in 0..128 {
+        let len = *p.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            l if l & 0xC0 == 0xC0 => return Some(at + 2),
+            l if l & 0xC0 == 0 => at += 1 + l as usize,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// How long `reply` may be cached, and where its TTLs are; `None` if it may not be.
+fn cacheable(reply: &[u8]) -> Option<(Duration, Vec<usize>)> {
+    if reply.len() < HEADER_LEN || reply[2] & 0x02 != 0 {
+        return None; // truncated
+    }
+    let rcode = reply[3] & 0x0F;
+    let counts = [
+        u16_at(reply, 4)?,
+        u16_at(reply, 6)?,
+        u16_at(reply, 8)?,
+        u16_at(reply, 10)?,
+    ];
+    if counts[0] != 1 || !(rcode == 0 || rcode == 3) {
+        return None;
+    }
+    let mut at = skip_name(reply, HEADER_LEN)? + 4;
+    let mut offsets = Vec::new();
+    let mut answer_ttl: Option<u32> = None;
+    let mut negative_ttl: Option<u32> = None;
+    for (section, &count) in counts.iter().enumerate().skip(1) {
+        for _ in 0..count {
+            at = skip_name(reply, at)?;
+            let rtype = u16_at(reply, at)?;
+            let ttl = u32_at(reply, at + 4)?;
+            let rdlen = u16_at(reply, at + 8)? as usize;
+            let rdata = at + 10;
+            if rdata + rdlen > reply.len() {
+                return None;
+            }
+            if rtype != TYPE_OPT {
+                offsets.push(at + 4);
+            }
+            if section == 1 {
+                answer_ttl = Some(answer_ttl.map_or(ttl, |t| t.min(ttl)));
+            }
+            if section == 2 && rtype == TYPE_SOA && rdlen >= 4 {
+                let minimum = u32_at(reply, rdata + rdlen - 4)?;
+                negative_ttl = Some(ttl.min(minimum));
+            }
+            at = rdata + rdlen;
+        }
+    }
+    let ttl = match (rcode, answer_ttl) {
+        (0, Some(ttl)) => ttl,
+        // NXDOMAIN, or NOERROR without answers (NODATA): only with an SOA to say how long.
+        _ => negative_ttl?,
+    };
+    Some((Duration::from_secs(ttl.into()), offsets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::request::{Parsed, parse};
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::rdata::SOA;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn request(name: &str) -> (Request, Message) {
+        let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
+        msg.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let Parsed::Query(req) = parse(&msg.to_vec().unwrap()) else {
+            panic!()
+        };
+        (req, msg)
+    }
+
+    fn reply(
+        to: &Message,
+        rcode: ResponseCode,
+        answers: &[(u32, [u8; 4])],
+        soa: Option<(u32, u32)>,
+    ) -> Vec<u8> {
+        let mut r = to.clone();
+        r.metadata.message_type = MessageType::Response;
+        r.metadata.response_code = rcode;
+        let name = to.queries[0].name().clone();
+        for (ttl, ip) in answers {
+            r.add_answer(Record::from_rdata(
+                name.clone(),
+                *ttl,
+                RData::A(std::net::Ipv4Addr::from(*ip).into()),
+            ));
+        }
+        if let Some((ttl, minimum)) = soa {
+            let apex = Name::from_ascii("example.").unwrap();
+            let data = SOA::new(apex.clone(), apex.clone(), 1, 1, 1, 1, minimum);
+            r.add_authority(Record::from_rdata(apex, ttl, RData::SOA(data)));
+        }
+        r.to_vec().unwrap()
+    }
+
+    #[test]
+    fn positive_answers_live_for_their_smallest_ttl_and_count_down() {
+        let cache = AnswerCache::new(100, Duration::from_secs(3600));
+        let (req, msg) = request("www.example.");
+        let key = CacheKey::of(&req).unwrap();
+        cache.insert(
+            key.clone(),
+            &reply(
+                &msg,
+                ResponseCode::NoError,
+                &[(300, [1, 2, 3, 4]), (60, [1, 2, 3, 5])],
+                None,
+            ),
+        );
+        let (mixed, _) = request("WWW.Example.");
+        let mut out = Vec::new();
+        assert!(cache.get(&CacheKey::of(&mixed).unwrap(), &mixed, &mut out));
+        let decoded = Message::from_vec(&out).unwrap();
+        assert_eq!(
+            decoded.queries[0].name().to_ascii(),
+            "WWW.Example.",
+            "the client's case"
+        );
+        assert_eq!(decoded.metadata.id, mixed.id);
+        assert_eq!(decoded.answers.len(), 2);
+        assert_eq!(
+            cacheable(&reply(
+                &msg,
+                ResponseCode::NoError,
+                &[(300, [1, 2, 3, 4]), (60, [1, 2, 3, 5])],
+                None
+            ))
+            .unwrap()
+            .0,
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn negative_answers_use_the_soa_minimum_and_servfail_is_not_kept() {
+        let (_, msg) = request("nope.example.");
+        let nx = reply(&msg, ResponseCode::NXDomain, &[], Some((3600, 45)));
+        assert_eq!(cacheable(&nx).unwrap().0, Duration::from_secs(45));
+        let nodata = reply(&msg, ResponseCode::NoError, &[], Some((20, 45)));
+        assert_eq!(cacheable(&nodata).unwrap().0, Duration::from_secs(20));
+        assert!(
+            cacheable(&reply(&msg, ResponseCode::NXDomain, &[], None)).is_none(),
+            "no SOA, no caching"
+        );
+        assert!(cacheable(&reply(&msg, ResponseCode::ServFail, &[], Some((60, 60)))).is_none());
+        let mut truncated = reply(&msg, ResponseCode::NoError, &[(60, [1, 1, 1, 1])], None);
+        truncated[2] |= 0x02;
+        assert!(cacheable(&truncated).is_none());
+        assert!(cacheable(&truncated[..20]).is_none());
+    }
+
+    #[test]
+    fn max_ttl_caps_and_zero_ttl_skips() {
+        let cache = AnswerCache::new(100, Duration::from_secs(10));
+        let (req, msg) = request("a.example.");
+        let key = CacheKey::of(&req).unwrap();
+        cache.insert(
+            key.clone(),
+            &reply(&msg, ResponseCode::NoError, &[(0, [1, 1, 1, 1])], None),
+        );
+        assert!(!cache.get(&key, &req, &mut Vec::new()));
+        cache.insert(
+            key.clone(),
+            &reply(&msg, ResponseCode::NoError, &[(86400, [1, 1, 1, 1])], None),
+        );
+        assert!(cache.get(&key, &req, &mut Vec::new()));
+        assert_eq!(cache.entries.policy().time_to_live(), None);
+    }
+}

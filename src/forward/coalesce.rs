@@ -1,0 +1,133 @@
+//! The caching forwarder: answers from the cache when it can, and makes concurrent identical
+//! questions share one upstream query.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::cache::{AnswerCache, CacheKey};
+use super::{Forward, ForwardError, ForwardFuture};
+use crate::dns::Transport;
+use crate::dns::request::Request;
+use crate::dns::response::udp_limit;
+
+/// A finished upstream exchange, shared with everyone who asked the same question meanwhile.
+type Outcome = Option<Result<Arc<[u8]>, Arc<str>>>;
+
+pub struct CachingForwarder {
+    inner: Arc<dyn Forward>,
+    cache: AnswerCache,
+    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Outcome>>>,
+}
+
+/// Removes a question from the in-flight table however its leader ends.
+struct InflightGuard<'a> {
+    table: &'a Mutex<HashMap<CacheKey, watch::Receiver<Outcome>>>,
+    key: CacheKey,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.table.lock().expect("inflight lock").remove(&self.key);
+    }
+}
+
+/// Whether `reply` suits a client on `transport`: small enough for UDP, complete for TCP.
+fn suits(reply: &[u8], req: &Request, transport: Transport) -> bool {
+    match transport {
+        Transport::Udp => reply.len() <= udp_limit(req.edns),
+        Transport::Tcp => reply.len() > 2 && reply[2] & 0x02 == 0,
+    }
+}
+
+impl CachingForwarder {
+    pub fn new(inner: Arc<dyn Forward>, cache: AnswerCache) -> Self {
+        CachingForwarder {
+            inner,
+            cache,
+            inflight: Mutex::default(),
+        }
+    }
+
+    pub fn cache(&self) -> &AnswerCache {
+        &self.cache
+    }
+
+    async fn relay(
+        &self,
+        req: &Request,
+        query: &[u8],
+        transport: Transport,
+    ) -> Result<Vec<u8>, ForwardError> {
+        let Some(key) = CacheKey::of(req) else {
+            return self.inner.forward(req, query, transport).await;
+        };
+        let joined = {
+            let mut table = self.inflight.lock().expect("inflight lock");
+            match table.get(&key) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    table.insert(key.clone(), rx);
+                    Ok(tx)
+                }
+            }
+        };
+        match joined {
+            Ok(tx) => {
+                let _guard = InflightGuard {
+                    table: &self.inflight,
+                    key: key.clone(),
+                };
+                let result = self.inner.forward(req, query, transport).await;
+                if let Ok(reply) = &result {
+                    self.cache.insert(key, reply);
+                }
+                let shared = result
+                    .as_ref()
+                    .map(|r| Arc::from(&r[..]))
+                    .map_err(|e| Arc::from(e.to_string()));
+                let _ = tx.send(Some(shared));
+                result
+            }
+            Err(mut rx) => {
+                let outcome = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|o| o.clone());
+                match outcome {
+                    Some(Ok(reply)) if suits(&reply, req, transport) => {
+                        let mut out = reply.to_vec();
+                        out[..2].copy_from_slice(&req.id.to_be_bytes());
+                        if let Some(q) = &req.question {
+                            let name = q.name.wire();
+                            out[12..12 + name.len()].copy_from_slice(name);
+                        }
+                        Ok(out)
+                    }
+                    Some(Err(message)) => Err(ForwardError::Shared(message.to_string())),
+                    // The leader's reply does not fit this client, or the leader gave up.
+                    _ => self.inner.forward(req, query, transport).await,
+                }
+            }
+        }
+    }
+}
+
+impl Forward for CachingForwarder {
+    fn cached(&self, req: &Request, transport: Transport, out: &mut Vec<u8>) -> bool {
+        CacheKey::of(req).is_some_and(|key| self.cache.get(&key, req, out))
+            && suits(out, req, transport)
+    }
+
+    fn forward<'a>(
+        &'a self,
+        req: &'a Request,
+        query: &'a [u8],
+        transport: Transport,
+    ) -> ForwardFuture<'a> {
+        Box::pin(self.relay(req, query, transport))
+    }
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Cache-hit queries/s of the forwarder: globaldns against Debian's unbound as a caching
+# forwarder, both in front of the same upstream, same core, same run.
+#
+#   tests/bench/forward.sh [NAMES] [SECONDS]
+#
+# The upstream is a globaldns process authoritative for bench.example (a wildcard, so every
+# name resolves). Both caches are warmed with the NAMES (default 10000) once, then dnsperf
+# (pinned to CPU 0) asks them again, with each server pinned to CPU 1.
+# Needs: unbound, dnsperf, python3 (apt-get install unbound dnsperf). Binds loopback only.
+set -euo pipefail
+
+names=${1:-10000}
+seconds=${2:-10}
+server_cpu=${SERVER_CPU:-1}
+client_cpu=${CLIENT_CPU:-0}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+for tool in unbound dnsperf python3 taskset; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install unbound dnsperf)" >&2; exit 1; }
+done
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ready() { # port
+    for _ in $(seq 100); do
+        if dnsperf -s 127.0.0.1 -p "$1" -d <(echo "warm.bench.example A") -n 1 -t 1 2>/dev/null | grep -q 'Queries completed: *1 '; then return 0; fi
+        sleep 0.1
+    done
+    echo "server on port $1 did not come up" >&2
+    return 1
+}
+measure() { # port -> "qps avg_latency_ms lost"
+    taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -n 1 -q 200 -t 2 >/dev/null 2>&1 # warm
+    local out
+    out=$(taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -l "$seconds" -c 8 -q 200 -t 2 2>&1)
+    echo "$(awk '/Queries per second:/ {print $4}' <<<"$out") $(awk '/Average Latency/ {print $4 * 1000}' <<<"$out") $(awk '/Queries lost:/ {print $3}' <<<"$out")"
+}
+
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin globaldns
+gd="$root/target/release/globaldns"
+python3 -c "import sys; print('\n'.join(f'n{i}.bench.example A' for i in range(int(sys.argv[1]))))" "$names" > "$work/queries.txt"
+
+# The shared upstream, on its own core.
+mkdir -p "$work/upstream"
+printf 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bench}\nspec: {hosts: ["*.bench.example"], addresses: [192.0.2.10]}\n' > "$work/upstream/bench.yaml"
+up_port=$(free_port)
+taskset -c "$client_cpu" "$gd" --listen "127.0.0.1:$up_port" --zones "$work/upstream" --zone example --ttl 3600 \
+    --state "$work/upstream.state.json" --resolv-conf /dev/null --workers 1 >/dev/null 2>&1 &
+pids+=($!)
+wait_ready "$up_port"
+
+# unbound as a caching forwarder
+ub_port=$(free_port)
+cat > "$work/unbound.conf" <<CONF
+server:
+    interface: 127.0.0.1@$ub_port
+    port: $ub_port
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "$work"
+    pidfile: "$work/unbound.pid"
+    use-syslog: no
+    num-threads: 1
+    module-config: "iterator"
+    do-not-query-localhost: no
+    access-control: 127.0.0.0/8 allow
+    msg-cache-size: 64m
+    rrset-cache-size: 128m
+    verbosity: 0
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@$up_port
+CONF
+taskset -c "$server_cpu" unbound -d -c "$work/unbound.conf" >/dev/null 2>&1 &
+pids+=($!)
+wait_ready "$ub_port"
+read -r ub_qps ub_lat ub_lost < <(measure "$ub_port")
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+# globaldns as a caching forwarder
+gd_port=$(free_port)
+taskset -c "$server_cpu" "$gd" --listen "127.0.0.1:$gd_port" --zones "$work/none" --upstream "127.0.0.1:$up_port" \
+    --state "$work/front.state.json" --workers 1 >/dev/null 2>"$work/front.log" &
+pids+=($!)
+wait_ready "$gd_port"
+read -r gd_qps gd_lat gd_lost < <(measure "$gd_port")
+
+printf '\nforwarded cache hits, %s names, %ss per server, server on CPU %s, dnsperf on CPU %s\n' "$names" "$seconds" "$server_cpu" "$client_cpu"
+printf '%-12s %12s %14s %8s\n' server "queries/s" "avg latency ms" lost
+printf '%-12s %12.0f %14s %8s\n' unbound "$ub_qps" "$ub_lat" "$ub_lost"
+printf '%-12s %12.0f %14s %8s\n' globaldns "$gd_qps" "$gd_lat" "$gd_lost"
+python3 -c "import sys; print(f'ratio globaldns/unbound: {float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$gd_qps" "$ub_qps"

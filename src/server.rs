@@ -61,11 +61,14 @@ fn build_forwarder(config: &ForwardConfig) -> Option<Arc<dyn Forward>> {
     if config.upstreams.is_empty() {
         return None;
     }
-    let upstream: Arc<dyn Forward> = Arc::new(UpstreamForwarder::new(
+    let relay = Arc::new(UpstreamForwarder::new(
         config.upstreams.clone(),
         config.budget,
         MAX_INFLIGHT,
     ));
+    let check = relay.clone();
+    tokio::spawn(async move { check.check_loops().await });
+    let upstream: Arc<dyn Forward> = relay;
     if config.cache_size == 0 {
         return Some(upstream);
     }

@@ -198,8 +198,11 @@ fn identical_questions_in_flight_share_one_upstream_query() {
         let mut asked = 0;
         let mut buf = [0u8; 1500];
         while let Ok((n, from)) = upstream.recv_from(&mut buf) {
-            asked += 1;
             let mut reply = Message::from_vec(&buf[..n]).unwrap();
+            // The server's start-up loop probe is not a client question.
+            if reply.queries[0].name().to_ascii().to_lowercase() == "same.example." {
+                asked += 1;
+            }
             reply.metadata.message_type = hickory_proto::op::MessageType::Response;
             let name = reply.queries[0].name().clone();
             let ip = std::net::Ipv4Addr::new(192, 0, 2, 7);
@@ -235,5 +238,68 @@ fn identical_questions_in_flight_share_one_upstream_query() {
         counter.join().unwrap(),
         1,
         "one upstream query for twenty clients"
+    );
+}
+
+#[test]
+fn a_forwarding_loop_is_detected_and_broken() {
+    // An "upstream" that sends everything back to the server: CoreDNS forwarding `.` to us.
+    let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let target = std::sync::Arc::new(std::sync::Mutex::new(None::<std::net::SocketAddr>));
+    let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (t, f) = (target.clone(), forwarded.clone());
+    std::thread::spawn(move || {
+        relay
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        while let Ok((n, _)) = relay.recv_from(&mut buf) {
+            if buf[2] & 0x80 != 0 {
+                continue; // a reply from the server to our relayed query
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let to = loop {
+                if let Some(to) = *t.lock().unwrap() {
+                    break to;
+                }
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            relay.send_to(&buf[..n], to).unwrap();
+        }
+    });
+    let server = GlobalDns::start(&repo_zones(), &["--upstream", &relay_addr.to_string()]);
+    *target.lock().unwrap() = Some(server.addr);
+    assert!(
+        eventually(Duration::from_secs(5), || server
+            .log_text()
+            .contains("forwarding loop")),
+        "{}",
+        server.log_text()
+    );
+    let before = forwarded.load(std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let reply = query(server.addr, "web.example.", RecordType::A, Proto::Udp);
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no time lost on the looping upstream"
+    );
+    assert_eq!(
+        forwarded.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "nothing sent into the loop"
+    );
+    // Our own names still answer.
+    assert_eq!(
+        answer_ips(&query(
+            server.addr,
+            "reviews.default.global.",
+            RecordType::A,
+            Proto::Udp
+        )),
+        ["240.0.0.3"]
     );
 }

@@ -94,6 +94,9 @@ impl Handler {
                     write_error(out, &req, ResponseCode::Refused, false);
                 }
                 Some(f) if f.cached(&req, transport, out) => {}
+                Some(f) if f.loop_probe(q.name.lower()) => {
+                    write_error(out, &req, ResponseCode::Refused, false);
+                }
                 Some(_) => return Action::Forward(Box::new(req)),
                 None => write_error(out, &req, ResponseCode::Refused, false),
             },

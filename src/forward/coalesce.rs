@@ -117,6 +117,10 @@ impl CachingForwarder {
 }
 
 impl Forward for CachingForwarder {
+    fn loop_probe(&self, qname: &[u8]) -> bool {
+        self.inner.loop_probe(qname)
+    }
+
     fn cached(&self, req: &Request, transport: Transport, out: &mut Vec<u8>) -> bool {
         CacheKey::of(req).is_some_and(|key| self.cache.get(&key, req, out))
             && suits(out, req, transport)

@@ -49,6 +49,11 @@ pub trait Forward: Send + Sync + 'static {
         false
     }
 
+    /// Whether `qname` (lower-cased wire form) is one of our own loop probes coming back.
+    fn loop_probe(&self, _qname: &[u8]) -> bool {
+        false
+    }
+
     /// Relays `query` (the client's message, as received) and returns the reply for the client.
     fn forward<'a>(
         &'a self,

@@ -1,15 +1,16 @@
 //! Relaying to upstream resolvers: over UDP for UDP clients and over TCP for TCP clients.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout_at};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Forward, ForwardError, ForwardFuture};
 use crate::dns::Transport;
@@ -22,6 +23,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 struct Upstream {
     addr: SocketAddr,
+    /// It sent one of our own loop probes back to us: never used.
+    looped: AtomicBool,
     /// Set after a timeout or refusal; cleared by a successful probe.
     down: AtomicBool,
     probing: AtomicBool,
@@ -34,6 +37,8 @@ pub struct UpstreamForwarder {
     upstreams: Vec<Arc<Upstream>>,
     budget: Duration,
     slots: Semaphore,
+    /// Lower-cased wire names of loop probes in flight, and the upstream each went to.
+    probes: Mutex<HashMap<Vec<u8>, usize>>,
 }
 
 impl UpstreamForwarder {
@@ -43,6 +48,7 @@ impl UpstreamForwarder {
             .map(|addr| {
                 Arc::new(Upstream {
                     addr,
+                    looped: AtomicBool::new(false),
                     down: AtomicBool::new(false),
                     probing: AtomicBool::new(false),
                 })
@@ -52,17 +58,51 @@ impl UpstreamForwarder {
             upstreams,
             budget,
             slots: Semaphore::new(max_inflight),
+            probes: Mutex::default(),
         }
+    }
+
+    /// Asks every upstream for a unique name under `.invalid`. An upstream that forwards it
+    /// back to us (directly, or through CoreDNS forwarding `.` to us) is a loop: the probe
+    /// arrives at our own handler, which reports it through [`Forward::loop_probe`].
+    pub async fn check_loops(&self) {
+        let mut asks = Vec::new();
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let label = format!("{:016x}", rand::random::<u64>());
+            let mut query = vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            for part in [label.as_str(), "globaldns-loop-check", "invalid"] {
+                query.push(part.len() as u8);
+                query.extend_from_slice(part.as_bytes());
+            }
+            query.push(0);
+            self.probes
+                .lock()
+                .expect("probes lock")
+                .insert(query[HEADER_LEN..].to_vec(), i);
+            query.extend_from_slice(&[0, 1, 0, 1]);
+            query[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
+            let question = question_len(&query).expect("probe question");
+            let addr = upstream.addr;
+            asks.push(async move {
+                udp_exchange(addr, &query, question, Instant::now() + PROBE_EVERY * 2).await
+            });
+        }
+        futures::future::join_all(asks).await;
+        self.probes.lock().expect("probes lock").clear();
+    }
+
+    fn usable(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams
+            .iter()
+            .filter(|u| !u.looped.load(Ordering::Relaxed))
     }
 
     async fn relay(&self, query: &[u8], transport: Transport) -> Result<Vec<u8>, ForwardError> {
         let _slot = self.slots.try_acquire().map_err(|_| ForwardError::Busy)?;
         let question = question_len(query).ok_or(ForwardError::BadQuery)?;
         let deadline = Instant::now() + self.budget;
-        let (live, dead): (Vec<_>, Vec<_>) = self
-            .upstreams
-            .iter()
-            .partition(|u| !u.down.load(Ordering::Relaxed));
+        let (live, dead): (Vec<_>, Vec<_>) =
+            self.usable().partition(|u| !u.down.load(Ordering::Relaxed));
         let order: Vec<&Arc<Upstream>> = live.into_iter().chain(dead).collect();
         let mut last = ForwardError::NoUpstream;
         for (i, upstream) in order.iter().enumerate() {
@@ -131,6 +171,17 @@ impl UpstreamForwarder {
 }
 
 impl Forward for UpstreamForwarder {
+    fn loop_probe(&self, qname: &[u8]) -> bool {
+        let Some(i) = self.probes.lock().expect("probes lock").remove(qname) else {
+            return false;
+        };
+        let upstream = &self.upstreams[i];
+        if !upstream.looped.swap(true, Ordering::Relaxed) {
+            error!(upstream = %upstream.addr, "forwarding loop: this upstream sends our queries back to us; not using it");
+        }
+        true
+    }
+
     fn forward<'a>(
         &'a self,
         _req: &'a Request,

@@ -27,20 +27,11 @@ trap cleanup EXIT
 for tool in unbound dnsperf python3 taskset; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install unbound dnsperf)" >&2; exit 1; }
 done
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() { # port
-    for _ in $(seq 100); do
-        if dnsperf -s 127.0.0.1 -p "$1" -d <(echo "warm.bench.example A") -n 1 -t 1 2>/dev/null | grep -q 'Queries completed: *1 '; then return 0; fi
-        sleep 0.1
-    done
-    echo "server on port $1 did not come up" >&2
-    return 1
-}
-measure() { # port -> "qps avg_latency_ms lost"
-    taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -n 1 -q 200 -t 2 >/dev/null 2>&1 # warm
-    local out
-    out=$(taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -l "$seconds" -c 8 -q 200 -t 2 2>&1)
-    echo "$(awk '/Queries per second:/ {print $4}' <<<"$out") $(awk '/Average Latency/ {print $4 * 1000}' <<<"$out") $(awk '/Queries lost:/ {print $3}' <<<"$out")"
+source "$root/tests/bench/lib.sh"
+
+warm_and_measure() { # port pid
+    taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -n 1 -q 200 -t 2 >/dev/null 2>&1
+    measure "$1" "$2" "$work/queries.txt"
 }
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin globaldns
@@ -54,7 +45,7 @@ up_port=$(free_port)
 taskset -c "$client_cpu" "$gd" --listen "127.0.0.1:$up_port" --zones "$work/upstream" --zone example --ttl 3600 \
     --state "$work/upstream.state.json" --resolv-conf /dev/null --workers 1 >/dev/null 2>&1 &
 pids+=($!)
-wait_ready "$up_port"
+wait_ready "$up_port" "warm.bench.example A"
 
 # unbound as a caching forwarder
 ub_port=$(free_port)
@@ -83,8 +74,8 @@ forward-zone:
 CONF
 taskset -c "$server_cpu" unbound -d -c "$work/unbound.conf" >/dev/null 2>&1 &
 pids+=($!)
-wait_ready "$ub_port"
-read -r ub_qps ub_lat ub_lost < <(measure "$ub_port")
+wait_ready "$ub_port" "warm.bench.example A"
+read -r ub_qps ub_lat ub_lost ub_us < <(warm_and_measure "$ub_port" "${pids[-1]}")
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 # globaldns as a caching forwarder
@@ -92,11 +83,11 @@ gd_port=$(free_port)
 taskset -c "$server_cpu" "$gd" --listen "127.0.0.1:$gd_port" --zones "$work/none" --upstream "127.0.0.1:$up_port" \
     --state "$work/front.state.json" --workers 1 >/dev/null 2>"$work/front.log" &
 pids+=($!)
-wait_ready "$gd_port"
-read -r gd_qps gd_lat gd_lost < <(measure "$gd_port")
+wait_ready "$gd_port" "warm.bench.example A"
+read -r gd_qps gd_lat gd_lost gd_us < <(warm_and_measure "$gd_port" "${pids[-1]}")
 
 printf '\nforwarded cache hits, %s names, %ss per server, server on CPU %s, dnsperf on CPU %s\n' "$names" "$seconds" "$server_cpu" "$client_cpu"
-printf '%-12s %12s %14s %8s\n' server "queries/s" "avg latency ms" lost
-printf '%-12s %12.0f %14s %8s\n' unbound "$ub_qps" "$ub_lat" "$ub_lost"
-printf '%-12s %12.0f %14s %8s\n' globaldns "$gd_qps" "$gd_lat" "$gd_lost"
-python3 -c "import sys; print(f'ratio globaldns/unbound: {float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$gd_qps" "$ub_qps"
+print_header
+print_row unbound "$ub_qps" "$ub_lat" "$ub_lost" "$ub_us"
+print_row globaldns "$gd_qps" "$gd_lat" "$gd_lost" "$gd_us"
+python3 -c "import sys; print(f'ratio globaldns/unbound: {float(sys.argv[1]) / float(sys.argv[2]):.2f} measured, {float(sys.argv[3]) / float(sys.argv[4]):.2f} by CPU per query')" "$gd_qps" "$ub_qps" "$ub_us" "$gd_us"

@@ -8,26 +8,8 @@
 # name resolves). Both caches are warmed with the NAMES (default 10000) once, then dnsperf
 # (pinned to CPU 0) asks them again, with each server pinned to CPU 1.
 # Needs: unbound, dnsperf, python3 (apt-get install unbound dnsperf). Binds loopback only.
-set -euo pipefail
-
-names=${1:-10000}
-seconds=${2:-10}
-server_cpu=${SERVER_CPU:-1}
-client_cpu=${CLIENT_CPU:-0}
-root=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-for tool in unbound dnsperf python3 taskset; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install unbound dnsperf)" >&2; exit 1; }
-done
-source "$root/tests/bench/lib.sh"
+source "$(dirname "$0")/lib.sh"
+require unbound dnsperf python3 taskset
 
 warm_and_measure() { # port pid
     taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -n 1 -q 200 -t 2 >/dev/null 2>&1

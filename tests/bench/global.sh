@@ -6,27 +6,8 @@
 # Builds globaldns in release mode, generates NAMES hosts (default 10000), starts each server
 # pinned to CPU 1 with taskset, drives it with dnsperf pinned to CPU 0, and prints a table.
 # Needs: nsd, dnsperf, python3 (apt-get install nsd dnsperf). Binds loopback only.
-set -euo pipefail
-
-names=${1:-10000}
-seconds=${2:-10}
-server_cpu=${SERVER_CPU:-1}
-client_cpu=${CLIENT_CPU:-0}
-root=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-for tool in nsd dnsperf python3 taskset; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nsd dnsperf)" >&2; exit 1; }
-done
-
-source "$root/tests/bench/lib.sh"
+source "$(dirname "$0")/lib.sh"
+require nsd dnsperf python3 taskset
 
 echo "building globaldns (release)..." >&2
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin globaldns

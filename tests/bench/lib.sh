@@ -1,4 +1,27 @@
-# Shared by the benchmark scripts (sourced). Expects: $work, $seconds, $client_cpu.
+# Shared by the benchmark scripts: sourced first, it reads their arguments ([NAMES] [SECONDS]),
+# makes a work directory, and stops every process in $pids on exit.
+set -euo pipefail
+
+names=${1:-10000}
+seconds=${2:-10}
+server_cpu=${SERVER_CPU:-1}
+client_cpu=${CLIENT_CPU:-0}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+require() { # tool...
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install $*)" >&2; exit 1; }
+    done
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::alloc::{AllocState, Policy, Reserved, Store, host_key, reconcile, unix_now};
 use crate::catalog::{Catalog, HostEntry};
 use crate::source::DeclarationSet;
+use crate::source::readiness::Readiness;
 use crate::zone::{BuildError, NameTable, SharedTable, ZoneSettings};
 
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -29,6 +30,9 @@ pub struct Publisher {
     durable: AllocState,
     /// Set after a failed store write; cleared by the next success.
     retry: Option<Duration>,
+    /// Until every source has synced, what is declared is not the whole truth: nothing is
+    /// released on the strength of it.
+    readiness: Readiness,
     /// Allocated VIPs moved because a ServiceEntry declared them explicitly (for metrics).
     pub conflicts: Arc<AtomicU64>,
 }
@@ -39,6 +43,7 @@ impl Publisher {
         zone: ZoneSettings,
         policy: Policy,
         store: Arc<dyn Store>,
+        readiness: Readiness,
         declarations: &DeclarationSet,
     ) -> Result<Publisher, BuildError> {
         let durable = store.load().await.unwrap_or_else(|error| {
@@ -54,6 +59,7 @@ impl Publisher {
             serial: 0,
             durable,
             retry: None,
+            readiness,
             conflicts: Arc::default(),
         };
         this.publish(declarations).await?;
@@ -116,6 +122,7 @@ impl Publisher {
 
     /// Stores VIPs for `wanted`; on failure keeps the last durable state and schedules a retry.
     async fn allocate(&mut self, wanted: &BTreeSet<String>, reserved: &Reserved) {
+        let complete = self.readiness.is_ready();
         let (policy, wanted2, reserved2, conflicts) = (
             self.policy.clone(),
             wanted.clone(),
@@ -123,7 +130,7 @@ impl Publisher {
             self.conflicts.clone(),
         );
         let mutation = Box::new(move |state: &mut AllocState| {
-            let outcome = reconcile(state, &policy, &wanted2, &reserved2, unix_now());
+            let outcome = reconcile(state, &policy, &wanted2, &reserved2, unix_now(), complete);
             for (host, error) in &outcome.failed {
                 warn!(host, %error, "no VIP for host; answering SERVFAIL");
             }

@@ -175,8 +175,14 @@ impl Server {
         }
 
         let first = rx.borrow_and_update().clone();
-        let publisher =
-            Publisher::start(config.zone.clone(), config.policy.clone(), store, &first).await?;
+        let publisher = Publisher::start(
+            config.zone.clone(),
+            config.policy.clone(),
+            store,
+            readiness.clone(),
+            &first,
+        )
+        .await?;
         let table = publisher.table();
         tasks.spawn(publisher.run(rx));
 

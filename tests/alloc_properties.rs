@@ -99,7 +99,7 @@ proptest! {
                 }
                 Op::Wait(secs) => now += secs,
             }
-            reconcile(&mut state, &policy, &declared, &Reserved::new(), now);
+            reconcile(&mut state, &policy, &declared, &Reserved::new(), now, true);
 
             // 1. No address is held by two hosts.
             let mut owners: HashMap<IpAddr, &String> = HashMap::new();

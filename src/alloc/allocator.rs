@@ -288,18 +288,22 @@ pub struct Reconciled {
     pub conflicts: u64,
 }
 
-/// Every host in `wanted` gets its VIPs (kept, revived or new); automatic allocations of hosts
-/// no longer wanted start their grace period.
+/// Every host in `wanted` gets its VIPs (kept, revived or new). With `complete` (every source
+/// has synced, so `wanted` is the whole truth), automatic allocations of hosts no longer wanted
+/// start their grace period; a replica still syncing never releases anything.
 pub fn reconcile(
     state: &mut AllocState,
     policy: &Policy,
     wanted: &BTreeSet<String>,
     reserved: &Reserved,
     now: u64,
+    complete: bool,
 ) -> Reconciled {
     let mut alloc = Allocator::new(policy, state, reserved, now);
     let mut failed = Vec::new();
-    alloc.release_undeclared(wanted);
+    if complete {
+        alloc.release_undeclared(wanted);
+    }
     for host in wanted {
         if let Err(e) = alloc.ensure(host) {
             failed.push((host.clone(), e));
@@ -395,7 +399,7 @@ mod tests {
 
     /// Reconciles `hosts` with no explicit addresses around.
     fn run(state: &mut AllocState, p: &Policy, hosts: &[&str], now: u64) -> Reconciled {
-        reconcile(state, p, &set(hosts), &Reserved::new(), now)
+        reconcile(state, p, &set(hosts), &Reserved::new(), now, true)
     }
 
     #[test]
@@ -453,6 +457,7 @@ mod tests {
             &set(&["a.global", "b.global"]),
             &reserved,
             1,
+            true,
         );
         assert_eq!(r.conflicts, 1);
         let a = state.records["a.global"].addresses[0];
@@ -465,8 +470,25 @@ mod tests {
             .pin("pinned.global", "10.0.0.6".parse().unwrap(), false)
             .unwrap();
         let reserved: Reserved = [("10.0.0.6".parse().unwrap(), "other.global".to_string())].into();
-        let r = reconcile(&mut state, &p, &set(&["pinned.global"]), &reserved, 3);
+        let r = reconcile(&mut state, &p, &set(&["pinned.global"]), &reserved, 3, true);
         assert!(matches!(&r.failed[..], [(_, AllocError::Reserved { .. })]));
+    }
+
+    #[test]
+    fn an_incomplete_view_never_releases() {
+        let p = policy(&["10.0.0.0/29"]);
+        let mut state = AllocState::default();
+        run(&mut state, &p, &["a.global", "b.global"], 0);
+        let partial = reconcile(
+            &mut state,
+            &p,
+            &set(&["b.global"]),
+            &Reserved::new(),
+            5,
+            false,
+        );
+        assert!(!partial.changed);
+        assert_eq!(state.records["a.global"].released_at, None);
     }
 
     #[test]

@@ -89,11 +89,7 @@ impl AnswerCache {
         }
         out.clear();
         out.extend_from_slice(&entry.reply);
-        out[..2].copy_from_slice(&req.id.to_be_bytes());
-        if let Some(q) = &req.question {
-            let name = q.name.wire();
-            out[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
-        }
+        address_to(out, req);
         let spent = elapsed.as_secs() as u32;
         for &at in entry.ttl_offsets.iter() {
             let ttl = u32::from_be_bytes(out[at..at + 4].try_into().expect("4 bytes"));
@@ -127,6 +123,16 @@ impl AnswerCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Makes a reply to the same question (any letter case) a reply to `req`: its ID, and its
+/// question name as the client wrote it.
+pub fn address_to(reply: &mut [u8], req: &Request) {
+    reply[..2].copy_from_slice(&req.id.to_be_bytes());
+    if let Some(q) = &req.question {
+        let name = q.name.wire();
+        reply[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
     }
 }
 

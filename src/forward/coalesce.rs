@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::cache::{AnswerCache, CacheKey};
+use super::cache::{AnswerCache, CacheKey, address_to};
 use super::{Forward, ForwardError, ForwardFuture};
 use crate::dns::Transport;
 use crate::dns::request::Request;
@@ -100,11 +100,7 @@ impl CachingForwarder {
                 match outcome {
                     Some(Ok(reply)) if suits(&reply, req, transport) => {
                         let mut out = reply.to_vec();
-                        out[..2].copy_from_slice(&req.id.to_be_bytes());
-                        if let Some(q) = &req.question {
-                            let name = q.name.wire();
-                            out[12..12 + name.len()].copy_from_slice(name);
-                        }
+                        address_to(&mut out, req);
                         Ok(out)
                     }
                     Some(Err(message)) => Err(ForwardError::Shared(message.to_string())),

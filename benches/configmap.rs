@@ -10,7 +10,6 @@ mod apiserver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use globaldns::alloc::store::configmap::shard::{SHARDS, shard_name};
 use globaldns::alloc::{ConfigMapStore, Policy, Store, operate};
 
 const BATCH: usize = 10_000;
@@ -58,8 +57,9 @@ async fn run(count: usize) {
     let load = started.elapsed();
     assert_eq!(loaded.records.len(), count);
 
-    let sizes: Vec<usize> = (0..SHARDS)
-        .filter_map(|i| sim.object("", "configmaps", "istio-system", &shard_name(i)))
+    let sizes: Vec<usize> = sim
+        .objects("", "configmaps", "istio-system")
+        .iter()
         .map(|cm| {
             cm["data"].as_object().map_or(0, |d| {
                 d.iter()

@@ -67,16 +67,8 @@ async fn allocate_get_list_check_through_configmaps() {
     assert_eq!(rows.len(), 2);
     assert_eq!(dnsctl(&["--kubeconfig", path(&kc), "check"]).await.0, 0);
     // The wildcard lives under an encoded key in a labelled shard.
-    let shards: Vec<_> = (0..64)
-        .filter_map(|i| {
-            sim.object(
-                "",
-                "configmaps",
-                "istio-system",
-                &format!("globaldns-vips-{i:02x}"),
-            )
-        })
-        .collect();
+    let shards = sim.objects("", "configmaps", "istio-system");
+    assert!(!shards.is_empty());
     assert!(
         shards
             .iter()

@@ -152,6 +152,21 @@ impl ApiServer {
             .cloned()
     }
 
+    /// Every object of a kind in `namespace` (for assertions).
+    pub fn objects(&self, group: &str, plural: &str, namespace: &str) -> Vec<Value> {
+        let kind = KINDS
+            .iter()
+            .position(|k| k.group == group && k.plural == plural)
+            .unwrap();
+        let store = self.shared.store.lock().unwrap();
+        store
+            .objects
+            .iter()
+            .filter(|((k, ns, _), _)| *k == kind && ns == namespace)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// Creates namespace `name` unless it exists.
     pub fn ensure_namespace(&self, name: &str) {
         if self.object("", "namespaces", "", name).is_none() {

@@ -21,7 +21,7 @@ use crate::source::file;
 use crate::source::kube::{ClusterSet, watch_remote_secrets};
 use crate::source::readiness::Readiness;
 use crate::source::set::SourceSet;
-use crate::zone::{BuildError, SharedTable, ZoneSettings};
+use crate::zone::{BuildError, ZoneSettings};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -109,7 +109,6 @@ pub enum ServerError {
 
 pub struct Server {
     local_addr: SocketAddr,
-    table: SharedTable,
     tasks: JoinSet<()>,
     readiness: Readiness,
 }
@@ -202,7 +201,6 @@ impl Server {
         info!(%local_addr, upstreams = ?config.forward.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
         Ok(Server {
             local_addr,
-            table,
             tasks,
             readiness,
         })
@@ -215,10 +213,6 @@ impl Server {
     /// Every cluster has synced once, or the sync timeout passed.
     pub fn is_ready(&self) -> bool {
         self.readiness.is_ready()
-    }
-
-    pub fn table(&self) -> &SharedTable {
-        &self.table
     }
 
     pub async fn shutdown(mut self) {

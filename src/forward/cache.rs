@@ -115,15 +115,6 @@ impl AnswerCache {
         };
         self.entries.insert(key, entry);
     }
-
-    pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Makes a reply to the same question (any letter case) a reply to `req`: its ID, and its

@@ -50,10 +50,6 @@ impl CachingForwarder {
         }
     }
 
-    pub fn cache(&self) -> &AnswerCache {
-        &self.cache
-    }
-
     async fn relay(
         &self,
         req: &Request,

@@ -51,3 +51,44 @@ impl Store for MemoryStore {
         Box::pin(self.notify.notified())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::AllocError;
+    use crate::alloc::state::Record;
+
+    #[tokio::test]
+    async fn updates_apply_whole_or_not_at_all_and_wake_watchers() {
+        let store = MemoryStore::default();
+        let waiting = store.changed();
+        let stored = store
+            .update(Box::new(|s: &mut AllocState| {
+                s.records.insert(
+                    "a.global".into(),
+                    Record {
+                        addresses: vec!["240.0.0.1".parse().unwrap()],
+                        ..Default::default()
+                    },
+                );
+                Ok(true)
+            }))
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("woken");
+        let failed = store
+            .update(Box::new(|s: &mut AllocState| {
+                s.records.clear();
+                Err(AllocError::NotFound("x".into()))
+            }))
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(
+            store.load().await.unwrap(),
+            stored,
+            "a failed mutation changed nothing"
+        );
+    }
+}

@@ -1,43 +1,68 @@
-//! The UDP listener loop: one task per socket, reusing its buffers for every query.
+//! The UDP listener loop: one task per socket, reading and answering queries in batches.
 
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
+use super::mmsg::{RecvBatch, SendBatch};
 use super::{Action, Handler, Transport};
 
 pub async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
-    let mut packet = vec![0u8; u16::MAX as usize];
-    let mut out = Vec::with_capacity(4096);
+    let fd = socket.as_raw_fd();
+    let mut received = RecvBatch::default();
+    let mut replies = SendBatch::default();
     loop {
-        let (len, peer) = match socket.recv_from(&mut packet).await {
-            Ok(received) => received,
+        let count = match socket
+            .async_io(Interest::READABLE, || received.recv(fd))
+            .await
+        {
+            Ok(count) => count,
             Err(error) => {
                 debug!(%error, "UDP receive failed");
                 continue;
             }
         };
-        if peer.port() == 0 {
-            continue; // cannot be answered; a classic reflection probe
-        }
-        match handler.handle(&packet[..len], Transport::Udp, peer.ip(), &mut out) {
-            Action::Reply => {
-                if let Err(error) = socket.send_to(&out, peer).await {
-                    debug!(%peer, %error, "UDP send failed");
+        for i in 0..count {
+            let Some((packet, peer)) = received.get(i) else {
+                debug!("oversized UDP query dropped");
+                continue;
+            };
+            // Port 0 cannot be answered: a classic reflection probe.
+            let Some(addr) = peer.socket_addr().filter(|a| a.port() != 0) else {
+                continue;
+            };
+            match handler.handle(packet, Transport::Udp, addr.ip(), replies.next_buffer()) {
+                Action::Reply => replies.commit(peer),
+                Action::Forward(req) => {
+                    let query = packet.to_vec();
+                    let (socket, handler) = (socket.clone(), handler.clone());
+                    tokio::spawn(async move {
+                        let reply = handler.forward(&req, &query, Transport::Udp).await;
+                        if let Err(error) = socket.send_to(&reply, addr).await {
+                            debug!(peer = %addr, %error, "UDP send failed");
+                        }
+                    });
                 }
+                Action::Drop => {}
             }
-            Action::Forward(req) => {
-                let query = packet[..len].to_vec();
-                let (socket, handler) = (socket.clone(), handler.clone());
-                tokio::spawn(async move {
-                    let reply = handler.forward(&req, &query, Transport::Udp).await;
-                    if let Err(error) = socket.send_to(&reply, peer).await {
-                        debug!(%peer, %error, "UDP send failed");
-                    }
-                });
-            }
-            Action::Drop => {}
+        }
+        flush(&socket, fd, &mut replies).await;
+    }
+}
+
+/// Sends every queued reply, waiting for buffer space if the kernel has none.
+async fn flush(socket: &UdpSocket, fd: RawFd, replies: &mut SendBatch) {
+    while !replies.is_empty() {
+        let sent: io::Result<usize> = socket
+            .async_io(Interest::WRITABLE, || replies.send(fd))
+            .await;
+        if let Err(error) = sent {
+            debug!(%error, "UDP send failed");
+            replies.skip_one();
         }
     }
 }

@@ -114,7 +114,7 @@ impl Forward for CachingForwarder {
     }
 
     fn cached(&self, req: &Request, transport: Transport, out: &mut Vec<u8>) -> bool {
-        CacheKey::of(req).is_some_and(|key| self.cache.get(&key, req, out))
+        self.cache.get(req, out)
             && suits(out, req, transport)
     }
 

@@ -57,7 +57,7 @@ CONF
 taskset -c "$server_cpu" unbound -d -c "$work/unbound.conf" >/dev/null 2>&1 &
 pids+=($!)
 wait_ready "$ub_port" "warm.bench.example A"
-read -r ub_qps ub_lat ub_lost ub_us < <(warm_and_measure "$ub_port" "${pids[-1]}")
+read -r ub_qps ub_lat ub_lost ub_us ub_user < <(warm_and_measure "$ub_port" "${pids[-1]}")
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 # globaldns as a caching forwarder
@@ -66,10 +66,10 @@ taskset -c "$server_cpu" "$gd" --listen "127.0.0.1:$gd_port" --zones "$work/none
     --state "$work/front.state.json" --workers 1 >/dev/null 2>"$work/front.log" &
 pids+=($!)
 wait_ready "$gd_port" "warm.bench.example A"
-read -r gd_qps gd_lat gd_lost gd_us < <(warm_and_measure "$gd_port" "${pids[-1]}")
+read -r gd_qps gd_lat gd_lost gd_us gd_user < <(warm_and_measure "$gd_port" "${pids[-1]}")
 
 printf '\nforwarded cache hits, %s names, %ss per server, server on CPU %s, dnsperf on CPU %s\n' "$names" "$seconds" "$server_cpu" "$client_cpu"
 print_header
-print_row unbound "$ub_qps" "$ub_lat" "$ub_lost" "$ub_us"
-print_row globaldns "$gd_qps" "$gd_lat" "$gd_lost" "$gd_us"
+print_row unbound "$ub_qps" "$ub_lat" "$ub_lost" "$ub_us" "$ub_user"
+print_row globaldns "$gd_qps" "$gd_lat" "$gd_lost" "$gd_us" "$gd_user"
 python3 -c "import sys; print(f'ratio globaldns/unbound: {float(sys.argv[1]) / float(sys.argv[2]):.2f} measured, {float(sys.argv[3]) / float(sys.argv[4]):.2f} by CPU per query')" "$gd_qps" "$ub_qps" "$ub_us" "$gd_us"

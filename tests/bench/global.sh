@@ -40,7 +40,7 @@ CONF
 taskset -c "$server_cpu" nsd -d -c "$work/nsd/nsd.conf" &
 pids+=($!)
 wait_ready "$nsd_port" "global SOA"
-read -r nsd_qps nsd_lat nsd_lost nsd_us < <(measure "$nsd_port" "${pids[-1]}" "$work/queries.txt")
+read -r nsd_qps nsd_lat nsd_lost nsd_us nsd_user < <(measure "$nsd_port" "${pids[-1]}" "$work/queries.txt")
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 # globaldns
@@ -49,11 +49,11 @@ taskset -c "$server_cpu" "$root/target/release/globaldns" --listen "127.0.0.1:$g
     --zones "$work/zones" --workers 1 --resolv-conf /dev/null >/dev/null 2>"$work/globaldns.log" &
 pids+=($!)
 wait_ready "$gd_port" "global SOA"
-read -r gd_qps gd_lat gd_lost gd_us < <(measure "$gd_port" "${pids[-1]}" "$work/queries.txt")
+read -r gd_qps gd_lat gd_lost gd_us gd_user < <(measure "$gd_port" "${pids[-1]}" "$work/queries.txt")
 
 printf '\n.global path, %s names, 80%% A / 10%% AAAA / 10%% NXDOMAIN, %ss per server, server on CPU %s, dnsperf on CPU %s\n' \
     "$names" "$seconds" "$server_cpu" "$client_cpu"
 print_header
-print_row nsd "$nsd_qps" "$nsd_lat" "$nsd_lost" "$nsd_us"
-print_row globaldns "$gd_qps" "$gd_lat" "$gd_lost" "$gd_us"
+print_row nsd "$nsd_qps" "$nsd_lat" "$nsd_lost" "$nsd_us" "$nsd_user"
+print_row globaldns "$gd_qps" "$gd_lat" "$gd_lost" "$gd_us" "$gd_user"
 python3 -c "import sys; print(f'ratio globaldns/nsd: {float(sys.argv[1]) / float(sys.argv[2]):.2f} measured, {float(sys.argv[3]) / float(sys.argv[4]):.2f} by CPU per query')" "$gd_qps" "$nsd_qps" "$nsd_us" "$gd_us"

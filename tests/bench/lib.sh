@@ -41,35 +41,40 @@ family() { # pid
     for child in $(pgrep -P "$1" 2>/dev/null); do family "$child"; done
 }
 
-# CPU time (clock ticks) used so far by a process and its descendants.
+# CPU time (clock ticks) used so far by a process and its descendants: "user system".
 cpu_ticks() { # pid
-    local total=0 pid
+    local user=0 system=0 pid u s
     for pid in $(family "$1"); do
         # Fields after "pid (comm) ": comm may hold spaces ("nsd: server 1").
-        total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0)))
+        read -r u s < <(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12, $13}' || echo 0 0)
+        user=$((user + ${u:-0})) system=$((system + ${s:-0}))
     done
-    echo "$total"
+    echo "$user $system"
 }
 
-# One dnsperf run against port; prints "qps avg_latency_ms lost server_cpu_us_per_query".
-# The server's CPU per query tells its capacity even when dnsperf's own core is the limit.
+# One dnsperf run against port; prints "qps avg_latency_ms lost cpu_us user_us" (the server's
+# CPU per query, all and in user space). CPU per query tells a server's capacity even when
+# dnsperf's own core is the limit; the rest of it is the kernel's (loopback delivery, wakeups).
 measure() { # port server_pid query_file
-    local before after out
-    before=$(cpu_ticks "$2")
+    local u0 s0 u1 s1 out
+    read -r u0 s0 < <(cpu_ticks "$2")
     out=$(taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$3" -l "$seconds" -c 8 -q 200 -t 2 2>&1)
-    after=$(cpu_ticks "$2")
-    awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+    read -r u1 s1 < <(cpu_ticks "$2")
+    awk -v user=$((u1 - u0)) -v sys=$((s1 - s0)) -v hz="$(getconf CLK_TCK)" '
         /Queries completed:/ { done = $3 }
         /Queries per second:/ { qps = $4 }
         /Average Latency/ { lat = $4 * 1000 }
         /Queries lost:/ { lost = $3 }
-        END { printf "%s %s %s %.2f\n", qps, lat, lost, (done ? ticks / hz / done * 1e6 : 0) }' <<<"$out"
+        END {
+            us = done ? 1e6 / hz / done : 0
+            printf "%s %s %s %.2f %.2f\n", qps, lat, lost, (user + sys) * us, user * us
+        }' <<<"$out"
 }
 
 print_header() {
-    printf '%-12s %12s %14s %8s %14s %16s\n' server "queries/s" "avg latency ms" lost "CPU us/query" "1-core capacity"
+    printf '%-12s %12s %14s %8s %14s %12s %16s\n' server "queries/s" "avg latency ms" lost "CPU us/query" "of it user" "1-core capacity"
 }
 
-print_row() { # name qps lat lost us
-    printf '%-12s %12.0f %14s %8s %14s %16.0f\n' "$1" "$2" "$3" "$4" "$5" "$(python3 -c "print(1e6 / $5 if $5 > 0 else 0)")"
+print_row() { # name qps lat lost us user_us
+    printf '%-12s %12.0f %14s %8s %14s %12s %16.0f\n' "$1" "$2" "$3" "$4" "$5" "$6" "$(python3 -c "print(1e6 / $5 if $5 > 0 else 0)")"
 }

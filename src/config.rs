@@ -143,6 +143,14 @@ pub struct ServerArgs {
     /// UDP sockets and threads serving queries [default: number of CPUs].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Log every answered query (client, name, type, rcode, source, time) at info level.
+    #[arg(long)]
+    pub query_log: bool,
 }
 
 impl ServerArgs {
@@ -201,6 +209,8 @@ impl ServerArgs {
                 },
             },
             workers: workers.max(1),
+            metrics: self.metrics,
+            query_log: self.query_log,
             rescan_every: Duration::from_secs(self.rescan_interval.max(1)),
         }
     }
@@ -251,6 +261,8 @@ pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for people: journald and `kubectl logs` get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

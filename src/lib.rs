@@ -12,6 +12,7 @@ pub mod config;
 pub mod ctl;
 pub mod dns;
 pub mod forward;
+pub mod ops;
 pub mod publish;
 pub mod server;
 pub mod source;

@@ -28,7 +28,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // One machine-readable line, so scripts and tests learn the port when it was 0.
+        // Machine-readable lines, so scripts and tests learn the ports when they were 0.
+        if let Some(addr) = server.metrics_addr() {
+            println!("metrics on {addr}");
+        }
         println!("listening on {}", server.local_addr());
         shutdown_signal().await;
         info!("shutting down");

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::alloc::{AllocState, Policy, Reserved, Store, host_key, reconcile, unix_now};
+use crate::alloc::{AllocState, Policy, Reserved, Store, host_key, reconcile, unix_now, usage};
 use crate::catalog::{Catalog, HostEntry};
+use crate::ops::Metrics;
 use crate::source::DeclarationSet;
 use crate::source::readiness::Readiness;
 use crate::zone::{BuildError, NameTable, SharedTable, ZoneSettings};
@@ -33,8 +33,7 @@ pub struct Publisher {
     /// Until every source has synced, what is declared is not the whole truth: nothing is
     /// released on the strength of it.
     readiness: Readiness,
-    /// Allocated VIPs moved because a ServiceEntry declared them explicitly (for metrics).
-    pub conflicts: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
@@ -44,9 +43,12 @@ impl Publisher {
         policy: Policy,
         store: Arc<dyn Store>,
         readiness: Readiness,
+        metrics: Arc<Metrics>,
         declarations: &DeclarationSet,
     ) -> Result<Publisher, BuildError> {
-        let durable = store.load().await.unwrap_or_else(|error| {
+        let loaded = store.load().await;
+        metrics.store_result(loaded.is_ok());
+        let durable = loaded.unwrap_or_else(|error| {
             warn!(%error, "cannot read allocations; new hosts stay unanswered until it can be written");
             AllocState::default()
         });
@@ -60,7 +62,7 @@ impl Publisher {
             durable,
             retry: None,
             readiness,
-            conflicts: Arc::default(),
+            metrics,
         };
         this.publish(declarations).await?;
         Ok(this)
@@ -116,6 +118,8 @@ impl Publisher {
             serial = self.serial,
             "name table published"
         );
+        self.metrics
+            .published(table.host_count(), usage(&self.policy, &self.durable));
         self.table.store(Arc::new(table));
         Ok(())
     }
@@ -127,17 +131,19 @@ impl Publisher {
             self.policy.clone(),
             wanted.clone(),
             reserved.clone(),
-            self.conflicts.clone(),
+            self.metrics.clone(),
         );
         let mutation = Box::new(move |state: &mut AllocState| {
             let outcome = reconcile(state, &policy, &wanted2, &reserved2, unix_now(), complete);
             for (host, error) in &outcome.failed {
                 warn!(host, %error, "no VIP for host; answering SERVFAIL");
             }
-            conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
+            conflicts.conflicts(outcome.conflicts);
             Ok(outcome.changed)
         });
-        match self.store.update(mutation).await {
+        let stored = self.store.update(mutation).await;
+        self.metrics.store_result(stored.is_ok());
+        match stored {
             Ok(state) => {
                 self.durable = state;
                 self.retry = None;

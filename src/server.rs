@@ -16,6 +16,7 @@ use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
 use crate::dns::{Handler, serve_tcp, serve_udp};
 use crate::forward::{AnswerCache, CachingForwarder, Forward, UpstreamForwarder};
+use crate::ops::{Metrics, serve_http};
 use crate::publish::Publisher;
 use crate::source::file;
 use crate::source::kube::{ClusterSet, watch_remote_secrets};
@@ -38,6 +39,9 @@ pub struct ServerConfig {
     /// UDP sockets (and runtime threads) serving queries.
     pub workers: usize,
     pub rescan_every: Duration,
+    /// Where /metrics, /healthz and /readyz are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    pub query_log: bool,
 }
 
 /// How names outside the served zones are resolved.
@@ -57,7 +61,7 @@ pub struct ForwardConfig {
 /// Queries upstream at once; beyond this, SERVFAIL at once instead of piling up.
 const MAX_INFLIGHT: usize = 4096;
 
-fn build_forwarder(config: &ForwardConfig) -> Option<Arc<dyn Forward>> {
+fn build_forwarder(config: &ForwardConfig, metrics: &Arc<Metrics>) -> Option<Arc<dyn Forward>> {
     if config.upstreams.is_empty() {
         return None;
     }
@@ -65,6 +69,7 @@ fn build_forwarder(config: &ForwardConfig) -> Option<Arc<dyn Forward>> {
         config.upstreams.clone(),
         config.budget,
         MAX_INFLIGHT,
+        metrics.clone(),
     ));
     let check = relay.clone();
     tokio::spawn(async move { check.check_loops().await });
@@ -73,6 +78,7 @@ fn build_forwarder(config: &ForwardConfig) -> Option<Arc<dyn Forward>> {
         return Some(upstream);
     }
     let cache = AnswerCache::new(config.cache_size, config.cache_max_ttl);
+    metrics.watch_cache(cache.clone());
     Some(Arc::new(CachingForwarder::new(upstream, cache)))
 }
 
@@ -103,12 +109,18 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("building the name table: {0}")]
     Table(#[from] BuildError),
 }
 
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
     readiness: Readiness,
 }
@@ -125,6 +137,16 @@ impl Server {
         let mut tasks = JoinSet::new();
 
         let readiness = Readiness::new(config.clusters.sync_timeout);
+        let metrics = Arc::new(Metrics::new(&config.forward.upstreams));
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics {
+            let err = |source| ServerError::Metrics { addr, source };
+            let listener = TcpListener::bind(addr).await.map_err(err)?;
+            let bound = listener.local_addr().map_err(err)?;
+            info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            metrics_addr = Some(bound);
+            tasks.spawn(serve_http(listener, metrics.clone(), readiness.clone()));
+        }
         let (sources, mut rx) = SourceSet::new();
         tasks.spawn(file::watch_dir(
             config.zones_dir.clone(),
@@ -153,7 +175,7 @@ impl Server {
             };
         info!(store = %store.describe(), "allocations");
         if !clusters.is_empty() {
-            let set = ClusterSet::new(sources.clone(), readiness.clone());
+            let set = ClusterSet::new(sources.clone(), readiness.clone(), metrics.clone());
             for (id, client) in &clusters {
                 if let Some(client) = client {
                     set.add(id, &format!("context {id}"), "", client.clone());
@@ -179,13 +201,14 @@ impl Server {
             config.policy.clone(),
             store,
             readiness.clone(),
+            metrics.clone(),
             &first,
         )
         .await?;
         let table = publisher.table();
         tasks.spawn(publisher.run(rx));
 
-        let forwarder = build_forwarder(&config.forward);
+        let forwarder = build_forwarder(&config.forward, &metrics);
         if forwarder.is_none() {
             warn!("no upstream resolver: names outside the served zones get REFUSED");
         }
@@ -193,6 +216,8 @@ impl Server {
             table.clone(),
             forwarder,
             config.forward.allow_recursion.clone(),
+            metrics,
+            config.query_log,
         ));
         for socket in udp {
             tasks.spawn(serve_udp(Arc::new(socket), handler.clone()));
@@ -201,6 +226,7 @@ impl Server {
         info!(%local_addr, upstreams = ?config.forward.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
         Ok(Server {
             local_addr,
+            metrics_addr,
             tasks,
             readiness,
         })
@@ -208,6 +234,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where /metrics, /healthz and /readyz are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Every cluster has synced once, or the sync timeout passed.

@@ -2,22 +2,24 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
 use ipnet::IpNet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Transport;
 use super::request::{Parsed, Request, is_internet_class, parse};
 use super::response::{MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error};
 use crate::forward::{Forward, ForwardError};
+use crate::ops::{AnswerSource, Metrics};
 use crate::zone::{Lookup, SharedTable};
 
 pub enum Action {
     /// The response is in the output buffer.
     Reply,
     /// Relay the query upstream; the request is kept to answer SERVFAIL if that fails.
-    Forward(Box<Request>),
+    Forward(Box<Request>, Instant),
     /// Send nothing.
     Drop,
 }
@@ -27,6 +29,9 @@ pub struct Handler {
     forwarder: Option<Arc<dyn Forward>>,
     /// Clients that may use us as a recursive resolver; everyone gets our own zones.
     allow_recursion: Vec<IpNet>,
+    metrics: Arc<Metrics>,
+    /// Log every answered query (`--query-log`).
+    query_log: bool,
 }
 
 impl Handler {
@@ -34,11 +39,15 @@ impl Handler {
         table: SharedTable,
         forwarder: Option<Arc<dyn Forward>>,
         allow_recursion: Vec<IpNet>,
+        metrics: Arc<Metrics>,
+        query_log: bool,
     ) -> Self {
         Handler {
             table,
             forwarder,
             allow_recursion,
+            metrics,
+            query_log,
         }
     }
 
@@ -59,15 +68,37 @@ impl Handler {
         client: IpAddr,
         out: &mut Vec<u8>,
     ) -> Action {
+        let started = Instant::now();
         let req = match parse(packet) {
             Parsed::Query(req) => req,
             Parsed::Error(req, rcode) => {
                 debug!(id = req.id, %rcode, "refusing malformed or unsupported message");
                 write_error(out, &req, rcode, self.recursion_available());
+                self.answered(&req, out, transport, client, AnswerSource::Local, started);
                 return Action::Reply;
             }
-            Parsed::Drop => return Action::Drop,
+            Parsed::Drop => {
+                self.metrics.dropped();
+                return Action::Drop;
+            }
         };
+        let source = match self.answer(&req, transport, client, out) {
+            Some(source) => source,
+            None => return Action::Forward(Box::new(req), started),
+        };
+        self.answered(&req, out, transport, client, source, started);
+        Action::Reply
+    }
+
+    /// Writes the answer to `req` into `out` and says where it came from; `None` when it must
+    /// be forwarded.
+    fn answer(
+        &self,
+        req: &Request,
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+    ) -> Option<AnswerSource> {
         let q = req
             .question
             .as_ref()
@@ -75,7 +106,7 @@ impl Handler {
         let table = self.table.load();
         match table.lookup(q.name.lower(), q.qtype) {
             Lookup::Authoritative(_) if !is_internet_class(q.qclass) => {
-                write_error(out, &req, ResponseCode::Refused, self.recursion_available());
+                write_error(out, req, ResponseCode::Refused, self.recursion_available());
             }
             Lookup::Authoritative(body) => {
                 let limit = match transport {
@@ -86,37 +117,76 @@ impl Handler {
                     authoritative: body.rcode != ResponseCode::ServFail,
                     recursion_available: self.recursion_available(),
                 };
-                write(out, &req, body, flags, limit);
+                write(out, req, body, flags, limit);
             }
             Lookup::NotOurs => match &self.forwarder {
                 Some(_) if !self.may_recurse(client) => {
                     debug!(%client, "recursion refused to a client outside --allow-from");
-                    write_error(out, &req, ResponseCode::Refused, false);
+                    write_error(out, req, ResponseCode::Refused, false);
                 }
-                Some(f) if f.cached(&req, transport, out) => {}
                 Some(f) if f.loop_probe(q.name.lower()) => {
-                    write_error(out, &req, ResponseCode::Refused, false);
+                    write_error(out, req, ResponseCode::Refused, false);
                 }
-                Some(_) => return Action::Forward(Box::new(req)),
-                None => write_error(out, &req, ResponseCode::Refused, false),
+                Some(f) => {
+                    let hit = f.cached(req, transport, out);
+                    self.metrics.cache_lookup(hit);
+                    return hit.then_some(AnswerSource::Cache);
+                }
+                None => write_error(out, req, ResponseCode::Refused, false),
             },
         }
-        Action::Reply
+        Some(AnswerSource::Local)
+    }
+
+    /// Counts (and with `--query-log`, logs) an answer about to be sent.
+    fn answered(
+        &self,
+        req: &Request,
+        reply: &[u8],
+        transport: Transport,
+        client: IpAddr,
+        source: AnswerSource,
+        started: Instant,
+    ) {
+        let took = started.elapsed();
+        let qtype = req.question.as_ref().map(|q| q.qtype);
+        self.metrics.answered(qtype, reply, transport, source, took);
+        if self.query_log {
+            let name = req.question.as_ref().map(|q| q.name.to_string());
+            let rcode = reply.get(3).map_or(0, |b| b & 0x0F);
+            info!(target: "globaldns::query", %client, ?transport, name, qtype, rcode, ?source, micros = took.as_micros() as u64, "query");
+        }
     }
 
     /// Relays a query that [`Handler::handle`] marked for forwarding; SERVFAIL when every
     /// upstream failed.
-    pub async fn forward(&self, req: &Request, packet: &[u8], transport: Transport) -> Vec<u8> {
+    pub async fn forward(
+        &self,
+        req: &Request,
+        packet: &[u8],
+        transport: Transport,
+        client: IpAddr,
+        started: Instant,
+    ) -> Vec<u8> {
         let result = match &self.forwarder {
             Some(f) => f.forward(req, packet, transport).await,
             None => Err(ForwardError::NoUpstream),
         };
-        result.unwrap_or_else(|error| {
+        let reply = result.unwrap_or_else(|error| {
             warn!(id = req.id, qtype = ?req.qtype(), %error, "forwarding failed; answering SERVFAIL");
             let mut out = Vec::new();
             write_error(&mut out, req, ResponseCode::ServFail, self.recursion_available());
             out
-        })
+        });
+        self.answered(
+            req,
+            &reply,
+            transport,
+            client,
+            AnswerSource::Upstream,
+            started,
+        );
+        reply
     }
 
     fn recursion_available(&self) -> bool {

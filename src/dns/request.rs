@@ -72,6 +72,29 @@ impl QName {
     }
 }
 
+/// Presentation format (`www.example.`), for logs; bytes outside printable ASCII as `\DDD`.
+impl std::fmt::Display for QName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut at = 0;
+        let wire = self.wire();
+        while let Some(&len) = wire.get(at).filter(|&&l| l > 0) {
+            for &b in &wire[at + 1..at + 1 + len as usize] {
+                match b {
+                    b'.' | b'\\' => write!(f, "\\{}", b as char)?,
+                    0x21..=0x7E => write!(f, "{}", b as char)?,
+                    _ => write!(f, "\\{b:03}")?,
+                }
+            }
+            f.write_str(".")?;
+            at += 1 + len as usize;
+        }
+        if at == 0 {
+            f.write_str(".")?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Edns {
     /// The client's UDP payload size.

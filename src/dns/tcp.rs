@@ -59,8 +59,10 @@ async fn serve_connection(
         tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut packet)).await??;
         let reply = match handler.handle(&packet, Transport::Tcp, client, &mut out) {
             Action::Reply => &out,
-            Action::Forward(req) => {
-                out = handler.forward(&req, &packet, Transport::Tcp).await;
+            Action::Forward(req, started) => {
+                out = handler
+                    .forward(&req, &packet, Transport::Tcp, client, started)
+                    .await;
                 &out
             }
             // Nothing sensible can follow an unanswerable message on a stream.

@@ -37,11 +37,13 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
             };
             match handler.handle(packet, Transport::Udp, addr.ip(), replies.next_buffer()) {
                 Action::Reply => replies.commit(peer),
-                Action::Forward(req) => {
+                Action::Forward(req, started) => {
                     let query = packet.to_vec();
                     let (socket, handler) = (socket.clone(), handler.clone());
                     tokio::spawn(async move {
-                        let reply = handler.forward(&req, &query, Transport::Udp).await;
+                        let reply = handler
+                            .forward(&req, &query, Transport::Udp, addr.ip(), started)
+                            .await;
                         if let Err(error) = socket.send_to(&reply, addr).await {
                             debug!(peer = %addr, %error, "UDP send failed");
                         }

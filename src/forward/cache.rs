@@ -76,6 +76,7 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for ExpireAtTtl {
     }
 }
 
+#[derive(Clone)]
 pub struct AnswerCache {
     entries: Cache<CacheKey, Arc<Entry>, foldhash::fast::RandomState>,
     max_ttl: Duration,
@@ -91,6 +92,10 @@ impl AnswerCache {
             // Seeded per process; SipHash was a third of a cache hit's cost.
             .build_with_hasher(foldhash::fast::RandomState::default());
         AnswerCache { entries, max_ttl }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
     }
 
     /// Writes the cached answer to `req` into `out`, with the client's ID and question and the

@@ -114,8 +114,7 @@ impl Forward for CachingForwarder {
     }
 
     fn cached(&self, req: &Request, transport: Transport, out: &mut Vec<u8>) -> bool {
-        self.cache.get(req, out)
-            && suits(out, req, transport)
+        self.cache.get(req, out) && suits(out, req, transport)
     }
 
     fn forward<'a>(

@@ -1,5 +1,6 @@
 //! Relaying to upstream resolvers: over UDP for UDP clients and over TCP for TCP clients.
 
+use crate::ops::{Metrics, UpstreamFailure};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,10 +40,16 @@ pub struct UpstreamForwarder {
     slots: Semaphore,
     /// Lower-cased wire names of loop probes in flight, and the upstream each went to.
     probes: Mutex<HashMap<Vec<u8>, usize>>,
+    metrics: Arc<Metrics>,
 }
 
 impl UpstreamForwarder {
-    pub fn new(upstreams: Vec<SocketAddr>, budget: Duration, max_inflight: usize) -> Self {
+    pub fn new(
+        upstreams: Vec<SocketAddr>,
+        budget: Duration,
+        max_inflight: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let upstreams = upstreams
             .into_iter()
             .map(|addr| {
@@ -59,6 +66,7 @@ impl UpstreamForwarder {
             budget,
             slots: Semaphore::new(max_inflight),
             probes: Mutex::default(),
+            metrics,
         }
     }
 
@@ -115,6 +123,12 @@ impl UpstreamForwarder {
                 Transport::Udp => udp_exchange(upstream.addr, &outgoing, question, attempt).await,
                 Transport::Tcp => tcp_exchange(upstream.addr, &outgoing, question, attempt).await,
             };
+            let failure = match &result {
+                Err(ForwardError::Timeout(_)) => Some(UpstreamFailure::Timeout),
+                Err(ForwardError::Io { .. }) => Some(UpstreamFailure::Network),
+                _ => None,
+            };
+            self.metrics.upstream_query(upstream.addr, failure);
             match result {
                 Ok(mut reply) => {
                     upstream.down.store(false, Ordering::Relaxed);
@@ -126,7 +140,7 @@ impl UpstreamForwarder {
                 }
                 Err(e) => {
                     debug!(upstream = %upstream.addr, error = %e, "upstream failed");
-                    if matches!(e, ForwardError::Timeout(_) | ForwardError::Io { .. }) {
+                    if failure.is_some() {
                         self.mark_down(upstream);
                     }
                     last = e;

@@ -20,6 +20,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct GlobalDns {
     child: Child,
     pub addr: SocketAddr,
+    /// The HTTP address of /metrics, /healthz and /readyz, when started with --metrics.
+    pub metrics: Option<SocketAddr>,
     pub log: PathBuf,
     _log_dir: tempfile::TempDir,
 }
@@ -52,11 +54,20 @@ impl GlobalDns {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            // "metrics on ADDR" (with --metrics), then "listening on ADDR".
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            let mut metrics = None;
+            for line in lines.by_ref() {
+                match line.strip_prefix("metrics on ") {
+                    Some(addr) => metrics = addr.parse().ok(),
+                    None => {
+                        let _ = tx.send((metrics, line));
+                        break;
+                    }
+                }
+            }
         });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let (metrics, line) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
         let Some(addr) = line
             .trim()
             .strip_prefix("listening on ")
@@ -71,6 +82,7 @@ impl GlobalDns {
         GlobalDns {
             child,
             addr,
+            metrics,
             log,
             _log_dir: log_dir,
         }

@@ -13,11 +13,13 @@ pub use secrets::{REMOTE_SECRET_LABEL, watch_remote_secrets};
 
 use super::readiness::Readiness;
 use super::set::SourceSet;
+use crate::ops::Metrics;
 
 /// The clusters being watched, by cluster ID. The first registration of an ID wins.
 pub struct ClusterSet {
     sources: SourceSet,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
     running: Mutex<BTreeMap<String, Running>>,
 }
 
@@ -41,10 +43,11 @@ pub fn source_name(id: &str) -> String {
 }
 
 impl ClusterSet {
-    pub fn new(sources: SourceSet, readiness: Readiness) -> Arc<Self> {
+    pub fn new(sources: SourceSet, readiness: Readiness, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(ClusterSet {
             sources,
             readiness,
+            metrics,
             running: Mutex::default(),
         })
     }
@@ -66,12 +69,14 @@ impl ClusterSet {
         }
         let source = source_name(id);
         self.readiness.expect(&source);
+        self.metrics.cluster_synced(id, false);
         let task = tokio::spawn(watch::watch_cluster(
             id.to_string(),
             source,
             client,
             self.sources.clone(),
             self.readiness.clone(),
+            self.metrics.clone(),
         ));
         running.insert(
             id.to_string(),
@@ -92,6 +97,7 @@ impl ClusterSet {
             let source = source_name(id);
             self.sources.remove(&source);
             self.readiness.forget(&source);
+            self.metrics.cluster_removed(id);
             info!(cluster = id, %owner, "cluster removed");
         }
     }

@@ -15,6 +15,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::{info, warn};
 
+use crate::ops::Metrics;
 use crate::source::Declaration;
 use crate::source::readiness::Readiness;
 use crate::source::service_entry::API_VERSIONS;
@@ -42,6 +43,7 @@ pub async fn watch_cluster(
     client: kube::Client,
     sources: SourceSet,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
 ) {
     let mut delay = Duration::from_millis(500);
     let version = loop {
@@ -67,10 +69,15 @@ pub async fn watch_cluster(
     let mut current: BTreeMap<(String, String), Declaration> = BTreeMap::new();
     let mut relist: Option<BTreeMap<(String, String), Declaration>> = None;
     let mut restarts = 0u64;
+    // Listed at least once: from then on, the watch being up means we are in sync.
+    let mut listed = false;
     let publish = |set: &BTreeMap<(String, String), Declaration>| {
         sources.publish(&source, Arc::new(set.values().cloned().collect()))
     };
     while let Some(event) = events.next().await {
+        if event.is_ok() && listed {
+            metrics.cluster_synced(&id, true);
+        }
         match event {
             Ok(watcher::Event::Init) => relist = Some(BTreeMap::new()),
             Ok(watcher::Event::InitApply(object)) => {
@@ -84,6 +91,8 @@ pub async fn watch_cluster(
                 current = relist.take().unwrap_or_default();
                 publish(&current);
                 readiness.synced(&source);
+                listed = true;
+                metrics.cluster_synced(&id, true);
                 info!(cluster = %id, entries = current.len(), "ServiceEntries synced");
             }
             Ok(watcher::Event::Apply(object)) => {
@@ -100,6 +109,7 @@ pub async fn watch_cluster(
             }
             Err(error) => {
                 restarts += 1;
+                metrics.cluster_watch_restarted(&id);
                 warn!(cluster = %id, %error, restarts, "ServiceEntry watch failed; retrying and serving the last-known entries");
             }
         }

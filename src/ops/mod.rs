@@ -1,0 +1,7 @@
+//! What operators watch: metrics, health and readiness over HTTP.
+
+mod http;
+pub mod metrics;
+
+pub use http::serve_http;
+pub use metrics::{AnswerSource, Metrics, UpstreamFailure};

@@ -1,0 +1,166 @@
+//! What operators see: /metrics counting real queries, /healthz, and /readyz waiting for the
+//! clusters to sync.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use support::apiserver::{ApiServer, kubeconfig};
+use support::*;
+
+/// A plain HTTP/1.0 GET: status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed), 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const A_NOERROR_UDP: &str = r#"globaldns_queries_total{qtype="A",rcode="NOERROR",protocol="udp"}"#;
+
+#[test]
+fn metrics_count_queries_and_describe_the_table() {
+    let server = GlobalDns::start(&repo_zones(), &["--metrics", "127.0.0.1:0"]);
+    let http = server.metrics.expect("metrics address on stdout");
+    assert_eq!(http_get(http, "/healthz").0, 200);
+    assert_eq!(
+        http_get(http, "/readyz").0,
+        200,
+        "no clusters: ready at once"
+    );
+
+    let (status, before) = http_get(http, "/metrics");
+    assert_eq!(status, 200);
+    assert!(before.ends_with("# EOF\n"), "OpenMetrics text: {before}");
+    assert_eq!(sample(&before, r#"globaldns_names"#), 6.0, "{before}");
+    assert_eq!(
+        sample(&before, r#"globaldns_vip_pool_used{pool="240.0.0.0/4"}"#),
+        1.0
+    );
+    assert_eq!(sample(&before, "globaldns_store_up"), 1.0);
+
+    for _ in 0..5 {
+        assert!(resolves_to(&server, "reviews.default.global", "240.0.0.3"));
+    }
+    let nx = query(
+        server.addr,
+        "nope.default.global",
+        RecordType::AAAA,
+        Proto::Tcp,
+    );
+    assert_eq!(nx.metadata.response_code.low(), 3);
+
+    let (_, after) = http_get(http, "/metrics");
+    let counted = sample(&after, A_NOERROR_UDP) - sample(&before, A_NOERROR_UDP);
+    assert_eq!(counted, 5.0, "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            r#"globaldns_queries_total{qtype="AAAA",rcode="NXDOMAIN",protocol="tcp"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"globaldns_query_duration_seconds_count{source="local"}"#
+        ),
+        sample(
+            &before,
+            r#"globaldns_query_duration_seconds_count{source="local"}"#
+        ) + 6.0
+    );
+    assert_eq!(http_get(http, "/nothing").0, 404);
+}
+
+#[test]
+fn query_log_names_each_query_when_asked() {
+    let quiet = GlobalDns::start(&repo_zones(), &[]);
+    assert!(resolves_to(&quiet, "reviews.default.global", "240.0.0.3"));
+    let logged = GlobalDns::start(&repo_zones(), &["--query-log"]);
+    assert!(resolves_to(&logged, "Reviews.Default.Global", "240.0.0.3"));
+    let line_of = |server: &GlobalDns| {
+        server
+            .log_text()
+            .lines()
+            .find(|l| l.contains("globaldns::query"))
+            .map(str::to_string)
+    };
+    assert!(eventually(TIMEOUT, || line_of(&logged).is_some()));
+    let line = line_of(&logged).unwrap();
+    assert!(line.contains("Reviews.Default.Global."), "{line}");
+    assert!(line.contains("rcode=0"), "{line}");
+    assert_eq!(line_of(&quiet), None, "off by default");
+    assert!(
+        !logged.log_text().contains('\u{1b}'),
+        "no colour codes in a log file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_turns_ready_once_the_cluster_has_synced() {
+    let sim = ApiServer::start().await;
+    // Every API call of the watcher (discovery, list) takes this long.
+    sim.set_latency(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kubeconfig");
+    std::fs::write(&config, kubeconfig(&[("c1", sim.addr)], "c1")).unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let state = dir.path().join("state.json");
+    let server = tokio::task::spawn_blocking(move || {
+        GlobalDns::start(
+            &zones,
+            &[
+                "--kubeconfig",
+                config.to_str().unwrap(),
+                "--state",
+                state.to_str().unwrap(),
+                "--metrics",
+                "127.0.0.1:0",
+                "--sync-timeout",
+                "60",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let http = server.metrics.unwrap();
+    let synced = r#"globaldns_cluster_synced{cluster="c1"}"#;
+    tokio::task::spawn_blocking(move || {
+        let (status, body) = http_get(http, "/readyz");
+        assert_eq!(status, 503, "ready before the cluster listed: {body}");
+        assert_eq!(sample(&http_get(http, "/metrics").1, synced), 0.0);
+        assert!(
+            eventually(Duration::from_secs(30), || http_get(http, "/readyz").0
+                == 200),
+            "{}",
+            server.log_text()
+        );
+        assert_eq!(sample(&http_get(http, "/metrics").1, synced), 1.0);
+    })
+    .await
+    .unwrap();
+}

@@ -38,8 +38,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn merge(declarations: &[Declaration]) -> Catalog {
-        let mut ordered: Vec<&Declaration> = declarations.iter().collect();
+    pub fn merge<'a>(declarations: impl IntoIterator<Item = &'a Declaration>) -> Catalog {
+        let mut ordered: Vec<&Declaration> = declarations.into_iter().collect();
         ordered.sort_by(|a, b| a.key().cmp(&b.key()));
 
         let mut by_host: BTreeMap<Name, (&Declaration, Vec<IpAddr>)> = BTreeMap::new();

@@ -14,8 +14,8 @@ use tracing::{info, warn};
 use crate::alloc::{AllocState, Policy, Reserved, Store, host_key, reconcile, unix_now, usage};
 use crate::catalog::{Catalog, HostEntry};
 use crate::ops::Metrics;
-use crate::source::DeclarationSet;
 use crate::source::readiness::Readiness;
+use crate::source::set::Combined;
 use crate::zone::{BuildError, NameTable, SharedTable, ZoneSettings};
 
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -44,7 +44,7 @@ impl Publisher {
         store: Arc<dyn Store>,
         readiness: Readiness,
         metrics: Arc<Metrics>,
-        declarations: &DeclarationSet,
+        declarations: &Combined,
     ) -> Result<Publisher, BuildError> {
         let loaded = store.load().await;
         metrics.store_result(loaded.is_ok());
@@ -73,7 +73,7 @@ impl Publisher {
     }
 
     /// Republishes whenever the sources or the store change, until the sources go away.
-    pub async fn run(mut self, mut sources: watch::Receiver<DeclarationSet>) {
+    pub async fn run(mut self, mut sources: watch::Receiver<Combined>) {
         loop {
             let retry = self.retry;
             tokio::select! {
@@ -88,10 +88,10 @@ impl Publisher {
         }
     }
 
-    async fn publish(&mut self, declarations: &DeclarationSet) -> Result<(), BuildError> {
+    async fn publish(&mut self, declarations: &Combined) -> Result<(), BuildError> {
         let decls = declarations.clone();
         // Merging and building are CPU work that grows with the mesh: off the runtime's threads.
-        let catalog = blocking(move || Catalog::merge(&decls)).await;
+        let catalog = blocking(move || Catalog::merge(decls.iter())).await;
         for c in &catalog.conflicts {
             warn!(host = %c.host, kept = %c.kept, ignored = %c.ignored, "host declared with different addresses; keeping the first");
         }

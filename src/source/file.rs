@@ -5,6 +5,7 @@
 //! rescan as a safety net for filesystems that do not deliver them (network mounts, some
 //! ConfigMap volume updates).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,9 +15,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::Declaration;
 use super::service_entry::{API_VERSIONS, KIND};
 use super::set::SourceSet;
+use super::{Declaration, DeclarationSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -35,17 +36,31 @@ pub enum FileError {
 /// What one scan of the directory found.
 #[derive(Debug, Default)]
 pub struct Scan {
-    pub declarations: Vec<Declaration>,
+    /// The declarations of each file that parsed, in path order.
+    pub declarations: Vec<DeclarationSet>,
     pub failed: Vec<(PathBuf, FileError)>,
+}
+
+impl Scan {
+    pub fn entries(&self) -> usize {
+        self.declarations.iter().map(|d| d.len()).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Declaration> {
+        self.declarations.iter().flat_map(|d| d.iter())
+    }
 }
 
 /// Parses one manifest file's text; `origin` names it in declarations and messages.
 pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, FileError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| FileError::Yaml(e.to_string()))?;
+    // One document at a time: the reader budgets each on its own (a whole-stream budget refuses
+    // files of over 1,024 entries, which big meshes generate), and only one document's tree is
+    // in memory at once.
+    let mut reader = text.as_bytes();
     let origin: Arc<str> = origin.into();
     let mut out = Vec::new();
-    for (i, doc) in docs.into_iter().enumerate() {
+    for (i, doc) in serde_saphyr::read::<_, Value>(&mut reader).enumerate() {
+        let doc = doc.map_err(|e| FileError::Yaml(e.to_string()))?;
         if !is_service_entry(&doc) {
             continue;
         }
@@ -75,24 +90,62 @@ fn is_service_entry(doc: &Value) -> bool {
 
 /// Reads every manifest under `dir`, in path order.
 pub fn scan(dir: &Path) -> Scan {
-    let mut out = Scan::default();
-    let files = match manifest_files(dir) {
-        Ok(files) => files,
-        Err(e) => {
-            out.failed.push((dir.to_path_buf(), FileError::Read(e)));
-            return out;
+    Scanner::default().scan(dir)
+}
+
+/// Manifests parsed so far, by file: a rescan parses again only the files whose size or
+/// modification time changed, so one changed ServiceEntry does not re-read a whole mesh.
+#[derive(Default)]
+pub struct Scanner {
+    parsed: BTreeMap<PathBuf, (Stamp, DeclarationSet)>,
+}
+
+type Stamp = (Option<SystemTime>, u64);
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok();
+    let mtime = meta.as_ref().and_then(|m| m.modified().ok());
+    (mtime, meta.map_or(0, |m| m.len()))
+}
+
+impl Scanner {
+    pub fn scan(&mut self, dir: &Path) -> Scan {
+        let mut out = Scan::default();
+        let files = match manifest_files(dir) {
+            Ok(files) => files,
+            Err(e) => {
+                out.failed.push((dir.to_path_buf(), FileError::Read(e)));
+                return out;
+            }
+        };
+        let mut parsed = BTreeMap::new();
+        for path in files {
+            let stamp = stamp(&path);
+            let kept = self
+                .parsed
+                .remove(&path)
+                .filter(|(old, _)| *old == stamp && stamp.0.is_some());
+            let decls = match kept {
+                Some((_, decls)) => decls,
+                None => match read_manifest(&path) {
+                    Ok(decls) => Arc::new(decls),
+                    Err(e) => {
+                        out.failed.push((path, e));
+                        continue;
+                    }
+                },
+            };
+            out.declarations.push(decls.clone());
+            parsed.insert(path, (stamp, decls));
         }
-    };
-    for path in files {
-        let parsed = std::fs::read_to_string(&path)
-            .map_err(FileError::from)
-            .and_then(|text| parse_manifest(&path.display().to_string(), &text));
-        match parsed {
-            Ok(decls) => out.declarations.extend(decls),
-            Err(e) => out.failed.push((path, e)),
-        }
+        self.parsed = parsed;
+        out
     }
-    out
+}
+
+fn read_manifest(path: &Path) -> Result<Vec<Declaration>, FileError> {
+    let text = std::fs::read_to_string(path)?;
+    parse_manifest(&path.display().to_string(), &text)
 }
 
 /// Manifest paths under `dir`, sorted. Hidden entries are skipped, which also skips the
@@ -122,17 +175,15 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Cheap summary of the directory used to skip rescans when nothing changed.
-type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+type Fingerprint = Vec<(PathBuf, Stamp)>;
 
 fn fingerprint(dir: &Path) -> Fingerprint {
     manifest_files(dir)
         .unwrap_or_default()
         .into_iter()
         .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let mtime = meta.as_ref().and_then(|m| m.modified().ok());
-            let len = meta.map_or(0, |m| m.len());
-            (p, mtime, len)
+            let stamp = stamp(&p);
+            (p, stamp)
         })
         .collect()
 }
@@ -145,6 +196,7 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
     let changed = Arc::new(Notify::new());
     let mut watcher = None;
     let mut last: Option<Fingerprint> = None;
+    let mut scanner = Scanner::default();
     let mut ticker = tokio::time::interval(rescan_every);
     loop {
         if watcher.is_none() {
@@ -154,12 +206,13 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
         let (d, previous) = (dir.clone(), last.take());
         let pass = tokio::task::spawn_blocking(move || {
             let current = fingerprint(&d);
-            let result = (previous.as_ref() != Some(&current)).then(|| scan(&d));
-            (current, result)
+            let result = (previous.as_ref() != Some(&current)).then(|| scanner.scan(&d));
+            (current, result, scanner)
         });
-        let Ok((current, result)) = pass.await else {
+        let Ok((current, result, kept)) = pass.await else {
             return;
         };
+        scanner = kept;
         if let Some(result) = result {
             for (path, error) in &result.failed {
                 if *path == dir {
@@ -168,8 +221,8 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
                     warn!(file = %path.display(), %error, "skipping manifest");
                 }
             }
-            info!(dir = %dir.display(), entries = result.declarations.len(), failed = result.failed.len(), "loaded manifests");
-            sources.publish(SOURCE, Arc::new(result.declarations));
+            info!(dir = %dir.display(), entries = result.entries(), failed = result.failed.len(), "loaded manifests");
+            sources.publish_chunks(SOURCE, result.declarations);
         }
         last = Some(current);
         tokio::select! {
@@ -262,6 +315,36 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
     }
 
     #[test]
+    fn a_file_of_many_entries_is_read_whole() {
+        let text: String = (0..3000)
+            .map(|i| format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: ns}}\nspec: {{hosts: [s{i}.global], addresses: [240.0.{}.{}]}}\n", i / 250, i % 250 + 1))
+            .collect();
+        assert_eq!(parse_manifest("big.yaml", &text).unwrap().len(), 3000);
+    }
+
+    #[test]
+    fn rescans_parse_only_changed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), GOOD).unwrap();
+        let mut scanner = Scanner::default();
+        let first = scanner.scan(dir.path());
+        let edited = GOOD.replace("127.255.0.3", "127.255.0.4");
+        std::fs::write(dir.path().join("b.yaml"), edited).unwrap();
+        let second = scanner.scan(dir.path());
+        assert!(
+            Arc::ptr_eq(&first.declarations[0], &second.declarations[0]),
+            "a.yaml reused"
+        );
+        assert_eq!(
+            second.declarations[1][1].addresses[0].to_string(),
+            "127.255.0.4"
+        );
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert_eq!(scanner.scan(dir.path()).entries(), 2);
+    }
+
+    #[test]
     fn scan_skips_broken_files_and_hidden_dirs() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
@@ -270,7 +353,7 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
         std::fs::create_dir(dir.path().join("..data")).unwrap();
         std::fs::write(dir.path().join("..data/dup.yaml"), GOOD).unwrap();
         let scan = scan(dir.path());
-        assert_eq!(scan.declarations.len(), 2);
+        assert_eq!(scan.entries(), 2);
         assert_eq!(scan.failed.len(), 1);
         assert!(scan.failed[0].0.ends_with("bad.yml"));
     }

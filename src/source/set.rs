@@ -8,7 +8,31 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::DeclarationSet;
+use super::{Declaration, DeclarationSet};
+
+/// Every source's declarations, sharing the sources' own sets (nothing is copied).
+#[derive(Clone, Default)]
+pub struct Combined(Arc<Vec<DeclarationSet>>);
+
+impl From<Vec<DeclarationSet>> for Combined {
+    fn from(sets: Vec<DeclarationSet>) -> Self {
+        Combined(Arc::new(sets))
+    }
+}
+
+impl Combined {
+    pub fn iter(&self) -> impl Iterator<Item = &Declaration> {
+        self.0.iter().flat_map(|set| set.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|set| set.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 #[derive(Clone)]
 pub struct SourceSet {
@@ -16,14 +40,14 @@ pub struct SourceSet {
 }
 
 struct Inner {
-    sets: Mutex<BTreeMap<String, DeclarationSet>>,
-    combined: watch::Sender<DeclarationSet>,
+    sets: Mutex<BTreeMap<String, Vec<DeclarationSet>>>,
+    combined: watch::Sender<Combined>,
 }
 
 impl SourceSet {
     /// A set and the receiver of its combined declarations.
-    pub fn new() -> (SourceSet, watch::Receiver<DeclarationSet>) {
-        let (combined, rx) = watch::channel(DeclarationSet::default());
+    pub fn new() -> (SourceSet, watch::Receiver<Combined>) {
+        let (combined, rx) = watch::channel(Combined::default());
         (
             SourceSet {
                 inner: Arc::new(Inner {
@@ -37,8 +61,13 @@ impl SourceSet {
 
     /// Replaces everything `source` declares.
     pub fn publish(&self, source: &str, set: DeclarationSet) {
+        self.publish_chunks(source, vec![set]);
+    }
+
+    /// Replaces everything `source` declares with several sets (shared, not copied).
+    pub fn publish_chunks(&self, source: &str, chunks: Vec<DeclarationSet>) {
         let mut sets = self.inner.sets.lock().expect("source set lock");
-        sets.insert(source.to_string(), set);
+        sets.insert(source.to_string(), chunks);
         self.recombine(&sets);
     }
 
@@ -50,9 +79,9 @@ impl SourceSet {
         }
     }
 
-    fn recombine(&self, sets: &BTreeMap<String, DeclarationSet>) {
-        let all: Vec<_> = sets.values().flat_map(|s| s.iter().cloned()).collect();
-        self.inner.combined.send_replace(Arc::new(all));
+    fn recombine(&self, sets: &BTreeMap<String, Vec<DeclarationSet>>) {
+        let all = Combined(Arc::new(sets.values().flatten().cloned().collect()));
+        self.inner.combined.send_replace(all);
     }
 
     /// Whether `source` has published at least once.

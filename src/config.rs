@@ -14,6 +14,8 @@ use crate::forward::{system_upstreams, without_self};
 use crate::server::{ClusterConfig, ForwardConfig, ServerConfig};
 use crate::zone::{SoaSettings, ZoneSettings};
 
+mod file;
+
 /// Authoritative DNS for the `.global` names of an Istio multicluster mesh, read from
 /// ServiceEntry manifests; every other name is forwarded upstream.
 #[derive(Parser, Debug, Clone)]
@@ -23,6 +25,11 @@ use crate::zone::{SoaSettings, ZoneSettings};
     after_help = "Logging follows RUST_LOG (e.g. RUST_LOG=globaldns=debug); the default is info."
 )]
 pub struct ServerArgs {
+    /// YAML (.yaml, .yml) or TOML (.toml) file setting any of these flags, keyed by long name
+    /// (`ttl: 60`, `upstream: [10.96.0.10]`). Command-line flags and env vars win over it.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Address for both UDP and TCP. Port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:5353", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
@@ -149,7 +156,18 @@ pub struct ServerArgs {
     pub metrics: Option<SocketAddr>,
 
     /// Log every answered query (client, name, type, rcode, source, time) at info level.
-    #[arg(long)]
+    /// `--query-log=false` turns off what a config file turned on.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = false,
+        default_missing_value = "true",
+        hide_default_value = true,
+        hide_possible_values = true,
+        action = clap::ArgAction::Set
+    )]
     pub query_log: bool,
 }
 

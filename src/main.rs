@@ -1,12 +1,11 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use globaldns::config::{ServerArgs, init_logging};
 use globaldns::server::Server;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
-    let args = ServerArgs::parse();
+    let args = ServerArgs::parse_with_config_file();
     init_logging();
     let config = args.into_config();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

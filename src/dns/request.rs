@@ -158,7 +158,10 @@ fn header_request(packet: &[u8]) -> Request {
 }
 
 /// The allocation-free reader for ordinary queries; `None` sends the packet to [`parse_general`].
-fn parse_simple(packet: &[u8]) -> Option<Request> {
+///
+/// Public only as a seam: tests compare it with [`parse_general`] and benches time it. The
+/// server calls [`parse`].
+pub fn parse_simple(packet: &[u8]) -> Option<Request> {
     if packet.len() < HEADER_LEN || packet[2] & 0xF8 != 0 {
         return None; // a response, or an opcode other than QUERY
     }
@@ -204,8 +207,11 @@ fn parse_simple(packet: &[u8]) -> Option<Request> {
     Some(req)
 }
 
-/// Full decode with hickory-proto for everything unusual.
-fn parse_general(packet: &[u8]) -> Parsed {
+/// Full decode with hickory-proto for everything unusual: the general path.
+///
+/// Public only as a seam, so tests can force the general path for packets the fast one would
+/// take and check that both answer alike. The server calls [`parse`].
+pub fn parse_general(packet: &[u8]) -> Parsed {
     if packet.len() < HEADER_LEN || packet[2] & 0x80 != 0 {
         return Parsed::Drop;
     }

@@ -12,6 +12,7 @@ require nsd dnsperf python3 taskset
 echo "building globaldns (release)..." >&2
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin globaldns
 python3 "$root/tests/bench/gen_zone.py" "$names" "$work"
+last="svc$((names - 1)).ns$(((names - 1) % 100)).global"
 
 # NSD
 nsd_port=$(free_port)
@@ -40,6 +41,7 @@ CONF
 taskset -c "$server_cpu" nsd -d -c "$work/nsd/nsd.conf" &
 pids+=($!)
 wait_ready "$nsd_port" "global SOA"
+must_answer "$nsd_port" "$last"
 read -r nsd_qps nsd_lat nsd_lost nsd_us nsd_user < <(measure "$nsd_port" "${pids[-1]}" "$work/queries.txt")
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
@@ -49,6 +51,7 @@ taskset -c "$server_cpu" "$root/target/release/globaldns" --listen "127.0.0.1:$g
     --zones "$work/zones" --workers 1 --resolv-conf /dev/null >/dev/null 2>"$work/globaldns.log" &
 pids+=($!)
 wait_ready "$gd_port" "global SOA"
+must_answer "$gd_port" "$last"
 read -r gd_qps gd_lat gd_lost gd_us gd_user < <(measure "$gd_port" "${pids[-1]}" "$work/queries.txt")
 
 printf '\n.global path, %s names, 80%% A / 10%% AAAA / 10%% NXDOMAIN, %ss per server, server on CPU %s, dnsperf on CPU %s\n' \

@@ -34,6 +34,15 @@ wait_ready() { # port query
     return 1
 }
 
+# Fails unless the server on port answers name with an address: a benchmark of NXDOMAINs (a
+# zone that failed to load) must not pass for one of answers.
+must_answer() { # port name
+    dnsperf -s 127.0.0.1 -p "$1" -d <(echo "$2 A") -n 1 -t 1 -v 2>/dev/null | grep -q 'NOERROR' || {
+        echo "server on port $1 does not answer $2" >&2
+        exit 1
+    }
+}
+
 # A process and all its descendants (NSD serves from a grandchild).
 family() { # pid
     echo "$1"

@@ -65,6 +65,7 @@ impl Publisher {
             metrics,
         };
         this.publish(declarations).await?;
+        tokio::task::spawn_blocking(release_free_memory);
         Ok(this)
     }
 
@@ -85,6 +86,8 @@ impl Publisher {
             if let Err(error) = self.publish(&declarations).await {
                 warn!(%error, "keeping the previous name table");
             }
+            // After publish: its scratch (catalog, host list) is freed by now.
+            tokio::task::spawn_blocking(release_free_memory);
         }
     }
 
@@ -201,4 +204,15 @@ fn next_serial(previous: u32) -> u32 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32);
     now.max(previous.wrapping_add(1))
+}
+
+/// Hands memory freed by a rebuild (the previous table, the merge's scratch) back to the OS:
+/// glibc keeps it otherwise, and a big mesh's peak would stay resident for good. It takes a
+/// while on a big heap, so it runs beside the server, not before it answers.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -51,8 +51,77 @@ impl Scan {
     }
 }
 
+/// Below this size a file is parsed on one thread.
+const PARALLEL_FROM_BYTES: usize = 1 << 20;
+
 /// Parses one manifest file's text; `origin` names it in declarations and messages.
+///
+/// A large file is split at document markers and parsed on every core (YAML parsing is most of
+/// a big mesh's start-up). If any part fails, the file is parsed again in one piece so that the
+/// error carries its true document number and line.
 pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, FileError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parts = split_documents(text, threads);
+    if parts.len() > 1 {
+        let parsed: Vec<_> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (parts.iter())
+                .map(|part| scope.spawn(move || parse_documents(origin, part)))
+                .collect();
+            workers.into_iter().map(|w| w.join()).collect()
+        });
+        if parsed.iter().all(|p| matches!(p, Ok(Ok(_)))) {
+            return Ok(parsed
+                .into_iter()
+                .flat_map(|p| p.ok()?.ok())
+                .flatten()
+                .collect());
+        }
+    }
+    parse_documents(origin, text)
+}
+
+/// Up to `parts` pieces of `text` of similar size, each a run of whole documents. A line
+/// starting with `---` at column 0 always starts a document (YAML forbids it inside content);
+/// a split never separates a document from the `%` directives before it.
+fn split_documents(text: &str, parts: usize) -> Vec<&str> {
+    if parts < 2 || text.len() < PARALLEL_FROM_BYTES {
+        return vec![text];
+    }
+    let target = text.len() / parts;
+    let mut pieces = Vec::with_capacity(parts);
+    let mut start = 0;
+    let mut from = target;
+    while pieces.len() + 1 < parts && from < text.len() {
+        // Bytes, not str: `from` may fall inside a multi-byte character.
+        let Some(found) = text.as_bytes()[from..]
+            .windows(4)
+            .position(|w| w == b"\n---")
+        else {
+            break;
+        };
+        let at = from + found + 1;
+        let marker_ends = text[at + 3..]
+            .chars()
+            .next()
+            .is_none_or(char::is_whitespace);
+        let after_directive = text[start..at]
+            .trim_end()
+            .rsplit('\n')
+            .next()
+            .is_some_and(|l| l.starts_with('%'));
+        if marker_ends && !after_directive {
+            pieces.push(&text[start..at]);
+            start = at;
+            from = (at + target).max(at + 1);
+        } else {
+            from = at;
+        }
+    }
+    pieces.push(&text[start..]);
+    pieces
+}
+
+fn parse_documents(origin: &str, text: &str) -> Result<Vec<Declaration>, FileError> {
     // One document at a time: the reader budgets each on its own (a whole-stream budget refuses
     // files of over 1,024 entries, which big meshes generate), and only one document's tree is
     // in memory at once.
@@ -77,6 +146,7 @@ pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, File
             })?;
         out.push(declaration);
     }
+    out.shrink_to_fit();
     Ok(out)
 }
 
@@ -320,6 +390,35 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
             .map(|i| format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: ns}}\nspec: {{hosts: [s{i}.global], addresses: [240.0.{}.{}]}}\n", i / 250, i % 250 + 1))
             .collect();
         assert_eq!(parse_manifest("big.yaml", &text).unwrap().len(), 3000);
+    }
+
+    #[test]
+    fn big_files_split_only_at_document_markers() {
+        let doc = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: é, namespace: ns}\nspec:\n  hosts: [a.global]\n  addresses: [240.0.0.1]\n  # ---not a marker\n";
+        let text = doc.repeat(PARALLEL_FROM_BYTES / doc.len() + 10);
+        let parts = split_documents(&text, 3);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.concat(), text);
+        assert!(parts.iter().all(|p| p.starts_with("---\napiVersion")));
+        assert_eq!(split_documents(&text[..100], 3), [&text[..100]]);
+        let with_directive = format!("{text}%YAML 1.2\n---\nkind: Other\n");
+        let parts = split_documents(&with_directive, 64);
+        assert!(parts.iter().all(|p| !p.starts_with("---\nkind: Other")));
+    }
+
+    #[test]
+    fn a_big_file_reports_the_true_document_of_an_error() {
+        let entry = |i: usize, address: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: ns}}\nspec: {{hosts: [s{i}.global], addresses: [{address}]}}\n"
+            )
+        };
+        let count = 2 * PARALLEL_FROM_BYTES / entry(0, "240.0.0.1").len();
+        let mut text: String = (0..count).map(|i| entry(i, "240.0.0.1")).collect();
+        assert_eq!(parse_manifest("big.yaml", &text).unwrap().len(), count);
+        text.push_str(&entry(count, "not-an-ip"));
+        let err = parse_manifest("big.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains(&format!("document {}", count + 1)), "{err}");
     }
 
     #[test]

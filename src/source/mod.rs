@@ -38,8 +38,11 @@ impl Declaration {
         object: serde_json::Value,
     ) -> Result<Declaration, String> {
         let se: ServiceEntry = serde_json::from_value(object).map_err(|e| e.to_string())?;
-        let hosts = se.host_names().map_err(|e| e.to_string())?;
-        let addresses = se.addresses().map_err(|e| e.to_string())?;
+        let mut hosts = se.host_names().map_err(|e| e.to_string())?;
+        let mut addresses = se.addresses().map_err(|e| e.to_string())?;
+        // Kept for the life of the source: no spare capacity (a mesh has many entries).
+        hosts.shrink_to_fit();
+        addresses.ips.shrink_to_fit();
         for cidr in &addresses.cidrs {
             warn!(%origin, namespace = se.namespace(), entry = %se.metadata.name, %cidr, "CIDR in spec.addresses has no single address to answer with; ignored");
         }

@@ -4,7 +4,8 @@
 #   tests/bench/scale.sh [NAMES]
 #
 # Generates NAMES hosts (default 100000) as ServiceEntry files, starts globaldns (release) on
-# them and reports: time from exec until the last name answers, resident memory (now and peak),
+# them and reports: time from exec until the last name answers, resident memory (then, 2 s
+# later, and peak),
 # then the time from adding one ServiceEntry file until its name answers, with dnsperf running
 # throughout to show that queries are answered while the table is rebuilt (its max latency).
 # Needs: dnsperf, kdig, python3. Binds loopback only.
@@ -34,7 +35,9 @@ until answers "$port" "$last"; do
     sleep 0.02
 done
 t1=$(now)
-rss=$(mib VmRSS "$pid") peak=$(mib VmHWM "$pid")
+rss=$(mib VmRSS "$pid")
+sleep 2
+settled=$(mib VmRSS "$pid") peak=$(mib VmHWM "$pid")
 
 # One more ServiceEntry while dnsperf keeps asking.
 taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$port" -d "$work/queries.txt" -l 6 -c 8 -q 50 -t 2 \
@@ -51,6 +54,7 @@ wait "$perf_pid"
 printf '\n%s names from ServiceEntry files (%s)\n' "$names" "$(du -h "$work/zones/entries.yaml" | cut -f1)"
 printf '%-44s %10s\n' "ready (exec until the last name answers)" "$(elapsed "$t0" "$t1") s"
 printf '%-44s %10s\n' "resident memory when ready" "$rss MiB"
+printf '%-44s %10s\n' "resident memory 2 s later" "$settled MiB"
 printf '%-44s %10s\n' "peak resident memory" "$peak MiB"
 printf '%-44s %10s\n' "one ServiceEntry added: answered after" "$(elapsed "$t2" "$t3") s"
 awk '/Queries per second:/ { printf "%-44s %10.0f\n", "queries/s meanwhile", $4 }

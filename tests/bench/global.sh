@@ -12,6 +12,8 @@ require nsd dnsperf python3 taskset
 echo "building globaldns (release)..." >&2
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin globaldns
 python3 "$root/tests/bench/gen_zone.py" "$names" "$work"
+# Latency is also measured at this fixed rate: half of what one dnsperf core drives.
+half=${HALF_QPS:-80000}
 last="svc$((names - 1)).ns$(((names - 1) % 100)).global"
 
 # NSD
@@ -43,6 +45,7 @@ pids+=($!)
 wait_ready "$nsd_port" "global SOA"
 must_answer "$nsd_port" "$last"
 read -r nsd_qps nsd_lat nsd_lost nsd_us nsd_user < <(measure "$nsd_port" "${pids[-1]}" "$work/queries.txt")
+nsd_pct=$(latency_at "$nsd_port" "$half" "$work/queries.txt")
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 # globaldns
@@ -53,6 +56,7 @@ pids+=($!)
 wait_ready "$gd_port" "global SOA"
 must_answer "$gd_port" "$last"
 read -r gd_qps gd_lat gd_lost gd_us gd_user < <(measure "$gd_port" "${pids[-1]}" "$work/queries.txt")
+gd_pct=$(latency_at "$gd_port" "$half" "$work/queries.txt")
 
 printf '\n.global path, %s names, 80%% A / 10%% AAAA / 10%% NXDOMAIN, %ss per server, server on CPU %s, dnsperf on CPU %s\n' \
     "$names" "$seconds" "$server_cpu" "$client_cpu"
@@ -60,3 +64,4 @@ print_header
 print_row nsd "$nsd_qps" "$nsd_lat" "$nsd_lost" "$nsd_us" "$nsd_user"
 print_row globaldns "$gd_qps" "$gd_lat" "$gd_lost" "$gd_us" "$gd_user"
 python3 -c "import sys; print(f'ratio globaldns/nsd: {float(sys.argv[1]) / float(sys.argv[2]):.2f} measured, {float(sys.argv[3]) / float(sys.argv[4]):.2f} by CPU per query')" "$gd_qps" "$nsd_qps" "$nsd_us" "$gd_us"
+printf '\nlatency at %s queries/s (p50, p99, max in ms): nsd %s, globaldns %s\n' "$half" "$nsd_pct" "$gd_pct"

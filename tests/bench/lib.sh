@@ -80,6 +80,15 @@ measure() { # port server_pid query_file
         }' <<<"$out"
 }
 
+# Latency percentiles at a fixed rate; prints "p50_ms p99_ms max_ms".
+latency_at() { # port qps query_file
+    # Written to a file first: sorting while dnsperf runs would take CPU from the server.
+    taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$3" -l 5 -c 8 -q 200 -t 2 -Q "$2" -v \
+        >"$work/latency.txt" 2>/dev/null
+    awk '/^> / { print $NF * 1000 }' "$work/latency.txt" | sort -n |
+        awk '{ v[NR] = $1 } END { if (NR) printf "%.3f %.3f %.3f\n", v[int(NR * 0.5)], v[int(NR * 0.99)], v[NR]; else print "0 0 0" }'
+}
+
 print_header() {
     printf '%-12s %12s %14s %8s %14s %12s %16s\n' server "queries/s" "avg latency ms" lost "CPU us/query" "of it user" "1-core capacity"
 }

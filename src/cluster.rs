@@ -18,6 +18,8 @@ pub enum ClusterError {
     NoConfig(String),
     #[error("cannot build a client: {0}")]
     Client(String),
+    #[error("cluster API: {0}")]
+    Api(String),
 }
 
 /// A client from, in order: `kubeconfig` if given, then `KUBECONFIG`, then `~/.kube/config`,

@@ -349,6 +349,21 @@ fn dnsctl_reports_usage_and_hosts_lines() {
         hosts.lines().any(|l| l == "240.0.0.9 vm.bar.global"),
         "{hosts}"
     );
+    let zones = repo_zones();
+    let (code, with_entries, _) = dnsctl(&state, &["hosts", "--zones", zones.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    for line in [
+        "240.0.0.3 reviews.default.global",
+        "127.255.0.3 httpbin.bar.global",
+        "2001:2::4 ratings.prod.global",
+        "# *.apps.global: a wildcard, not expressible here",
+        "240.0.0.9 vm.bar.global",
+    ] {
+        assert!(
+            with_entries.lines().any(|l| l == line),
+            "{line} in\n{with_entries}"
+        );
+    }
     assert_eq!(dnsctl(&state, &["release", "vm.bar.global"]).0, 0);
     assert!(!dnsctl(&state, &["hosts"]).1.contains("vm.bar.global"));
     assert_eq!(dnsctl(&state, &["release", "never.global"]).0, 1);

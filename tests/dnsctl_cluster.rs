@@ -79,6 +79,28 @@ async fn allocate_get_list_check_through_configmaps() {
             .iter()
             .all(|cm| cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "globaldns")
     );
+    // /etc/hosts lines: the allocations plus the cluster's ServiceEntries with addresses.
+    sim.ensure_namespace("bar");
+    let entry = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "httpbin", "namespace": "bar"},
+        "spec": {"hosts": ["httpbin.bar.global", "www.example.com"], "addresses": ["127.255.0.3"]}});
+    sim.put_object("networking.istio.io", "serviceentries", "bar", entry);
+    let (code, hosts, err) = dnsctl(&["--kubeconfig", path(&kc), "hosts"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        hosts.lines().any(|l| l == "127.255.0.3 httpbin.bar.global"),
+        "{hosts}"
+    );
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.ends_with(" reviews.default.global")),
+        "{hosts}"
+    );
+    assert!(
+        !hosts.contains("www.example.com"),
+        "outside the zone: {hosts}"
+    );
     // Another namespace is another store.
     let (code, _, _) = dnsctl(&[
         "--kubeconfig",

@@ -88,8 +88,17 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
-    /// Print /etc/hosts lines, for VMs that do not use globaldns as their resolver.
-    Hosts,
+    /// Print /etc/hosts lines, for VMs that do not use globaldns as their resolver: allocated
+    /// VIPs, plus the explicit addresses of ServiceEntries in the cluster (or, with --state,
+    /// in --zones).
+    Hosts {
+        /// Also read ServiceEntry manifests from this directory.
+        #[arg(long, value_name = "DIR")]
+        zones: Option<std::path::PathBuf>,
+        /// Only hosts under this zone.
+        #[arg(long, default_value = "global", value_name = "NAME")]
+        zone: hickory_proto::rr::Name,
+    },
     /// Verify that addresses are unique and inside the pools.
     Check,
     /// Show how full each pool is.
@@ -156,12 +165,12 @@ pub fn run(cli: Cli) -> ExitCode {
 async fn open_store(cli: &Cli) -> Result<Box<dyn Store>, CtlError> {
     Ok(match &cli.state {
         Some(path) => Box::new(FileStore::new(path)),
-        None => {
-            let client =
-                crate::cluster::connect(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
-            Box::new(ConfigMapStore::new(client, &cli.namespace))
-        }
+        None => Box::new(ConfigMapStore::new(connect(cli).await?, &cli.namespace)),
     })
+}
+
+async fn connect(cli: &Cli) -> Result<kube::Client, CtlError> {
+    Ok(crate::cluster::connect(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?)
 }
 
 fn state_location(cli: &Cli) -> String {
@@ -246,10 +255,32 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             }
         }
         Command::List { output } => Ok(output::list(&store.load().await?, output)),
-        Command::Hosts => Ok(output::etc_hosts(
-            &store.load().await?,
-            &state_location(&cli),
-        )),
+        Command::Hosts {
+            ref zones,
+            ref zone,
+        } => {
+            let mut declared = Vec::new();
+            if let Some(dir) = zones {
+                let scan = crate::source::file::scan(dir);
+                for (path, error) in &scan.failed {
+                    eprintln!("dnsctl: skipping {}: {error}", path.display());
+                }
+                declared.extend(scan.iter().cloned());
+            }
+            if cli.state.is_none() {
+                let client = connect(&cli).await?;
+                let id = cli.context.as_deref().unwrap_or("cluster");
+                let listed = crate::source::kube::list_cluster(id, client).await;
+                declared.extend(listed.map_err(crate::cluster::ClusterError::Api)?);
+            }
+            let explicit = crate::catalog::Catalog::merge(&declared).hosts;
+            let explicit: Vec<_> = explicit
+                .into_iter()
+                .filter(|h| zone.zone_of(&h.name))
+                .collect();
+            let state = store.load().await?;
+            Ok(output::etc_hosts(&state, &explicit, &state_location(&cli)))
+        }
         Command::Check => {
             let state = store.load().await?;
             let mut problems = check(&policy, &state);

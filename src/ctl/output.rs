@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use super::Format;
 use crate::alloc::{AllocState, PoolUsage, Record, RecordState};
+use crate::catalog::HostEntry;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -82,8 +83,25 @@ pub fn list(state: &AllocState, format: Format) -> String {
 }
 
 /// Lines for /etc/hosts, as Istio's VM guide adds for `.global` names; released hosts left out.
-pub fn etc_hosts(state: &AllocState, source: &str) -> String {
-    let mut out = format!("# .global VIPs from {source} (dnsctl hosts)\n");
+/// `/etc/hosts` lines: hosts declared with addresses, then allocated VIPs. Wildcard hosts
+/// cannot be written there; they are named in a comment.
+pub fn etc_hosts(state: &AllocState, explicit: &[HostEntry], source: &str) -> String {
+    let mut out = String::new();
+    if !explicit.is_empty() {
+        out.push_str("# .global hosts with addresses in their ServiceEntries (dnsctl hosts)\n");
+    }
+    for host in explicit {
+        let name = host.name.to_ascii();
+        let name = name.trim_end_matches('.');
+        if host.name.is_wildcard() {
+            out.push_str(&format!("# {name}: a wildcard, not expressible here\n"));
+            continue;
+        }
+        for address in &host.addresses {
+            out.push_str(&format!("{address} {name}\n"));
+        }
+    }
+    out.push_str(&format!("# .global VIPs from {source} (dnsctl hosts)\n"));
     for r in rows(state)
         .iter()
         .filter(|r| r.state != RecordState::Released)

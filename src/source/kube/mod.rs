@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{error, info};
 
 pub use secrets::{REMOTE_SECRET_LABEL, watch_remote_secrets};
+pub use watch::list_cluster;
 
 use super::readiness::Readiness;
 use super::set::SourceSet;

@@ -36,6 +36,30 @@ async fn served_version(client: &kube::Client) -> Result<&'static str, String> {
         .ok_or_else(|| format!("{GROUP} serves none of v1, v1beta1, v1alpha3 (only {served:?})"))
 }
 
+/// ServiceEntries of every namespace, in API version `version`.
+fn service_entries(client: kube::Client, version: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk(GROUP, version, "ServiceEntry");
+    Api::all_with(
+        client,
+        &ApiResource::from_gvk_with_plural(&gvk, "serviceentries"),
+    )
+}
+
+/// Cluster `id`'s ServiceEntries as they are now (one list; malformed entries skipped).
+pub async fn list_cluster(id: &str, client: kube::Client) -> Result<Vec<Declaration>, String> {
+    let version = served_version(&client).await?;
+    let list = service_entries(client, version)
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| crate::cluster::one_line(&e))?;
+    let origin: Arc<str> = super::source_name(id).into();
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|object| read(id, &origin, object).map(|(_, decl)| decl))
+        .collect())
+}
+
 /// Publishes cluster `id`'s ServiceEntries under `source` until the task is aborted.
 pub async fn watch_cluster(
     id: String,
@@ -57,11 +81,7 @@ pub async fn watch_cluster(
         }
     };
     info!(cluster = %id, version, "watching ServiceEntries");
-    let gvk = GroupVersionKind::gvk(GROUP, version, "ServiceEntry");
-    let api: Api<DynamicObject> = Api::all_with(
-        client,
-        &ApiResource::from_gvk_with_plural(&gvk, "serviceentries"),
-    );
+    let api = service_entries(client, version);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();

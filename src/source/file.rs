@@ -63,18 +63,14 @@ pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, File
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let parts = split_documents(text, threads);
     if parts.len() > 1 {
-        let parsed: Vec<_> = std::thread::scope(|scope| {
+        let parsed: Option<Vec<Vec<Declaration>>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (parts.iter())
                 .map(|part| scope.spawn(move || parse_documents(origin, part)))
                 .collect();
-            workers.into_iter().map(|w| w.join()).collect()
+            workers.into_iter().map(|w| w.join().ok()?.ok()).collect()
         });
-        if parsed.iter().all(|p| matches!(p, Ok(Ok(_)))) {
-            return Ok(parsed
-                .into_iter()
-                .flat_map(|p| p.ok()?.ok())
-                .flatten()
-                .collect());
+        if let Some(parts) = parsed {
+            return Ok(parts.into_iter().flatten().collect());
         }
     }
     parse_documents(origin, text)
@@ -160,7 +156,9 @@ fn is_service_entry(doc: &Value) -> bool {
 
 /// Reads every manifest under `dir`, in path order.
 pub fn scan(dir: &Path) -> Scan {
-    Scanner::default().scan(dir)
+    Scanner::default()
+        .rescan(dir)
+        .expect("a first scan always reads")
 }
 
 /// Manifests parsed so far, by file: a rescan parses again only the files whose size or
@@ -168,6 +166,8 @@ pub fn scan(dir: &Path) -> Scan {
 #[derive(Default)]
 pub struct Scanner {
     parsed: BTreeMap<PathBuf, (Stamp, DeclarationSet)>,
+    /// Every manifest path and its stamp at the last scan; `None` before the first.
+    seen: Option<Vec<(PathBuf, Stamp)>>,
 }
 
 type Stamp = (Option<SystemTime>, u64);
@@ -179,37 +179,43 @@ fn stamp(path: &Path) -> Stamp {
 }
 
 impl Scanner {
-    pub fn scan(&mut self, dir: &Path) -> Scan {
+    /// Reads `dir` if a manifest was added, removed or changed since the last call (always on
+    /// the first); `None` when nothing did.
+    pub fn rescan(&mut self, dir: &Path) -> Option<Scan> {
+        let listed = manifest_files(dir);
+        let stamps: Vec<(PathBuf, Stamp)> = listed.as_deref().map_or_else(
+            |_| Vec::new(),
+            |files| files.iter().map(|p| (p.clone(), stamp(p))).collect(),
+        );
+        if self.seen.as_ref() == Some(&stamps) {
+            return None;
+        }
         let mut out = Scan::default();
-        let files = match manifest_files(dir) {
-            Ok(files) => files,
-            Err(e) => {
-                out.failed.push((dir.to_path_buf(), FileError::Read(e)));
-                return out;
-            }
-        };
+        if let Err(e) = listed {
+            out.failed.push((dir.to_path_buf(), FileError::Read(e)));
+        }
         let mut parsed = BTreeMap::new();
-        for path in files {
-            let stamp = stamp(&path);
+        for (path, stamp) in &stamps {
             let kept = self
                 .parsed
-                .remove(&path)
-                .filter(|(old, _)| *old == stamp && stamp.0.is_some());
+                .remove(path)
+                .filter(|(old, _)| old == stamp && stamp.0.is_some());
             let decls = match kept {
                 Some((_, decls)) => decls,
-                None => match read_manifest(&path) {
+                None => match read_manifest(path) {
                     Ok(decls) => Arc::new(decls),
                     Err(e) => {
-                        out.failed.push((path, e));
+                        out.failed.push((path.clone(), e));
                         continue;
                     }
                 },
             };
             out.declarations.push(decls.clone());
-            parsed.insert(path, (stamp, decls));
+            parsed.insert(path.clone(), (*stamp, decls));
         }
         self.parsed = parsed;
-        out
+        self.seen = Some(stamps);
+        Some(out)
     }
 }
 
@@ -244,20 +250,6 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Cheap summary of the directory used to skip rescans when nothing changed.
-type Fingerprint = Vec<(PathBuf, Stamp)>;
-
-fn fingerprint(dir: &Path) -> Fingerprint {
-    manifest_files(dir)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| {
-            let stamp = stamp(&p);
-            (p, stamp)
-        })
-        .collect()
-}
-
 /// The name the file source publishes under.
 pub const SOURCE: &str = "files";
 
@@ -265,7 +257,6 @@ pub const SOURCE: &str = "files";
 pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet) {
     let changed = Arc::new(Notify::new());
     let mut watcher = None;
-    let mut last: Option<Fingerprint> = None;
     let mut scanner = Scanner::default();
     let mut ticker = tokio::time::interval(rescan_every);
     loop {
@@ -273,13 +264,12 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
             // Retried on every pass: the directory may appear after start.
             watcher = start_watcher(&dir, changed.clone());
         }
-        let (d, previous) = (dir.clone(), last.take());
+        let d = dir.clone();
         let pass = tokio::task::spawn_blocking(move || {
-            let current = fingerprint(&d);
-            let result = (previous.as_ref() != Some(&current)).then(|| scanner.scan(&d));
-            (current, result, scanner)
+            let result = scanner.rescan(&d);
+            (result, scanner)
         });
-        let Ok((current, result, kept)) = pass.await else {
+        let Ok((result, kept)) = pass.await else {
             return;
         };
         scanner = kept;
@@ -294,7 +284,6 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
             info!(dir = %dir.display(), entries = result.entries(), failed = result.failed.len(), "loaded manifests");
             sources.publish_chunks(SOURCE, result.declarations);
         }
-        last = Some(current);
         tokio::select! {
             _ = changed.notified() => {
                 // Let an editor or `kubectl cp` finish writing before reading.
@@ -427,10 +416,11 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
         std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
         std::fs::write(dir.path().join("b.yaml"), GOOD).unwrap();
         let mut scanner = Scanner::default();
-        let first = scanner.scan(dir.path());
+        let first = scanner.rescan(dir.path()).unwrap();
+        assert!(scanner.rescan(dir.path()).is_none(), "nothing changed");
         let edited = GOOD.replace("127.255.0.3", "127.255.0.4");
         std::fs::write(dir.path().join("b.yaml"), edited).unwrap();
-        let second = scanner.scan(dir.path());
+        let second = scanner.rescan(dir.path()).unwrap();
         assert!(
             Arc::ptr_eq(&first.declarations[0], &second.declarations[0]),
             "a.yaml reused"
@@ -440,7 +430,7 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
             "127.255.0.4"
         );
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
-        assert_eq!(scanner.scan(dir.path()).entries(), 2);
+        assert_eq!(scanner.rescan(dir.path()).unwrap().entries(), 2);
     }
 
     #[test]

@@ -10,9 +10,9 @@
 //! 1. by the server's [`Handler`], as received: the fast reader takes it (asserted);
 //! 2. by the same handler, with one trailing byte, which the fast reader refuses and the general
 //!    reader ignores: the general path through the server's own code;
-//! 3. by the handler's steps after parsing (lookup, class check, size limit, write), written here
-//!    with the library's public functions, after [`parse_simple`], and
-//! 4. the same after [`parse_general`], the seam that forces the general path.
+//! 3. by the same handler given what [`parse_simple`] read (`Handler::handle_parsed`), and
+//! 4. by the same handler given what [`parse_general`] read, the seam that forces the general
+//!    path.
 //!
 //! All four must be the same bytes. Every response is also decoded with hickory-proto and checked
 //! against a model of what it must say: ID, flags, the question in the client's letter case,
@@ -21,7 +21,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -30,10 +30,7 @@ use ipnet::IpNet;
 
 use globaldns::alloc::{DEFAULT_POOL, MemoryStore, Policy, Store, host_key};
 use globaldns::catalog::HostEntry;
-use globaldns::dns::request::{
-    Parsed, Request, is_internet_class, parse, parse_general, parse_simple,
-};
-use globaldns::dns::response::{MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error};
+use globaldns::dns::request::{Parsed, Request, parse, parse_general, parse_simple};
 use globaldns::dns::{Action, Handler, Transport};
 use globaldns::forward::{Forward, ForwardError, ForwardFuture};
 use globaldns::ops::Metrics;
@@ -41,7 +38,7 @@ use globaldns::publish::Publisher;
 use globaldns::source::file::scan;
 use globaldns::source::readiness::Readiness;
 use globaldns::source::set::Combined;
-use globaldns::zone::{Lookup, NameTable, SharedTable, SoaSettings, ZoneSettings};
+use globaldns::zone::{NameTable, SharedTable, SoaSettings, ZoneSettings};
 
 const TTL: u32 = 30;
 
@@ -256,42 +253,23 @@ fn handler(table: &SharedTable, setup: Setup) -> Handler {
 
 /// The server's handler, start to end (a forwarded query included).
 async fn serve(h: &Handler, packet: &[u8], transport: Transport, client: IpAddr) -> Vec<u8> {
+    serve_parsed(h, parse(packet), packet, transport, client).await
+}
+
+/// The server's handler on a query already read, by the reader the caller chose.
+async fn serve_parsed(
+    h: &Handler,
+    parsed: Parsed,
+    packet: &[u8],
+    transport: Transport,
+    client: IpAddr,
+) -> Vec<u8> {
     let mut out = Vec::new();
-    match h.handle(packet, transport, client, &mut out) {
+    match h.handle_parsed(parsed, transport, client, &mut out, Instant::now()) {
         Action::Reply => out,
         Action::Forward(req, started) => h.forward(&req, packet, transport, client, started).await,
         Action::Drop => panic!("query dropped"),
     }
-}
-
-/// What the handler does once a query is parsed (`Handler::answer`, src/dns/handler.rs), with
-/// the library's public functions; [`serve`] checks it against the handler on every query.
-fn answer_parsed(table: &NameTable, req: &Request, transport: Transport, setup: Setup) -> Vec<u8> {
-    let mut out = Vec::new();
-    let q = req.question.as_ref().expect("a question");
-    let ra = setup.forwarder;
-    match table.lookup(q.name.lower(), q.qtype) {
-        Lookup::Authoritative(_) if !is_internet_class(q.qclass) => {
-            write_error(&mut out, req, ResponseCode::Refused, ra);
-        }
-        Lookup::Authoritative(body) => {
-            let limit = match transport {
-                Transport::Udp => udp_limit(req.edns),
-                Transport::Tcp => MAX_TCP_MESSAGE,
-            };
-            let flags = ReplyFlags {
-                authoritative: body.rcode != ResponseCode::ServFail,
-                recursion_available: ra,
-            };
-            write(&mut out, req, body, flags, limit);
-        }
-        // Forwarded to the dead upstream.
-        Lookup::NotOurs if setup.forwarder && setup.may_recurse() => {
-            write_error(&mut out, req, ResponseCode::ServFail, true);
-        }
-        Lookup::NotOurs => write_error(&mut out, req, ResponseCode::Refused, false),
-    }
-    out
 }
 
 /// One record as the model describes it.
@@ -446,7 +424,6 @@ fn check(
 /// Runs every query against `table` for `targets`; returns how many were compared.
 async fn compare_all(table: &SharedTable, targets: &[Target]) -> usize {
     let handlers: Vec<(Setup, Handler)> = SETUPS.iter().map(|&s| (s, handler(table, s))).collect();
-    let snapshot = table.load();
     let mut compared = 0;
     let mut seq: u32 = 0;
     for target in targets {
@@ -468,9 +445,11 @@ async fn compare_all(table: &SharedTable, targets: &[Target]) -> usize {
                         let packet = q.wire();
                         let fast = parse_simple(&packet)
                             .unwrap_or_else(|| panic!("the fast path refused {q:?}"));
-                        let Parsed::Query(general) = parse_general(&packet) else {
-                            panic!("the general path refused {q:?}")
-                        };
+                        let general = parse_general(&packet);
+                        assert!(
+                            matches!(general, Parsed::Query(_)),
+                            "the general path refused {q:?}"
+                        );
                         assert!(matches!(parse(&packet), Parsed::Query(_)));
                         let mut padded = packet.clone();
                         padded.push(0);
@@ -485,11 +464,15 @@ async fn compare_all(table: &SharedTable, targets: &[Target]) -> usize {
                                 let served = serve(h, &packet, transport, setup.client).await;
                                 let served_general =
                                     serve(h, &padded, transport, setup.client).await;
-                                let via_fast = answer_parsed(&snapshot, &fast, transport, *setup);
+                                let (fast, general) =
+                                    (Parsed::Query(fast.clone()), general.clone());
+                                let via_fast =
+                                    serve_parsed(h, fast, &packet, transport, setup.client).await;
                                 let via_general =
-                                    answer_parsed(&snapshot, &general, transport, *setup);
+                                    serve_parsed(h, general, &packet, transport, setup.client)
+                                        .await;
                                 let ctx = || format!("{q:?} {transport:?} {setup:?}");
-                                assert_eq!(via_fast, served, "handler steps vs handler: {}", ctx());
+                                assert_eq!(via_fast, served, "fast reader vs parse(): {}", ctx());
                                 assert_eq!(
                                     via_general,
                                     via_fast,

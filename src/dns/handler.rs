@@ -68,8 +68,20 @@ impl Handler {
         client: IpAddr,
         out: &mut Vec<u8>,
     ) -> Action {
-        let started = Instant::now();
-        let req = match parse(packet) {
+        self.handle_parsed(parse(packet), transport, client, out, Instant::now())
+    }
+
+    /// [`Handler::handle`] for a message already read (by either reader: the tests feed both)
+    /// that arrived at `started`.
+    pub fn handle_parsed(
+        &self,
+        parsed: Parsed,
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+        started: Instant,
+    ) -> Action {
+        let req = match parsed {
             Parsed::Query(req) => req,
             Parsed::Error(req, rcode) => {
                 debug!(id = req.id, %rcode, "refusing malformed or unsupported message");

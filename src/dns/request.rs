@@ -126,6 +126,7 @@ impl Request {
     }
 }
 
+#[derive(Clone)]
 pub enum Parsed {
     /// A standard query with one question.
     Query(Request),

@@ -44,6 +44,24 @@ impl Peer {
     }
 }
 
+/// Points one message header at `buf` (through `iov`) and at `peer`'s address, of which
+/// `namelen` bytes are used (to send) or available (to receive).
+fn aim(
+    hdr: &mut libc::mmsghdr,
+    iov: &mut libc::iovec,
+    buf: &mut [u8],
+    peer: &mut Peer,
+    namelen: libc::socklen_t,
+) {
+    iov.iov_base = buf.as_mut_ptr().cast();
+    iov.iov_len = buf.len();
+    let msg = &mut hdr.msg_hdr;
+    msg.msg_name = (&mut peer.storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = namelen;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+}
+
 /// Received datagrams: [`RecvBatch::recv`] fills it, [`RecvBatch::get`] reads it.
 pub struct RecvBatch {
     data: Box<[u8]>,
@@ -69,16 +87,10 @@ impl RecvBatch {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for (i, chunk) in self.data.chunks_exact_mut(SLOT).enumerate() {
-            iovs[i] = libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: SLOT,
-            };
-            let hdr = &mut hdrs[i].msg_hdr;
-            hdr.msg_name = (&mut self.peers[i].storage as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut iovs[i];
-            hdr.msg_iovlen = 1;
+        let room = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let slots = self.data.chunks_exact_mut(SLOT).zip(&mut self.peers);
+        for (i, (chunk, peer)) in slots.enumerate() {
+            aim(&mut hdrs[i], &mut iovs[i], chunk, peer, room);
         }
         // SAFETY: every header points into buffers owned by self (or the local iovecs) that
         // outlive the call, with their true lengths.
@@ -154,15 +166,8 @@ impl SendBatch {
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         for (i, (buf, peer)) in pending.iter_mut().take(count).enumerate() {
-            iovs[i] = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            let hdr = &mut hdrs[i].msg_hdr;
-            hdr.msg_name = (&mut peer.storage as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = peer.len;
-            hdr.msg_iov = &mut iovs[i];
-            hdr.msg_iovlen = 1;
+            let len = peer.len;
+            aim(&mut hdrs[i], &mut iovs[i], buf, peer, len);
         }
         // SAFETY: as in RecvBatch::recv; the kernel only reads these buffers.
         let n = unsafe {

@@ -162,15 +162,17 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn open_store(cli: &Cli) -> Result<Box<dyn Store>, CtlError> {
+/// The allocation store, and the cluster client when it lives in a cluster.
+async fn open_store(cli: &Cli) -> Result<(Box<dyn Store>, Option<kube::Client>), CtlError> {
     Ok(match &cli.state {
-        Some(path) => Box::new(FileStore::new(path)),
-        None => Box::new(ConfigMapStore::new(connect(cli).await?, &cli.namespace)),
+        Some(path) => (Box::new(FileStore::new(path)), None),
+        None => {
+            let client =
+                crate::cluster::connect(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
+            let store = ConfigMapStore::new(client.clone(), &cli.namespace);
+            (Box::new(store), Some(client))
+        }
     })
-}
-
-async fn connect(cli: &Cli) -> Result<kube::Client, CtlError> {
-    Ok(crate::cluster::connect(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?)
 }
 
 fn state_location(cli: &Cli) -> String {
@@ -185,7 +187,7 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
         pools: cli.pools.clone(),
         grace: Duration::from_secs(cli.grace),
     });
-    let store = open_store(&cli).await?;
+    let (store, client) = open_store(&cli).await?;
     match cli.command {
         Command::Allocate {
             ref hosts,
@@ -267,8 +269,7 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                 }
                 declared.extend(scan.iter().cloned());
             }
-            if cli.state.is_none() {
-                let client = connect(&cli).await?;
+            if let Some(client) = client {
                 let id = cli.context.as_deref().unwrap_or("cluster");
                 let listed = crate::source::kube::list_cluster(id, client).await;
                 declared.extend(listed.map_err(crate::cluster::ClusterError::Api)?);

@@ -64,6 +64,11 @@ pub enum UpstreamFailure {
 
 const QUERY_SLOTS: usize = (QTYPES.len() + 1) * (RCODES.len() + 1) * PROTOCOLS.len();
 
+/// Where the counter of (query type, rcode, protocol), by index, sits in `Metrics::queries`.
+fn query_slot(qtype: usize, rcode: usize, protocol: usize) -> usize {
+    (qtype * (RCODES.len() + 1) + rcode) * PROTOCOLS.len() + protocol
+}
+
 struct Histogram {
     buckets: [AtomicU64; BUCKETS.len() + 1],
     sum_micros: AtomicU64,
@@ -189,9 +194,7 @@ impl Metrics {
         let r = reply
             .get(3)
             .map_or(RCODES.len(), |b| ((b & 0x0F) as usize).min(RCODES.len()));
-        let p = transport as usize;
-        let slot = (t * (RCODES.len() + 1) + r) * PROTOCOLS.len() + p;
-        self.queries[slot].fetch_add(1, Relaxed);
+        self.queries[query_slot(t, r, transport as usize)].fetch_add(1, Relaxed);
         self.latency[source as usize].observe(took);
     }
 
@@ -315,8 +318,7 @@ impl Collector for Metrics {
         for (t, qtype) in qtype_names.enumerate() {
             for (r, rcode) in rcode_names.iter().enumerate() {
                 for (p, protocol) in PROTOCOLS.iter().enumerate() {
-                    let slot = (t * rcode_names.len() + r) * PROTOCOLS.len() + p;
-                    let count = self.queries[slot].load(Relaxed);
+                    let count = self.queries[query_slot(t, r, p)].load(Relaxed);
                     if count > 0 {
                         let labels =
                             vec![("qtype", qtype), ("rcode", *rcode), ("protocol", *protocol)];

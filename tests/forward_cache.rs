@@ -119,13 +119,7 @@ fn clients_outside_allow_from_get_refused_for_forwarded_names_only() {
     );
     let refused = query(front.addr, "web.example.", RecordType::A, Proto::Udp);
     assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
-    let ours = query(
-        front.addr,
-        "reviews.default.global.",
-        RecordType::A,
-        Proto::Udp,
-    );
-    assert_eq!(answer_ips(&ours), ["240.0.0.3"]);
+    assert!(resolves_to(&front, "reviews.default.global.", "240.0.0.3"));
     let allowed = GlobalDns::start(
         &repo_zones(),
         &[

@@ -5,9 +5,11 @@
 //! declarations that disagree are reported. Hosts that only entries without `spec.addresses`
 //! declare need a VIP from the allocator.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
+use foldhash::fast::RandomState;
 use hickory_proto::rr::Name;
 
 use crate::source::Declaration;
@@ -30,10 +32,10 @@ pub struct Conflict {
 
 #[derive(Debug, Default)]
 pub struct Catalog {
-    /// Hosts with explicit addresses, sorted by name.
+    /// Hosts with explicit addresses, in the order of their first declaration.
     pub hosts: Vec<HostEntry>,
-    /// Hosts declared only without addresses.
-    pub unaddressed: BTreeSet<Name>,
+    /// Hosts declared only without addresses, in the same order.
+    pub unaddressed: Vec<Name>,
     pub conflicts: Vec<Conflict>,
 }
 
@@ -42,47 +44,53 @@ impl Catalog {
         let mut ordered: Vec<&Declaration> = declarations.into_iter().collect();
         ordered.sort_by(|a, b| a.key().cmp(&b.key()));
 
-        let mut by_host: BTreeMap<Name, (&Declaration, Vec<IpAddr>)> = BTreeMap::new();
+        // Hashed, not sorted: ordering names label by label dominated big meshes' rebuilds.
+        // Declaration order keeps the result the same on every replica.
+        let mut first: HashMap<&Name, (&Declaration, usize), RandomState> =
+            HashMap::with_capacity_and_hasher(ordered.len(), RandomState::default());
+        let mut hosts: Vec<HostEntry> = Vec::with_capacity(ordered.len());
         let mut conflicts = Vec::new();
-        let mut unaddressed = BTreeSet::new();
+        let mut without_addresses = Vec::new();
         for decl in ordered {
             if decl.addresses.is_empty() {
                 if decl.needs_vip {
-                    unaddressed.extend(decl.hosts.iter().cloned());
+                    without_addresses.extend(&decl.hosts);
                 }
                 continue;
             }
             for host in &decl.hosts {
-                match by_host.get(host) {
-                    None => {
-                        by_host.insert(host.clone(), (decl, decl.addresses.clone()));
+                match first.entry(host) {
+                    Entry::Vacant(slot) => {
+                        slot.insert((decl, hosts.len()));
+                        hosts.push(HostEntry {
+                            name: host.clone(),
+                            addresses: decl.addresses.clone(),
+                        });
                     }
-                    Some((kept, addrs)) if *addrs != decl.addresses => conflicts.push(Conflict {
-                        host: host.clone(),
-                        kept: kept.id(),
-                        ignored: decl.id(),
-                    }),
-                    Some(_) => {}
+                    Entry::Occupied(kept) => {
+                        let (kept, at) = *kept.get();
+                        if hosts[at].addresses != decl.addresses {
+                            conflicts.push(Conflict {
+                                host: host.clone(),
+                                kept: kept.id(),
+                                ignored: decl.id(),
+                            });
+                        }
+                    }
                 }
             }
         }
-        unaddressed.retain(|h| !by_host.contains_key(h));
-        let hosts = by_host
+        let mut listed = HashSet::with_hasher(RandomState::default());
+        let unaddressed = without_addresses
             .into_iter()
-            .map(|(name, (_, addresses))| HostEntry { name, addresses })
+            .filter(|host| !first.contains_key(host) && listed.insert(*host))
+            .cloned()
             .collect();
         Catalog {
             hosts,
             unaddressed,
             conflicts,
         }
-    }
-
-    /// Explicit addresses and the host each belongs to: the allocator must not hand them out.
-    pub fn explicit_addresses(&self) -> impl Iterator<Item = (IpAddr, &Name)> {
-        self.hosts
-            .iter()
-            .flat_map(|h| h.addresses.iter().map(move |a| (*a, &h.name)))
     }
 }
 

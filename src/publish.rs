@@ -104,17 +104,20 @@ impl Publisher {
             .filter(|n| self.zone.serves(n))
             .map(host_key)
             .collect();
-        let reserved: Reserved = catalog
-            .explicit_addresses()
-            .map(|(a, h)| (a, host_key(h)))
-            .collect();
+        let reserved = Arc::new(reserved(&catalog));
         self.allocate(&wanted, &reserved).await;
 
-        let hosts = self.resolve(&catalog, &reserved);
+        let hosts = self.resolve(catalog, &reserved);
         self.serial = next_serial(self.serial);
         let pending = hosts.iter().filter(|h| h.addresses.is_empty()).count();
         let (zone, serial) = (self.zone.clone(), self.serial);
-        let table = blocking(move || NameTable::build(&zone, serial, &hosts)).await?;
+        // The scratch is dropped off the runtime's threads too: freeing a big mesh takes a while.
+        let table = blocking(move || {
+            let table = NameTable::build(&zone, serial, &hosts);
+            drop((hosts, reserved));
+            table
+        })
+        .await?;
         info!(
             hosts = table.host_count(),
             pending,
@@ -128,12 +131,12 @@ impl Publisher {
     }
 
     /// Stores VIPs for `wanted`; on failure keeps the last durable state and schedules a retry.
-    async fn allocate(&mut self, wanted: &BTreeSet<String>, reserved: &Reserved) {
+    async fn allocate(&mut self, wanted: &BTreeSet<String>, reserved: &Arc<Reserved>) {
         let complete = self.readiness.is_ready();
         let (policy, wanted2, reserved2, conflicts) = (
             self.policy.clone(),
             wanted.clone(),
-            reserved.clone(),
+            Arc::clone(reserved),
             self.metrics.clone(),
         );
         let mutation = Box::new(move |state: &mut AllocState| {
@@ -163,10 +166,14 @@ impl Publisher {
 
     /// Explicit hosts as declared, plus address-less hosts with their stored VIPs. A stored VIP
     /// that an explicit entry now claims is withheld, so no address is served for two hosts.
-    fn resolve(&self, catalog: &Catalog, reserved: &Reserved) -> Vec<HostEntry> {
-        let mut hosts = catalog.hosts.clone();
-        for name in catalog.unaddressed.iter().filter(|n| self.zone.serves(n)) {
-            let key = host_key(name);
+    fn resolve(&self, catalog: Catalog, reserved: &Reserved) -> Vec<HostEntry> {
+        let mut hosts = catalog.hosts;
+        for name in catalog
+            .unaddressed
+            .into_iter()
+            .filter(|n| self.zone.serves(n))
+        {
+            let key = host_key(&name);
             let record = self
                 .durable
                 .records
@@ -176,20 +183,27 @@ impl Publisher {
                 let clash = r
                     .addresses
                     .iter()
-                    .any(|a| reserved.get(a).is_some_and(|owner| *owner != key));
+                    .any(|a| reserved.get(a).is_some_and(|owner| **owner != *key));
                 if clash {
                     Vec::new()
                 } else {
                     r.addresses.clone()
                 }
             });
-            hosts.push(HostEntry {
-                name: name.clone(),
-                addresses,
-            });
+            hosts.push(HostEntry { name, addresses });
         }
         hosts
     }
+}
+
+/// Explicit addresses and the host each belongs to: the allocator must not hand them out.
+fn reserved(catalog: &Catalog) -> Reserved {
+    let mut reserved = Reserved::with_capacity(catalog.hosts.len());
+    for host in &catalog.hosts {
+        let key: Arc<str> = host_key(&host.name).into();
+        reserved.extend(host.addresses.iter().map(|a| (*a, key.clone())));
+    }
+    reserved
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::warn;
@@ -18,8 +19,9 @@ pub struct Policy {
     pub grace: Duration,
 }
 
-/// Explicit `spec.addresses` of the sources: address → host declaring it.
-pub type Reserved = HashMap<IpAddr, String>;
+/// Explicit `spec.addresses` of the sources: address → host declaring it (shared by the
+/// addresses of one host: a big mesh has hundreds of thousands).
+pub type Reserved = HashMap<IpAddr, Arc<str>>;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AllocError {
@@ -106,13 +108,13 @@ impl<'a> Allocator<'a> {
     pub fn ensure(&mut self, host: &str) -> Result<Vec<IpAddr>, AllocError> {
         let mut record = self.state.records.get(host).cloned().unwrap_or_default();
         for address in record.addresses.clone() {
-            let Some(owner) = self.reserved.get(&address).filter(|o| *o != host) else {
+            let Some(owner) = self.reserved.get(&address).filter(|o| ***o != *host) else {
                 continue;
             };
             if record.pinned {
                 return Err(AllocError::Reserved {
                     address,
-                    owner: owner.clone(),
+                    owner: owner.to_string(),
                 });
             }
             warn!(host, %address, declared_by = %owner, "allocated VIP is now declared explicitly by another ServiceEntry; moving the host");
@@ -164,10 +166,10 @@ impl<'a> Allocator<'a> {
                 owner: owner.clone(),
             });
         }
-        if let Some(owner) = self.reserved.get(&address).filter(|o| *o != host) {
+        if let Some(owner) = self.reserved.get(&address).filter(|o| ***o != *host) {
             return Err(AllocError::Reserved {
                 address,
-                owner: owner.clone(),
+                owner: owner.to_string(),
             });
         }
         let mut record = self.state.records.get(host).cloned().unwrap_or_default();
@@ -450,7 +452,7 @@ mod tests {
         let mut state = AllocState::default();
         run(&mut state, &p, &["a.global"], 0);
         let taken = state.records["a.global"].addresses[0];
-        let reserved: Reserved = [(taken, "explicit.global".to_string())].into();
+        let reserved: Reserved = [(taken, "explicit.global".into())].into();
         let r = reconcile(
             &mut state,
             &p,
@@ -469,7 +471,7 @@ mod tests {
         alloc
             .pin("pinned.global", "10.0.0.6".parse().unwrap(), false)
             .unwrap();
-        let reserved: Reserved = [("10.0.0.6".parse().unwrap(), "other.global".to_string())].into();
+        let reserved: Reserved = [("10.0.0.6".parse().unwrap(), "other.global".into())].into();
         let r = reconcile(&mut state, &p, &set(&["pinned.global"]), &reserved, 3, true);
         assert!(matches!(&r.failed[..], [(_, AllocError::Reserved { .. })]));
     }

@@ -124,8 +124,11 @@ impl AllocState {
 
 /// The record key of a host name.
 pub fn host_key(name: &Name) -> String {
-    let text = name.to_lowercase().to_ascii();
-    text.strip_suffix('.').unwrap_or(&text).to_string()
+    let mut text = name.to_lowercase().to_ascii();
+    if text.ends_with('.') {
+        text.pop();
+    }
+    text
 }
 
 /// Normalizes what a person typed (`Reviews.Default.Global.`) into a record key.

@@ -275,10 +275,11 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                 declared.extend(listed.map_err(crate::cluster::ClusterError::Api)?);
             }
             let explicit = crate::catalog::Catalog::merge(&declared).hosts;
-            let explicit: Vec<_> = explicit
+            let mut explicit: Vec<_> = explicit
                 .into_iter()
                 .filter(|h| zone.zone_of(&h.name))
                 .collect();
+            explicit.sort_by(|a, b| a.name.cmp(&b.name));
             let state = store.load().await?;
             Ok(output::etc_hosts(&state, &explicit, &state_location(&cli)))
         }

@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use ipnet::IpNet;
 use notify::{RecursiveMode, Watcher};
-use serde_json::Value;
+use rayon::prelude::*;
+use serde_saphyr::Spanned;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::service_entry::{API_VERSIONS, KIND};
+use super::manifest::Document;
 use super::set::SourceSet;
 use super::{Declaration, DeclarationSet};
 
@@ -25,9 +27,9 @@ pub enum FileError {
     Read(#[from] std::io::Error),
     #[error("YAML: {0}")]
     Yaml(String),
-    #[error("document {doc}: ServiceEntry {name:?}: {reason}")]
+    #[error("line {line}: ServiceEntry {name:?}: {reason}")]
     Entry {
-        doc: usize,
+        line: u64,
         name: String,
         reason: String,
     },
@@ -58,18 +60,14 @@ const PARALLEL_FROM_BYTES: usize = 1 << 20;
 ///
 /// A large file is split at document markers and parsed on every core (YAML parsing is most of
 /// a big mesh's start-up). If any part fails, the file is parsed again in one piece so that the
-/// error carries its true document number and line.
+/// error carries its true line.
 pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, FileError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parts = split_documents(text, threads);
+    let parts = split_documents(text, rayon::current_num_threads());
     if parts.len() > 1 {
-        let parsed: Option<Vec<Vec<Declaration>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (parts.iter())
-                .map(|part| scope.spawn(move || parse_documents(origin, part)))
-                .collect();
-            workers.into_iter().map(|w| w.join().ok()?.ok()).collect()
-        });
-        if let Some(parts) = parsed {
+        let parsed: Result<Vec<Vec<Declaration>>, _> = (parts.par_iter())
+            .map(|part| parse_documents(origin, part))
+            .collect();
+        if let Ok(parts) = parsed {
             return Ok(parts.into_iter().flatten().collect());
         }
     }
@@ -118,40 +116,85 @@ fn split_documents(text: &str, parts: usize) -> Vec<&str> {
 }
 
 fn parse_documents(origin: &str, text: &str) -> Result<Vec<Declaration>, FileError> {
-    // One document at a time: the reader budgets each on its own (a whole-stream budget refuses
-    // files of over 1,024 entries, which big meshes generate), and only one document's tree is
-    // in memory at once.
-    let mut reader = text.as_bytes();
-    let origin: Arc<str> = origin.into();
-    let mut out = Vec::new();
-    for (i, doc) in serde_saphyr::read::<_, Value>(&mut reader).enumerate() {
-        let doc = doc.map_err(|e| FileError::Yaml(e.to_string()))?;
-        if !is_service_entry(&doc) {
-            continue;
-        }
-        let name = doc
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let declaration =
-            Declaration::from_manifest(&origin, doc).map_err(|reason| FileError::Entry {
-                doc: i + 1,
-                name,
-                reason,
-            })?;
-        out.push(declaration);
-    }
-    out.shrink_to_fit();
-    Ok(out)
+    let entries = serde_saphyr::from_str_multiple_with_options::<Spanned<Document>, Entries>(
+        text,
+        options_for(text),
+    )
+    .map_err(|e| FileError::Yaml(e.to_string()))?;
+    entries.finish(origin)
 }
 
-fn is_service_entry(doc: &Value) -> bool {
-    doc.get("kind").and_then(Value::as_str) == Some(KIND)
-        && doc
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .is_some_and(|v| API_VERSIONS.contains(&v))
+/// The parser's default budget is for one configuration file and refuses a mesh's manifests
+/// (over 1,024 documents). Counts that grow with the text are scaled to its size; the limits
+/// against alias expansion, which can outgrow any text, are kept.
+fn options_for(text: &str) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    let len = text.len();
+    budget.max_documents = budget.max_documents.max(len / 4);
+    budget.max_nodes = budget.max_nodes.max(len);
+    budget.max_events = budget.max_events.max(2 * len);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(len);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// The ServiceEntries of a stream, turned into declarations as each document is parsed, so
+/// that no parsed document outlives its turn.
+#[derive(Default)]
+struct Entries {
+    /// Stands in until [`Entries::finish`] names the file.
+    unnamed: Arc<str>,
+    declarations: Vec<Declaration>,
+    /// Index into `declarations`, and that entry's CIDRs left out.
+    cidrs: Vec<(usize, Vec<IpNet>)>,
+    error: Option<FileError>,
+}
+
+impl Extend<Spanned<Document>> for Entries {
+    fn extend<I: IntoIterator<Item = Spanned<Document>>>(&mut self, documents: I) {
+        for document in documents {
+            let Document::ServiceEntry(se) = document.value else {
+                continue;
+            };
+            if self.error.is_some() {
+                continue;
+            }
+            let name = se.metadata.name.clone();
+            match Declaration::from_entry(self.unnamed.clone(), se) {
+                Ok((declaration, cidrs)) => {
+                    if !cidrs.is_empty() {
+                        self.cidrs.push((self.declarations.len(), cidrs));
+                    }
+                    self.declarations.push(declaration);
+                }
+                Err(reason) => {
+                    self.error = Some(FileError::Entry {
+                        line: document.defined.line(),
+                        name,
+                        reason,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Entries {
+    fn finish(mut self, origin: &str) -> Result<Vec<Declaration>, FileError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let origin: Arc<str> = origin.into();
+        for declaration in &mut self.declarations {
+            declaration.origin = origin.clone();
+        }
+        for (at, cidrs) in &self.cidrs {
+            self.declarations[*at].warn_ignored(cidrs);
+        }
+        self.declarations.shrink_to_fit();
+        Ok(self.declarations)
+    }
 }
 
 /// Reads every manifest under `dir`, in path order.
@@ -194,24 +237,23 @@ impl Scanner {
         if let Err(e) = listed {
             out.failed.push((dir.to_path_buf(), FileError::Read(e)));
         }
+        // Unchanged files are kept; the others are read on every core (a mesh may be
+        // thousands of small files).
+        let read: Vec<Result<DeclarationSet, FileError>> = (stamps.par_iter())
+            .map(|(path, stamp)| match self.parsed.get(path) {
+                Some((old, decls)) if old == stamp && stamp.0.is_some() => Ok(decls.clone()),
+                _ => read_manifest(path).map(Arc::new),
+            })
+            .collect();
         let mut parsed = BTreeMap::new();
-        for (path, stamp) in &stamps {
-            let kept = self
-                .parsed
-                .remove(path)
-                .filter(|(old, _)| old == stamp && stamp.0.is_some());
-            let decls = match kept {
-                Some((_, decls)) => decls,
-                None => match read_manifest(path) {
-                    Ok(decls) => Arc::new(decls),
-                    Err(e) => {
-                        out.failed.push((path.clone(), e));
-                        continue;
-                    }
-                },
-            };
-            out.declarations.push(decls.clone());
-            parsed.insert(path.clone(), (*stamp, decls));
+        for ((path, stamp), decls) in stamps.iter().zip(read) {
+            match decls {
+                Ok(decls) => {
+                    out.declarations.push(decls.clone());
+                    parsed.insert(path.clone(), (*stamp, decls));
+                }
+                Err(e) => out.failed.push((path.clone(), e)),
+            }
         }
         self.parsed = parsed;
         self.seen = Some(stamps);
@@ -358,13 +400,16 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
     }
 
     #[test]
-    fn a_bad_entry_names_the_document() {
+    fn a_bad_entry_names_its_line() {
         let text = format!(
             "{GOOD}---\napiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {{name: broken}}\nspec: {{hosts: [a.global], addresses: [not-an-ip]}}\n"
         );
         let err = parse_manifest("f.yaml", &text).unwrap_err().to_string();
+        let line = GOOD.lines().count() + 2;
         assert!(
-            err.contains("document 5") && err.contains("broken") && err.contains("not-an-ip"),
+            err.contains(&format!("line {line}:"))
+                && err.contains("broken")
+                && err.contains("not-an-ip"),
             "{err}"
         );
         assert!(matches!(
@@ -396,7 +441,7 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
     }
 
     #[test]
-    fn a_big_file_reports_the_true_document_of_an_error() {
+    fn a_big_file_reports_the_true_line_of_an_error() {
         let entry = |i: usize, address: &str| {
             format!(
                 "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: ns}}\nspec: {{hosts: [s{i}.global], addresses: [{address}]}}\n"
@@ -407,7 +452,8 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
         assert_eq!(parse_manifest("big.yaml", &text).unwrap().len(), count);
         text.push_str(&entry(count, "not-an-ip"));
         let err = parse_manifest("big.yaml", &text).unwrap_err().to_string();
-        assert!(err.contains(&format!("document {}", count + 1)), "{err}");
+        let line = 5 * count + 2;
+        assert!(err.contains(&format!("line {line}:")), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod kube;
+mod manifest;
 pub mod readiness;
 pub mod service_entry;
 pub mod set;
@@ -11,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::Name;
+use ipnet::IpNet;
 use tracing::warn;
 
 use service_entry::ServiceEntry;
@@ -31,29 +33,48 @@ pub struct Declaration {
 }
 
 impl Declaration {
-    /// Reads one ServiceEntry object (from a file or an API server). CIDRs in `spec.addresses`
-    /// are logged and left out; anything else malformed is an error naming the problem.
+    /// Reads one ServiceEntry object from an API server. CIDRs in `spec.addresses` are logged
+    /// and left out; anything else malformed is an error naming the problem.
     pub fn from_manifest(
         origin: &Arc<str>,
         object: serde_json::Value,
     ) -> Result<Declaration, String> {
         let se: ServiceEntry = serde_json::from_value(object).map_err(|e| e.to_string())?;
+        let (declaration, cidrs) = Declaration::from_entry(origin.clone(), se)?;
+        declaration.warn_ignored(&cidrs);
+        Ok(declaration)
+    }
+
+    /// Reads one typed ServiceEntry; also returns the CIDRs of `spec.addresses`, which have no
+    /// single address to answer with, for the caller to report.
+    pub fn from_entry(
+        origin: Arc<str>,
+        se: ServiceEntry,
+    ) -> Result<(Declaration, Vec<IpNet>), String> {
         let mut hosts = se.host_names().map_err(|e| e.to_string())?;
         let mut addresses = se.addresses().map_err(|e| e.to_string())?;
         // Kept for the life of the source: no spare capacity (a mesh has many entries).
         hosts.shrink_to_fit();
         addresses.ips.shrink_to_fit();
-        for cidr in &addresses.cidrs {
-            warn!(%origin, namespace = se.namespace(), entry = %se.metadata.name, %cidr, "CIDR in spec.addresses has no single address to answer with; ignored");
-        }
-        Ok(Declaration {
-            origin: origin.clone(),
-            namespace: se.namespace().to_string(),
-            name: se.metadata.name.clone(),
+        let needs_vip = se.spec.addresses.is_empty();
+        let namespace = se.namespace().to_string();
+        let mut name = se.metadata.name;
+        name.shrink_to_fit();
+        let declaration = Declaration {
+            origin,
+            namespace,
+            name,
             hosts,
-            needs_vip: se.spec.addresses.is_empty(),
+            needs_vip,
             addresses: addresses.ips,
-        })
+        };
+        Ok((declaration, addresses.cidrs))
+    }
+
+    pub fn warn_ignored(&self, cidrs: &[IpNet]) {
+        for cidr in cidrs {
+            warn!(origin = %self.origin, namespace = %self.namespace, entry = %self.name, %cidr, "CIDR in spec.addresses has no single address to answer with; ignored");
+        }
     }
 
     /// Stable ordering key: every replica sorts declarations the same way.

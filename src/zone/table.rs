@@ -11,6 +11,7 @@ use foldhash::fast::RandomState;
 use hickory_proto::ProtoError;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, RecordType};
+use rayon::prelude::*;
 
 use super::prepared::{BodyBuilder, Owner, Prepared};
 use super::soa::SoaSettings;
@@ -117,7 +118,7 @@ impl NameTable {
         }
 
         let mut table = NameTable {
-            index: HashMap::with_capacity_and_hasher(draft.keys.len(), RandomState::default()),
+            index: HashMap::default(),
             nodes: Vec::with_capacity(draft.keys.len()),
             zones: Vec::with_capacity(zones.len()),
             hosts: host_count,
@@ -127,12 +128,15 @@ impl NameTable {
                 .zones
                 .push(negatives(settings, serial, apex).map_err(|e| encode_err(key, e))?);
         }
-        for (key, node) in draft.keys.iter().zip(&draft.nodes) {
-            let apex = zones[node.zone as usize].1;
-            let answers = node
-                .answers(settings, serial, apex)
-                .map_err(|e| encode_err(key, e))?;
-            table.index.insert(key.clone(), table.nodes.len() as u32);
+        // Encoding every answer is most of a big table's build: spread over the cores.
+        let answers: Vec<Box<[(u16, Prepared)]>> = (draft.keys.par_iter())
+            .zip(&draft.nodes)
+            .map(|(key, node)| {
+                let apex = zones[node.zone as usize].1;
+                (node.answers(settings, serial, apex)).map_err(|e| encode_err(key, e))
+            })
+            .collect::<Result<_, _>>()?;
+        for (node, answers) in draft.nodes.iter().zip(answers) {
             table.nodes.push(Node {
                 zone: node.zone,
                 wildcard: None,
@@ -146,6 +150,8 @@ impl NameTable {
                 table.nodes[parent_idx as usize].wildcard = Some(idx);
             }
         }
+        // Draft positions are node indexes: the index is the draft's, not a copy.
+        table.index = draft.positions;
         Ok(table)
     }
 

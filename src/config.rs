@@ -30,9 +30,10 @@ pub struct ServerArgs {
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Address for both UDP and TCP. Port 0 picks a free port (printed on stdout).
+    /// Address for both UDP and TCP (repeatable: `--listen 0.0.0.0:53 --listen [::]:53` serves
+    /// both families). Port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:5353", value_name = "ADDR:PORT")]
-    pub listen: SocketAddr,
+    pub listen: Vec<SocketAddr>,
 
     /// Directory of ServiceEntry manifests (*.yaml, *.yml, multi-document), watched for changes.
     #[arg(long, default_value = "zones", value_name = "DIR")]
@@ -181,6 +182,7 @@ impl ServerArgs {
         } else {
             self.upstreams
         };
+        let upstreams = without_self(upstreams, &self.listen);
         let workers = self
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -216,7 +218,7 @@ impl ServerArgs {
                 },
             },
             forward: ForwardConfig {
-                upstreams: without_self(upstreams, self.listen),
+                upstreams,
                 budget: Duration::from_millis(self.forward_timeout_ms.max(1)),
                 cache_size: self.cache_size,
                 cache_max_ttl: Duration::from_secs(self.cache_max_ttl),
@@ -302,7 +304,7 @@ mod tests {
             "mesh.example",
         ])
         .unwrap();
-        assert_eq!(args.listen, "127.0.0.1:5353".parse().unwrap());
+        assert_eq!(args.listen, ["127.0.0.1:5353".parse().unwrap()]);
         assert_eq!(
             args.upstreams,
             vec![

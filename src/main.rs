@@ -33,7 +33,9 @@ fn main() -> ExitCode {
         if let Some(addr) = server.metrics_addr() {
             println!("metrics on {addr}");
         }
-        println!("listening on {}", server.local_addr());
+        for addr in server.local_addrs() {
+            println!("listening on {addr}");
+        }
         shutdown_signal().await;
         info!("shutting down");
         server.shutdown().await;

@@ -26,7 +26,7 @@ use crate::zone::{BuildError, ZoneSettings};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    pub listen: Vec<SocketAddr>,
     pub zones_dir: PathBuf,
     pub zone: ZoneSettings,
     /// The state file, when allocations are kept in a file.
@@ -119,7 +119,8 @@ pub enum ServerError {
 }
 
 pub struct Server {
-    local_addr: SocketAddr,
+    /// One per `--listen`, in order, with the ports picked for port 0.
+    local_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
     readiness: Readiness,
@@ -129,11 +130,20 @@ impl Server {
     /// Binds, loads the sources once, and serves. Queries are answered only after the first
     /// table is built, so a starting server never denies names it is about to serve.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
-        let (tcp, udp) = bind(config.listen, config.workers)?;
-        let local_addr = tcp.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for addr in &config.listen {
+            listeners.push(bind(*addr, config.workers)?);
+        }
+        let local_addrs = listeners
+            .iter()
+            .zip(&config.listen)
+            .map(|((tcp, _), addr)| {
+                (tcp.local_addr()).map_err(|source| ServerError::Bind {
+                    addr: *addr,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut tasks = JoinSet::new();
 
         let readiness = Readiness::new(config.clusters.sync_timeout);
@@ -219,21 +229,23 @@ impl Server {
             metrics,
             config.query_log,
         ));
-        for socket in udp {
-            tasks.spawn(serve_udp(Arc::new(socket), handler.clone()));
+        for (tcp, udp) in listeners {
+            for socket in udp {
+                tasks.spawn(serve_udp(Arc::new(socket), handler.clone()));
+            }
+            tasks.spawn(serve_tcp(tcp, handler.clone()));
         }
-        tasks.spawn(serve_tcp(tcp, handler));
-        info!(%local_addr, upstreams = ?config.forward.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
+        info!(addresses = ?local_addrs, upstreams = ?config.forward.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
         Ok(Server {
-            local_addr,
+            local_addrs,
             metrics_addr,
             tasks,
             readiness,
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// Where /metrics, /healthz and /readyz are served.

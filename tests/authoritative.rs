@@ -26,6 +26,20 @@ fn known_names_answer_over_udp_and_tcp() {
 }
 
 #[test]
+fn every_listen_address_serves_udp_and_tcp() {
+    // IPv4 and IPv6 side by side, as a dual-stack cluster needs.
+    let server = GlobalDns::start(&repo_zones(), &["--listen", "[::1]:0"]);
+    assert_eq!(server.addrs.len(), 2);
+    assert!(server.addrs[1].is_ipv6());
+    for addr in &server.addrs {
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let reply = query(*addr, "reviews.default.global.", RecordType::A, proto);
+            assert_eq!(answer_ips(&reply), ["240.0.0.3"], "{addr} {proto:?}");
+        }
+    }
+}
+
+#[test]
 fn answer_ttl_is_configurable() {
     let server = GlobalDns::start(&repo_zones(), &["--ttl", "120"]);
     let reply = query(

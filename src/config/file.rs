@@ -201,7 +201,7 @@ pool:
     fn yaml_sets_flags() {
         let dir = config("globaldns.yaml", YAML);
         let args = parse(&dir, "globaldns.yaml", &[]).unwrap();
-        assert_eq!(args.listen, "0.0.0.0:5300".parse().unwrap());
+        assert_eq!(args.listen, ["0.0.0.0:5300".parse().unwrap()]);
         assert_eq!(
             args.upstreams,
             vec![
@@ -236,7 +236,7 @@ pool:
         assert_eq!(args.cache_size, 5);
         assert!(!args.query_log);
         // What the command line does not name still comes from the file.
-        assert_eq!(args.listen, "0.0.0.0:5300".parse().unwrap());
+        assert_eq!(args.listen, ["0.0.0.0:5300".parse().unwrap()]);
         assert_eq!(args.pools, vec!["127.255.0.0/16".parse().unwrap()]);
     }
 

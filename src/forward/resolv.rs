@@ -16,15 +16,14 @@ pub fn system_upstreams(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
 }
 
 /// Drops upstreams that are this server itself, which would forward every query in a loop.
-pub fn without_self(upstreams: Vec<SocketAddr>, listen: SocketAddr) -> Vec<SocketAddr> {
-    upstreams
-        .into_iter()
-        .filter(|up| {
-            let same_ip =
-                up.ip() == listen.ip() || (listen.ip().is_unspecified() && up.ip().is_loopback());
-            !(up.port() == listen.port() && same_ip)
+pub fn without_self(upstreams: Vec<SocketAddr>, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    let is_self = |up: &SocketAddr| {
+        listen.iter().any(|l| {
+            let same_ip = up.ip() == l.ip() || (l.ip().is_unspecified() && up.ip().is_loopback());
+            up.port() == l.port() && same_ip
         })
-        .collect()
+    };
+    upstreams.into_iter().filter(|up| !is_self(up)).collect()
 }
 
 #[cfg(test)]
@@ -45,12 +44,14 @@ mod tests {
             ]
         );
         assert_eq!(
-            without_self(ups.clone(), "0.0.0.0:53".parse().unwrap()),
+            without_self(ups.clone(), &["0.0.0.0:53".parse().unwrap()]),
             vec![ups[0]]
         );
         assert_eq!(
-            without_self(ups.clone(), "127.0.0.1:5353".parse().unwrap()),
+            without_self(ups.clone(), &["127.0.0.1:5353".parse().unwrap()]),
             ups
         );
+        let dual_stack = ["[::]:53".parse().unwrap(), "0.0.0.0:53".parse().unwrap()];
+        assert_eq!(without_self(ups.clone(), &dual_stack), vec![ups[0]]);
     }
 }

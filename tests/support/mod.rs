@@ -19,7 +19,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// A running server process, killed on drop. Its stderr (the log) goes to a file.
 pub struct GlobalDns {
     child: Child,
+    /// The first of `addrs`: 127.0.0.1 and a free port.
     pub addr: SocketAddr,
+    /// One per `--listen`, in order.
+    pub addrs: Vec<SocketAddr>,
     /// The HTTP address of /metrics, /healthz and /readyz, when started with --metrics.
     pub metrics: Option<SocketAddr>,
     pub log: PathBuf,
@@ -53,35 +56,37 @@ impl GlobalDns {
         let mut child = cmd.spawn().expect("spawn globaldns");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let listens = 1 + args.iter().filter(|a| **a == "--listen").count();
         std::thread::spawn(move || {
-            // "metrics on ADDR" (with --metrics), then "listening on ADDR".
-            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            // "metrics on ADDR" (with --metrics), then "listening on ADDR" for each --listen.
             let mut metrics = None;
-            for line in lines.by_ref() {
+            let mut listening = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 match line.strip_prefix("metrics on ") {
                     Some(addr) => metrics = addr.parse().ok(),
-                    None => {
-                        let _ = tx.send((metrics, line));
-                        break;
-                    }
+                    None => listening.push(line),
+                }
+                if listening.len() == listens {
+                    break;
                 }
             }
+            let _ = tx.send((metrics, listening));
         });
-        let (metrics, line) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let Some(addr) = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-        else {
+        let (metrics, lines) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let addrs: Option<Vec<SocketAddr>> = (lines.iter())
+            .map(|l| l.trim().strip_prefix("listening on ")?.parse().ok())
+            .collect();
+        let Some(addrs) = addrs.filter(|a| a.len() == listens) else {
             let _ = child.kill();
             panic!(
-                "globaldns did not start: {line:?}\n{}",
+                "globaldns did not start: {lines:?}\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         };
         GlobalDns {
             child,
-            addr,
+            addr: addrs[0],
+            addrs,
             metrics,
             log,
             _log_dir: log_dir,
@@ -155,7 +160,12 @@ pub fn query_message(name: &str, qtype: RecordType, edns: Option<u16>) -> Messag
 pub fn exchange_raw(addr: SocketAddr, packet: &[u8], proto: Proto) -> Option<Vec<u8>> {
     match proto {
         Proto::Udp => {
-            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let local = if addr.is_ipv6() {
+                "[::1]:0"
+            } else {
+                "127.0.0.1:0"
+            };
+            let sock = UdpSocket::bind(local).unwrap();
             sock.set_read_timeout(Some(TIMEOUT)).unwrap();
             sock.send_to(packet, addr).unwrap();
             let mut buf = vec![0u8; 65535];

@@ -202,6 +202,39 @@ async fn readers_catch_up_after_dropped_watches_and_410() {
     follower.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_transactions_are_decided_from_the_watched_shards() {
+    let sim = ApiServer::start().await;
+    let writer = store(&sim).await;
+    let reader = store(&sim).await;
+    let first: Vec<String> = (0..10).map(|i| format!("a{i}.global")).collect();
+    allocate(&writer, first.clone()).await;
+    // Following the shards: the first change is the watch's initial list.
+    tokio::time::timeout(Duration::from_secs(5), reader.changed())
+        .await
+        .unwrap();
+    let before = sim.requests();
+    let seen = allocate(&reader, first.clone()).await;
+    assert_eq!(seen.records.len(), 10);
+    assert_eq!(sim.requests(), before, "nothing to write: no request");
+
+    // Another writer's change reaches the cache before readers are told of it.
+    allocate(&writer, vec!["b.global".into()]).await;
+    tokio::time::timeout(Duration::from_secs(5), reader.changed())
+        .await
+        .unwrap();
+    let before = sim.requests();
+    let seen = allocate(&reader, vec!["b.global".into()]).await;
+    assert_eq!(seen.records.len(), 11);
+    assert_eq!(sim.requests(), before);
+
+    // A change re-reads under the lease, and the stored result is complete.
+    let stored = allocate(&reader, vec!["c.global".into()]).await;
+    assert!(sim.requests() > before);
+    assert_eq!(stored.records.len(), 12);
+    assert_eq!(addresses(&stored).len(), 12);
+}
+
 #[tokio::test]
 async fn a_damaged_shard_is_refused_without_data_loss() {
     let sim = ApiServer::start().await;

@@ -4,7 +4,8 @@
 //! mutation, and write each touched shard once with compare-and-swap on its resourceVersion
 //! (create for a new shard). A 409 means someone wrote behind our back: re-read, re-decide,
 //! retry with backoff. 5xx and transport errors are retried with backoff, then reported.
-//! Readers follow the shards with a watch and re-read on every change.
+//! Readers follow the shards with a watch that also caches them: a transaction that changes
+//! nothing is decided from the cache, without a request; one that writes always re-reads.
 //!
 //! A shard that cannot be parsed is never written: hosts that would go into it are not stored
 //! (so not served), and the addresses it seems to hold are kept out of every allocation.
@@ -16,7 +17,7 @@ pub mod shard;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -43,6 +44,7 @@ pub struct ConfigMapStore {
     lock: WriterLock,
     namespace: String,
     changes: OnceLock<(watch::Receiver<u64>, tokio::task::JoinHandle<()>)>,
+    cache: Arc<Mutex<ShardCache>>,
     seen: Mutex<u64>,
 }
 
@@ -71,6 +73,7 @@ impl ConfigMapStore {
             lock: WriterLock::new(Api::namespaced(client, namespace), identity),
             namespace: namespace.to_string(),
             changes: OnceLock::new(),
+            cache: Arc::default(),
             seen: Mutex::new(0),
         }
     }
@@ -86,15 +89,28 @@ impl ConfigMapStore {
         format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
     }
 
-    /// Every shard, and the allocations of the readable ones.
+    /// Every shard, and the allocations of the readable ones, as the API server has them now.
     async fn read(&self) -> Result<(BTreeMap<usize, ShardRead>, AllocState), StoreError> {
         let params = ListParams::default().labels(&Self::selector());
         let list = with_retries("list shards", || self.api.list(&params))
             .await
             .map_err(|e| self.unavailable(e))?;
+        Ok(self.decode(&list.items))
+    }
+
+    /// The allocations as the shard watch last saw them, while it is in sync.
+    fn cached(&self) -> Option<AllocState> {
+        let cache = self.cache.lock().expect("shard cache lock");
+        cache.synced.then(|| self.decode(cache.shards.values()).1)
+    }
+
+    fn decode<'a>(
+        &self,
+        configmaps: impl IntoIterator<Item = &'a ConfigMap>,
+    ) -> (BTreeMap<usize, ShardRead>, AllocState) {
         let mut shards = BTreeMap::new();
         let mut state = AllocState::default();
-        for cm in list.items {
+        for cm in configmaps {
             let name = cm.metadata.name.clone().unwrap_or_default();
             let Some(index) = (0..SHARDS).find(|i| shard_name(*i) == name) else {
                 debug!(configmap = %name, "not an allocation shard; ignored");
@@ -126,14 +142,19 @@ impl ConfigMapStore {
                 },
             );
         }
-        Ok((shards, state))
+        (shards, state)
     }
 
     async fn transaction(&self, mutate: &mut Mutation) -> Result<AllocState, StoreError> {
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=TRANSACTION_ATTEMPTS {
-            // Most calls change nothing (readers refreshing): decide that without the lease.
-            let (_, state) = self.read().await?;
+            // Most calls change nothing (a replica republishing after a ServiceEntry change):
+            // decide that without the lease, and first from the watched shards, so that a busy
+            // mesh does not list every shard on every change. A write always re-reads.
+            let state = match self.cached().filter(|_| attempt == 1) {
+                Some(state) => state,
+                None => self.read().await?.1,
+            };
             let mut next = state.clone();
             if !mutate(&mut next)? {
                 return Ok(state);
@@ -256,29 +277,73 @@ impl ConfigMapStore {
         }
     }
 
+    /// Starts (once) the watch that keeps the shard cache and counts changes.
     fn watch_changes(&self) -> watch::Receiver<u64> {
         let (rx, _) = self.changes.get_or_init(|| {
             let (tx, rx) = watch::channel(0u64);
             let config = watcher::Config::default().labels(&Self::selector());
             let mut events = watcher(self.api.clone(), config).default_backoff().boxed();
+            let cache = self.cache.clone();
             let task = tokio::spawn(async move {
                 while let Some(event) = events.next().await {
-                    match event {
-                        Ok(
-                            watcher::Event::Apply(_)
-                            | watcher::Event::Delete(_)
-                            | watcher::Event::InitDone,
-                        ) => {
-                            tx.send_modify(|n| *n += 1);
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!(error = %e, "watching allocation shards; retrying"),
+                    let changed = {
+                        let mut cache = cache.lock().expect("shard cache lock");
+                        cache.apply(event)
+                    };
+                    if changed {
+                        tx.send_modify(|n| *n += 1);
                     }
                 }
             });
             (rx, task)
         });
         rx.clone()
+    }
+}
+
+/// The shards as the watch sees them. Out of sync (not listed yet, or the watch failed and has
+/// not relisted) it is not used.
+#[derive(Default)]
+struct ShardCache {
+    synced: bool,
+    shards: BTreeMap<String, ConfigMap>,
+    relist: Option<BTreeMap<String, ConfigMap>>,
+}
+
+impl ShardCache {
+    /// Whether readers should look again.
+    fn apply(&mut self, event: Result<watcher::Event<ConfigMap>, watcher::Error>) -> bool {
+        let name = |cm: &ConfigMap| cm.metadata.name.clone().unwrap_or_default();
+        match event {
+            Ok(watcher::Event::Init) => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            Ok(watcher::Event::InitApply(cm)) => {
+                if let Some(relist) = self.relist.as_mut() {
+                    relist.insert(name(&cm), cm);
+                }
+                false
+            }
+            Ok(watcher::Event::InitDone) => {
+                self.shards = self.relist.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            Ok(watcher::Event::Apply(cm)) => {
+                self.shards.insert(name(&cm), cm);
+                true
+            }
+            Ok(watcher::Event::Delete(cm)) => {
+                self.shards.remove(&name(&cm));
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "watching allocation shards; retrying");
+                self.synced = false;
+                false
+            }
+        }
     }
 }
 

@@ -126,7 +126,8 @@ impl Publisher {
         );
         self.metrics
             .published(table.host_count(), usage(&self.policy, &self.durable));
-        self.table.store(Arc::new(table));
+        let old = self.table.swap(Arc::new(table));
+        tokio::task::spawn_blocking(move || retire(old));
         Ok(())
     }
 
@@ -218,6 +219,19 @@ fn next_serial(previous: u32) -> u32 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32);
     now.max(previous.wrapping_add(1))
+}
+
+/// Frees a replaced table here rather than on a query thread. A query that was reading it when it
+/// was replaced holds the last reference for microseconds; freeing a big mesh's table takes
+/// milliseconds that its caller would wait. After a second, whoever holds it frees it.
+fn retire(mut old: Arc<NameTable>) {
+    for _ in 0..1000 {
+        match Arc::try_unwrap(old) {
+            Ok(table) => return drop(table),
+            Err(shared) => old = shared,
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Hands memory freed by a rebuild (the previous table, the merge's scratch) back to the OS:

@@ -3,7 +3,7 @@
 use hickory_proto::op::ResponseCode;
 
 use super::request::{Edns, Request};
-use crate::zone::Prepared;
+use crate::zone::{Body, Prepared};
 
 /// Largest UDP response we send (DNS flag day 2020: avoids IP fragmentation).
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
@@ -29,7 +29,7 @@ pub struct ReplyFlags {
 
 /// Writes the response to `req` into `out` (cleared first). When it is longer than `limit`, the
 /// records are dropped and TC is set, so the client retries over TCP (RFC 2181 §9).
-pub fn write(out: &mut Vec<u8>, req: &Request, body: &Prepared, flags: ReplyFlags, limit: usize) {
+pub fn write(out: &mut Vec<u8>, req: &Request, body: Body<'_>, flags: ReplyFlags, limit: usize) {
     out.clear();
     write_header(
         out,
@@ -41,7 +41,7 @@ pub fn write(out: &mut Vec<u8>, req: &Request, body: &Prepared, flags: ReplyFlag
         body.authorities,
     );
     write_question(out, req);
-    out.extend_from_slice(&body.body);
+    out.extend_from_slice(body.body);
     write_opt(out, req, body.rcode);
     if out.len() > limit {
         out.clear();
@@ -62,7 +62,7 @@ pub fn write_error(
         authoritative: false,
         recursion_available,
     };
-    write(out, req, &Prepared::empty(rcode), flags, usize::MAX);
+    write(out, req, Prepared::empty(rcode).view(), flags, usize::MAX);
 }
 
 fn write_header(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use prepared::{BodyBuilder, Owner, Prepared};
+pub use prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
 pub use soa::SoaSettings;
 pub use table::{BuildError, Lookup, NameTable, ZoneSettings};
 

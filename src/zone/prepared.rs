@@ -32,6 +32,76 @@ impl Prepared {
             body: Box::new([]),
         }
     }
+
+    pub fn view(&self) -> Body<'_> {
+        Body {
+            rcode: self.rcode,
+            answers: self.answers,
+            authorities: self.authorities,
+            body: &self.body,
+        }
+    }
+}
+
+/// A prepared body as the query path reads it, wherever it is stored.
+#[derive(Clone, Copy, Debug)]
+pub struct Body<'a> {
+    pub rcode: ResponseCode,
+    pub answers: u16,
+    pub authorities: u16,
+    pub body: &'a [u8],
+}
+
+/// The answers of one name, one per query type, in two allocations whatever their number: a
+/// big mesh holds hundreds of thousands of names.
+#[derive(Debug, Default)]
+pub struct Answers {
+    slots: Box<[Slot]>,
+    bytes: Box<[u8]>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    qtype: u16,
+    rcode: ResponseCode,
+    answers: u16,
+    authorities: u16,
+    end: u32,
+}
+
+impl Answers {
+    pub fn new(prepared: Vec<(u16, Prepared)>) -> Self {
+        let mut bytes = Vec::with_capacity(prepared.iter().map(|(_, p)| p.body.len()).sum());
+        let slots = prepared
+            .into_iter()
+            .map(|(qtype, p)| {
+                bytes.extend_from_slice(&p.body);
+                Slot {
+                    qtype,
+                    rcode: p.rcode,
+                    answers: p.answers,
+                    authorities: p.authorities,
+                    end: bytes.len() as u32,
+                }
+            })
+            .collect();
+        Answers {
+            slots,
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    pub fn get(&self, qtype: u16) -> Option<Body<'_>> {
+        let at = self.slots.iter().position(|s| s.qtype == qtype)?;
+        let start = at.checked_sub(1).map_or(0, |i| self.slots[i].end as usize);
+        let slot = &self.slots[at];
+        Some(Body {
+            rcode: slot.rcode,
+            answers: slot.answers,
+            authorities: slot.authorities,
+            body: &self.bytes[start..slot.end as usize],
+        })
+    }
 }
 
 /// Who owns a record: the query name itself, or another name written out in full.
@@ -110,6 +180,30 @@ mod tests {
     use hickory_proto::op::Message;
     use hickory_proto::rr::RecordType;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn answers_keep_each_body_whole_and_apart() {
+        let body = |rcode, bytes: &[u8]| Prepared {
+            rcode,
+            answers: bytes.len() as u16,
+            authorities: 0,
+            body: bytes.into(),
+        };
+        let answers = Answers::new(vec![
+            (1, body(ResponseCode::NoError, b"aaaa")),
+            (16, body(ResponseCode::NoError, b"")),
+            (28, body(ResponseCode::ServFail, b"bbbbbbbbbb")),
+        ]);
+        let get = |qtype| answers.get(qtype).map(|b| (b.rcode, b.answers, b.body));
+        assert_eq!(get(1), Some((ResponseCode::NoError, 4, &b"aaaa"[..])));
+        assert_eq!(get(16), Some((ResponseCode::NoError, 0, &b""[..])));
+        assert_eq!(
+            get(28),
+            Some((ResponseCode::ServFail, 10, &b"bbbbbbbbbb"[..]))
+        );
+        assert!(get(255).is_none());
+        assert!(Answers::default().get(1).is_none());
+    }
 
     /// A body appended to a header and question must decode as a normal message.
     #[test]

@@ -1,7 +1,7 @@
 //! The name table: an immutable snapshot of everything we answer authoritatively.
 //!
 //! Built once per change of the catalog and swapped in whole, so the query path reads it without
-//! locks. Every (node, type) answer is a [`Prepared`] body computed at build time.
+//! locks. Every (node, type) answer is a body computed at build time ([`Answers`]).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -13,7 +13,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, RecordType};
 use rayon::prelude::*;
 
-use super::prepared::{BodyBuilder, Owner, Prepared};
+use super::prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
 use super::soa::SoaSettings;
 use super::wire::{is_wildcard, lower_wire, parent, suffix_offsets};
 use crate::catalog::HostEntry;
@@ -40,7 +40,7 @@ pub enum BuildError {
 #[derive(Debug)]
 pub enum Lookup<'a> {
     /// Inside a served zone: this is the answer.
-    Authoritative(&'a Prepared),
+    Authoritative(Body<'a>),
     /// Outside every served zone.
     NotOurs,
 }
@@ -50,7 +50,7 @@ struct Node {
     wildcard: Option<u32>,
     /// Declared, but its VIP is not durably stored yet.
     pending: bool,
-    answers: Box<[(u16, Prepared)]>,
+    answers: Answers,
 }
 
 struct ZoneNegatives {
@@ -129,7 +129,7 @@ impl NameTable {
                 .push(negatives(settings, serial, apex).map_err(|e| encode_err(key, e))?);
         }
         // Encoding every answer is most of a big table's build: spread over the cores.
-        let answers: Vec<Box<[(u16, Prepared)]>> = (draft.keys.par_iter())
+        let answers: Vec<Answers> = (draft.keys.par_iter())
             .zip(&draft.nodes)
             .map(|(key, node)| {
                 let apex = zones[node.zone as usize].1;
@@ -169,7 +169,7 @@ impl NameTable {
                 // `node` is the closest encloser: synthesise from its wildcard or deny.
                 match node.wildcard {
                     Some(w) => self.nodes[w as usize].answer(qtype, zone),
-                    None => &zone.nxdomain,
+                    None => zone.nxdomain.view(),
                 }
             };
             return Lookup::Authoritative(answer);
@@ -184,14 +184,11 @@ impl NameTable {
 }
 
 impl Node {
-    fn answer<'a>(&'a self, qtype: u16, zone: &'a ZoneNegatives) -> &'a Prepared {
+    fn answer<'a>(&'a self, qtype: u16, zone: &'a ZoneNegatives) -> Body<'a> {
         if self.pending {
-            return &zone.servfail;
+            return zone.servfail.view();
         }
-        self.answers
-            .iter()
-            .find(|(t, _)| *t == qtype)
-            .map_or(&zone.nodata, |(_, p)| p)
+        (self.answers.get(qtype)).unwrap_or_else(|| zone.nodata.view())
     }
 }
 
@@ -263,7 +260,7 @@ impl DraftNode {
         settings: &ZoneSettings,
         serial: u32,
         apex: &Name,
-    ) -> Result<Box<[(u16, Prepared)]>, ProtoError> {
+    ) -> Result<Answers, ProtoError> {
         let ttl = settings.ttl;
         let mut rrsets: Vec<(RecordType, Vec<RData>)> = Vec::new();
         if self.apex {
@@ -281,7 +278,7 @@ impl DraftNode {
             }
         }
         if rrsets.is_empty() {
-            return Ok(Box::new([]));
+            return Ok(Answers::default());
         }
         let mut out = Vec::with_capacity(rrsets.len() + 1);
         let mut any = BodyBuilder::default();
@@ -298,7 +295,7 @@ impl DraftNode {
             u16::from(RecordType::ANY),
             any.finish(ResponseCode::NoError),
         ));
-        Ok(out.into_boxed_slice())
+        Ok(Answers::new(out))
     }
 }
 
@@ -350,7 +347,7 @@ mod tests {
         msg.extend_from_slice(&wire);
         msg.extend_from_slice(&u16::from(qtype).to_be_bytes());
         msg.extend_from_slice(&1u16.to_be_bytes());
-        msg.extend_from_slice(&p.body);
+        msg.extend_from_slice(p.body);
         Some(Message::from_vec(&msg).unwrap())
     }
 

@@ -185,6 +185,18 @@ async fn live_changes_show_within_seconds() {
         .log_text()
         .contains("skipping ServiceEntry")));
     assert!(nxdomain(&server, "bad.foo.global."));
+    // So is one whose fields have the wrong type; the watch goes on.
+    let typed = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "port", "namespace": "foo"},
+        "spec": {"hosts": ["port.foo.global"], "addresses": ["240.0.0.52"], "ports": [{"number": 70000}]}});
+    b.put_object("networking.istio.io", "serviceentries", "foo", typed);
+    assert!(eventually(WITHIN, || server
+        .log_text()
+        .contains("expected u16")));
+    assert!(nxdomain(&server, "port.foo.global."));
+    service_entry(&b, "foo", "later", &["later.foo.global"], &["240.0.0.53"]);
+    assert!(eventually(WITHIN, || ips(&server, "later.foo.global.")
+        == ["240.0.0.53"]));
     remove_entry(&b, "foo", "web");
     assert!(
         eventually(WITHIN, || nxdomain(&server, "web.foo.global.")),

@@ -33,18 +33,6 @@ pub struct Declaration {
 }
 
 impl Declaration {
-    /// Reads one ServiceEntry object from an API server. CIDRs in `spec.addresses` are logged
-    /// and left out; anything else malformed is an error naming the problem.
-    pub fn from_manifest(
-        origin: &Arc<str>,
-        object: serde_json::Value,
-    ) -> Result<Declaration, String> {
-        let se: ServiceEntry = serde_json::from_value(object).map_err(|e| e.to_string())?;
-        let (declaration, cidrs) = Declaration::from_entry(origin.clone(), se)?;
-        declaration.warn_ignored(&cidrs);
-        Ok(declaration)
-    }
-
     /// Reads one typed ServiceEntry; also returns the CIDRs of `spec.addresses`, which have no
     /// single address to answer with, for the caller to report.
     pub fn from_entry(

@@ -13,12 +13,13 @@ use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
+use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::ops::Metrics;
 use crate::source::Declaration;
 use crate::source::readiness::Readiness;
-use crate::source::service_entry::API_VERSIONS;
+use crate::source::service_entry::{API_VERSIONS, ObjectMeta, ServiceEntry, ServiceEntrySpec};
 use crate::source::set::SourceSet;
 
 const GROUP: &str = "networking.istio.io";
@@ -150,9 +151,24 @@ fn read(
     object: DynamicObject,
 ) -> Option<((String, String), Declaration)> {
     let key = key_of(&object);
-    let value = serde_json::to_value(&object).ok()?;
-    match Declaration::from_manifest(origin, value) {
-        Ok(decl) => Some((key, decl)),
+    // Straight from the object's tree: no copy of the whole object (managedFields and all).
+    let spec = object
+        .data
+        .get("spec")
+        .ok_or_else(|| "missing field `spec`".to_string());
+    let entry = spec.and_then(|spec| {
+        let spec = ServiceEntrySpec::deserialize(spec).map_err(|e| format!("spec: {e}"))?;
+        let metadata = ObjectMeta {
+            name: key.1.clone(),
+            namespace: object.metadata.namespace,
+        };
+        Declaration::from_entry(origin.clone(), ServiceEntry { metadata, spec })
+    });
+    match entry {
+        Ok((decl, cidrs)) => {
+            decl.warn_ignored(&cidrs);
+            Some((key, decl))
+        }
         Err(error) => {
             warn!(cluster, namespace = %key.0, name = %key.1, %error, "skipping ServiceEntry");
             None

@@ -101,6 +101,24 @@ async fn allocate_get_list_check_through_configmaps() {
         !hosts.contains("www.example.com"),
         "outside the zone: {hosts}"
     );
+    // Remote clusters are found through the remote secrets, as the server finds them; one that
+    // cannot be read is named and left out.
+    let remote = ApiServer::start().await;
+    remote.ensure_namespace("web");
+    let entry = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"hosts": ["shop.web.global"], "addresses": ["240.0.9.9"]}});
+    remote.put_object("networking.istio.io", "serviceentries", "web", entry);
+    let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "istio-remote-secret-west", "namespace": "istio-system",
+            "labels": {"istio/multiCluster": "true"}},
+        "stringData": {"west": remote.kubeconfig("west"), "broken": "clusters: [unclosed"}});
+    sim.put_object("", "secrets", "istio-system", secret);
+    let (code, hosts, err) = dnsctl(&["--kubeconfig", path(&kc), "hosts"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(hosts.lines().any(|l| l == "240.0.9.9 shop.web.global"), "{hosts}");
+    assert!(hosts.lines().any(|l| l == "127.255.0.3 httpbin.bar.global"), "{hosts}");
+    assert!(err.contains("key broken"), "{err}");
     // Another namespace is another store.
     let (code, _, _) = dnsctl(&[
         "--kubeconfig",

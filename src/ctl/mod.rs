@@ -18,6 +18,9 @@ use crate::alloc::{
     AllocError, ConfigMapStore, DEFAULT_POOL, FileStore, Policy, Pool, Store, StoreError, check,
     host_key_from_str, operate, usage,
 };
+use crate::cluster::one_line;
+use crate::source::Declaration;
+use crate::source::kube::{clusters_in, list_cluster, remote_secrets};
 
 /// Operate globaldns: allocate, pin, release and inspect the VIPs of `.global` hosts.
 #[derive(Parser, Debug)]
@@ -175,6 +178,42 @@ async fn open_store(cli: &Cli) -> Result<(Box<dyn Store>, Option<kube::Client>),
     })
 }
 
+/// The ServiceEntries of the remote clusters, found as the server finds them: through the
+/// remote secrets in `namespace`. A cluster that cannot be read is named on stderr and left out.
+async fn remote_declarations(client: kube::Client, namespace: &str) -> Vec<Declaration> {
+    let secrets = match remote_secrets(client, namespace).await {
+        Ok(secrets) => secrets,
+        Err(e) => {
+            eprintln!(
+                "dnsctl: cannot list remote secrets in {namespace} ({}); remote clusters left out",
+                one_line(&e)
+            );
+            return Vec::new();
+        }
+    };
+    let mut declared = Vec::new();
+    for secret in &secrets {
+        let owner = format!(
+            "secret {namespace}/{}",
+            secret.metadata.name.as_deref().unwrap_or("")
+        );
+        for remote in clusters_in(&owner, secret).await {
+            let listed = match remote.client {
+                Ok(client) => list_cluster(&remote.id, client).await,
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok(found) => declared.extend(found),
+                Err(e) => eprintln!(
+                    "dnsctl: {owner} key {}: {e}; its ServiceEntries are left out",
+                    remote.id
+                ),
+            }
+        }
+    }
+    declared
+}
+
 fn state_location(cli: &Cli) -> String {
     match &cli.state {
         Some(path) => path.display().to_string(),
@@ -271,8 +310,9 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             }
             if let Some(client) = client {
                 let id = cli.context.as_deref().unwrap_or("cluster");
-                let listed = crate::source::kube::list_cluster(id, client).await;
+                let listed = list_cluster(id, client.clone()).await;
                 declared.extend(listed.map_err(crate::cluster::ClusterError::Api)?);
+                declared.extend(remote_declarations(client, &cli.namespace).await);
             }
             let explicit = crate::catalog::Catalog::merge(&declared).hosts;
             let mut explicit: Vec<_> = explicit

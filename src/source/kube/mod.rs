@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{error, info};
 
-pub use secrets::{REMOTE_SECRET_LABEL, watch_remote_secrets};
+pub use secrets::{
+    REMOTE_SECRET_LABEL, RemoteCluster, clusters_in, remote_secrets, watch_remote_secrets,
+};
 pub use watch::list_cluster;
 
 use super::readiness::Readiness;

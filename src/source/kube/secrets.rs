@@ -3,7 +3,7 @@
 //! removed as the secrets change; a bad kubeconfig is reported with its secret and key and
 //! never stops the others.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -73,35 +73,56 @@ fn remove_all(clusters: &ClusterSet, owner: &str) {
 
 /// Registers every cluster of `secret` and drops the ones it no longer holds.
 async fn apply(clusters: &ClusterSet, owner: &str, secret: &Secret) {
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    for (id, bytes) in &data {
-        let fingerprint = format!("{:x}", Sha256::digest(bytes));
-        let what = format!("{owner} key {id}");
-        let client = match std::str::from_utf8(bytes) {
-            Ok(yaml) => connect_yaml(yaml, &what).await,
-            Err(_) => {
-                error!(secret = %owner, key = %id, "remote secret value is not UTF-8 text; cluster skipped");
-                continue;
-            }
-        };
-        match client {
+    let held = clusters_in(owner, secret).await;
+    for cluster in &held {
+        match &cluster.client {
             Ok(client) => {
-                clusters.add(id, owner, &fingerprint, client);
+                clusters.add(&cluster.id, owner, &cluster.fingerprint, client.clone());
             }
             Err(e) => {
-                error!(secret = %owner, key = %id, error = %e, "bad kubeconfig in remote secret; cluster skipped")
+                error!(secret = %owner, key = %cluster.id, error = %e, "bad kubeconfig in remote secret; cluster skipped")
             }
         }
     }
     for id in clusters.owned_by(owner) {
-        if !data.contains_key(&id) {
+        if !held.iter().any(|c| c.id == id) {
             clusters.remove(&id, owner);
         }
     }
+}
+
+/// One data key of a remote secret.
+pub struct RemoteCluster {
+    pub id: String,
+    /// Of the kubeconfig, so that an unchanged one is not reconnected.
+    pub fingerprint: String,
+    pub client: Result<kube::Client, String>,
+}
+
+/// The clusters `secret` holds, each with a client or why there is none.
+pub async fn clusters_in(owner: &str, secret: &Secret) -> Vec<RemoteCluster> {
+    let mut out = Vec::new();
+    for (id, bytes) in secret.data.iter().flatten() {
+        let what = format!("{owner} key {id}");
+        let client = match std::str::from_utf8(&bytes.0) {
+            Ok(yaml) => connect_yaml(yaml, &what).await.map_err(|e| e.to_string()),
+            Err(_) => Err("the value is not UTF-8 text".to_string()),
+        };
+        out.push(RemoteCluster {
+            id: id.clone(),
+            fingerprint: format!("{:x}", Sha256::digest(&bytes.0)),
+            client,
+        });
+    }
+    out
+}
+
+/// The remote secrets in `namespace` now.
+pub async fn remote_secrets(
+    client: kube::Client,
+    namespace: &str,
+) -> Result<Vec<Secret>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let params = kube::api::ListParams::default().labels(REMOTE_SECRET_LABEL);
+    Ok(api.list(&params).await?.items)
 }

@@ -164,7 +164,7 @@ fn bench_handle(c: &mut Criterion) {
 }
 
 fn bench_cache_hit(c: &mut Criterion) {
-    let cache = AnswerCache::new(100_000, Duration::from_secs(3600));
+    let cache = AnswerCache::new(100_000, Duration::from_secs(3600), Duration::ZERO);
     let stored = request(&query("www.example.com.", RecordType::A));
     let mut reply = Message::from_vec(&query("www.example.com.", RecordType::A)).unwrap();
     reply.metadata.message_type = hickory_proto::op::MessageType::Response;

@@ -64,6 +64,11 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub cache_max_ttl: u64,
 
+    /// Keep forwarded answers this long past their TTL, and answer with them (TTL 30 s) when
+    /// every upstream fails or answers SERVFAIL (RFC 8767); 0 turns it off.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub serve_stale: u64,
+
     /// Clients that may resolve names outside the served zones (repeatable); others get REFUSED
     /// for those, and answers for the served zones.
     /// [default: loopback, RFC 1918, 100.64.0.0/10, fc00::/7]
@@ -222,6 +227,7 @@ impl ServerArgs {
                 budget: Duration::from_millis(self.forward_timeout_ms.max(1)),
                 cache_size: self.cache_size,
                 cache_max_ttl: Duration::from_secs(self.cache_max_ttl),
+                serve_stale: Duration::from_secs(self.serve_stale),
                 allow_recursion: if self.allow_from.is_empty() {
                     default_allow_from()
                 } else {

@@ -54,6 +54,8 @@ pub struct ForwardConfig {
     /// Cached answers (entries of up to 1 KiB); 0 turns the cache off.
     pub cache_size: u64,
     pub cache_max_ttl: Duration,
+    /// How long past their TTL answers are kept, to serve when the upstreams fail (RFC 8767).
+    pub serve_stale: Duration,
     /// Clients that may use us as a recursive resolver.
     pub allow_recursion: Vec<IpNet>,
 }
@@ -77,7 +79,7 @@ fn build_forwarder(config: &ForwardConfig, metrics: &Arc<Metrics>) -> Option<Arc
     if config.cache_size == 0 {
         return Some(upstream);
     }
-    let cache = AnswerCache::new(config.cache_size, config.cache_max_ttl);
+    let cache = AnswerCache::new(config.cache_size, config.cache_max_ttl, config.serve_stale);
     metrics.watch_cache(cache.clone());
     Some(Arc::new(CachingForwarder::new(upstream, cache)))
 }

@@ -116,8 +116,14 @@ async fn allocate_get_list_check_through_configmaps() {
     sim.put_object("", "secrets", "istio-system", secret);
     let (code, hosts, err) = dnsctl(&["--kubeconfig", path(&kc), "hosts"]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(hosts.lines().any(|l| l == "240.0.9.9 shop.web.global"), "{hosts}");
-    assert!(hosts.lines().any(|l| l == "127.255.0.3 httpbin.bar.global"), "{hosts}");
+    assert!(
+        hosts.lines().any(|l| l == "240.0.9.9 shop.web.global"),
+        "{hosts}"
+    );
+    assert!(
+        hosts.lines().any(|l| l == "127.255.0.3 httpbin.bar.global"),
+        "{hosts}"
+    );
     assert!(err.contains("key broken"), "{err}");
     // Another namespace is another store.
     let (code, _, _) = dnsctl(&[

@@ -65,6 +65,38 @@ fn cached_answers_outlive_the_upstream_with_ttls_counting_down() {
 }
 
 #[test]
+fn expired_answers_are_served_stale_only_when_the_upstream_fails() {
+    let (up, _dir) = upstream("1");
+    let upstream_flag = up.addr.to_string();
+    let common = ["--upstream", &upstream_flag, "--forward-timeout-ms", "500"];
+    let stale = GlobalDns::start(
+        &repo_zones(),
+        &[&common[..], &["--serve-stale", "60"]].concat(),
+    );
+    let strict = GlobalDns::start(&repo_zones(), &common);
+    for front in [&stale, &strict] {
+        let first = query(front.addr, "web.example.", RecordType::A, Proto::Udp);
+        assert_eq!(answer_ips(&first), ["192.0.2.80"]);
+    }
+    // While the upstream answers, an expired entry is asked again, not served stale.
+    std::thread::sleep(Duration::from_millis(1200));
+    let renewed = query(stale.addr, "web.example.", RecordType::A, Proto::Udp);
+    assert_eq!(ttl_of(&renewed), 1, "a fresh upstream answer");
+    drop(up);
+    std::thread::sleep(Duration::from_millis(1200));
+    let served = query(stale.addr, "web.example.", RecordType::A, Proto::Udp);
+    assert_eq!(served.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answer_ips(&served), ["192.0.2.80"], "served stale");
+    assert_eq!(ttl_of(&served), 30, "RFC 8767 TTL");
+    let refused = query(strict.addr, "web.example.", RecordType::A, Proto::Udp);
+    assert_eq!(
+        refused.metadata.response_code,
+        ResponseCode::ServFail,
+        "off by default"
+    );
+}
+
+#[test]
 fn a_silent_first_upstream_is_skipped_in_time() {
     let (up, _dir) = upstream("30");
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -5,6 +5,9 @@
 //! negative ones (NXDOMAIN, NODATA) for the SOA minimum (RFC 2308 §5), both capped by
 //! `max_ttl`. What is returned counts the TTLs down. SERVFAIL, truncated and unsigned-negative
 //! replies without an SOA are not kept. The cache is bounded: an entry weighs one unit per KiB.
+//!
+//! With a stale window (RFC 8767), an expired answer is kept that much longer, to be served, with
+//! a TTL of 30 s, only when the upstreams cannot answer.
 
 use std::borrow::Borrow;
 use std::sync::Arc;
@@ -63,16 +66,22 @@ struct Entry {
     ttl: Duration,
 }
 
-struct ExpireAtTtl;
+/// TTL of a stale answer (RFC 8767 §4).
+const STALE_TTL: u32 = 30;
 
-impl moka::Expiry<CacheKey, Arc<Entry>> for ExpireAtTtl {
+/// Entries leave the cache `stale` after their TTL ran out.
+struct ExpireAfterStale {
+    stale: Duration,
+}
+
+impl moka::Expiry<CacheKey, Arc<Entry>> for ExpireAfterStale {
     fn expire_after_create(
         &self,
         _: &CacheKey,
         value: &Arc<Entry>,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.ttl + self.stale)
     }
 }
 
@@ -80,18 +89,24 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for ExpireAtTtl {
 pub struct AnswerCache {
     entries: Cache<CacheKey, Arc<Entry>, foldhash::fast::RandomState>,
     max_ttl: Duration,
+    stale: Duration,
 }
 
 impl AnswerCache {
-    /// `capacity` in entries of up to 1 KiB (larger answers count for more).
-    pub fn new(capacity: u64, max_ttl: Duration) -> Self {
+    /// `capacity` in entries of up to 1 KiB (larger answers count for more); expired answers
+    /// are kept `stale` longer for [`AnswerCache::get_stale`].
+    pub fn new(capacity: u64, max_ttl: Duration, stale: Duration) -> Self {
         let entries = Cache::builder()
             .max_capacity(capacity)
             .weigher(|_: &CacheKey, e: &Arc<Entry>| 1 + (e.reply.len() / 1024) as u32)
-            .expire_after(ExpireAtTtl)
+            .expire_after(ExpireAfterStale { stale })
             // Seeded per process; SipHash was a third of a cache hit's cost.
             .build_with_hasher(foldhash::fast::RandomState::default());
-        AnswerCache { entries, max_ttl }
+        AnswerCache {
+            entries,
+            max_ttl,
+            stale,
+        }
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -101,6 +116,16 @@ impl AnswerCache {
     /// Writes the cached answer to `req` into `out`, with the client's ID and question and the
     /// TTLs counted down. False on a miss.
     pub fn get(&self, req: &Request, out: &mut Vec<u8>) -> bool {
+        self.answer(req, out, false)
+    }
+
+    /// Like [`AnswerCache::get`], also for an answer whose TTL ran out less than the stale
+    /// window ago; such an answer carries a TTL of 30 s. For when the upstreams fail.
+    pub fn get_stale(&self, req: &Request, out: &mut Vec<u8>) -> bool {
+        !self.stale.is_zero() && self.answer(req, out, true)
+    }
+
+    fn answer(&self, req: &Request, out: &mut Vec<u8>, stale_ok: bool) -> bool {
         let Some((key, len)) = pack(req) else {
             return false;
         };
@@ -108,7 +133,8 @@ impl AnswerCache {
             return false;
         };
         let elapsed = entry.stored.elapsed();
-        if elapsed >= entry.ttl {
+        let fresh = elapsed < entry.ttl;
+        if !fresh && !(stale_ok && elapsed < entry.ttl + self.stale) {
             return false;
         }
         out.clear();
@@ -117,7 +143,12 @@ impl AnswerCache {
         let spent = elapsed.as_secs() as u32;
         for &at in entry.ttl_offsets.iter() {
             let ttl = u32::from_be_bytes(out[at..at + 4].try_into().expect("4 bytes"));
-            out[at..at + 4].copy_from_slice(&ttl.saturating_sub(spent).to_be_bytes());
+            let ttl = if fresh {
+                ttl.saturating_sub(spent)
+            } else {
+                STALE_TTL
+            };
+            out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
         }
         true
     }
@@ -267,7 +298,7 @@ mod tests {
 
     #[test]
     fn positive_answers_live_for_their_smallest_ttl_and_count_down() {
-        let cache = AnswerCache::new(100, Duration::from_secs(3600));
+        let cache = AnswerCache::new(100, Duration::from_secs(3600), Duration::ZERO);
         let (req, msg) = request("www.example.");
         let key = CacheKey::of(&req).unwrap();
         cache.insert(
@@ -323,7 +354,7 @@ mod tests {
 
     #[test]
     fn max_ttl_caps_and_zero_ttl_skips() {
-        let cache = AnswerCache::new(100, Duration::from_secs(10));
+        let cache = AnswerCache::new(100, Duration::from_secs(10), Duration::ZERO);
         let (req, msg) = request("a.example.");
         let key = CacheKey::of(&req).unwrap();
         cache.insert(

@@ -1,10 +1,12 @@
-//! The caching forwarder: answers from the cache when it can, and makes concurrent identical
-//! questions share one upstream query.
+//! The caching forwarder: answers from the cache when it can, makes concurrent identical
+//! questions share one upstream query, and falls back to stale answers when the upstreams fail.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use hickory_proto::op::ResponseCode;
 use tokio::sync::watch;
+use tracing::debug;
 
 use super::cache::{AnswerCache, CacheKey, address_to};
 use super::{Forward, ForwardError, ForwardFuture};
@@ -48,6 +50,29 @@ impl CachingForwarder {
             cache,
             inflight: Mutex::default(),
         }
+    }
+
+    /// RFC 8767: when the upstreams fail (no reply, or SERVFAIL), an expired answer still in its
+    /// stale window is better than none.
+    async fn relay_or_stale(
+        &self,
+        req: &Request,
+        query: &[u8],
+        transport: Transport,
+    ) -> Result<Vec<u8>, ForwardError> {
+        let result = self.relay(req, query, transport).await;
+        let failed = match &result {
+            Ok(reply) => (reply.get(3)).is_some_and(|b| b & 0x0F == ResponseCode::ServFail.low()),
+            Err(_) => true,
+        };
+        if failed {
+            let mut out = Vec::new();
+            if self.cache.get_stale(req, &mut out) && suits(&out, req, transport) {
+                debug!("upstreams failed; answering from the stale cache");
+                return Ok(out);
+            }
+        }
+        result
     }
 
     async fn relay(
@@ -123,6 +148,6 @@ impl Forward for CachingForwarder {
         query: &'a [u8],
         transport: Transport,
     ) -> ForwardFuture<'a> {
-        Box::pin(self.relay(req, query, transport))
+        Box::pin(self.relay_or_stale(req, query, transport))
     }
 }

@@ -134,7 +134,8 @@ impl AnswerCache {
         };
         let elapsed = entry.stored.elapsed();
         let fresh = elapsed < entry.ttl;
-        if !fresh && !(stale_ok && elapsed < entry.ttl + self.stale) {
+        let usable = fresh || (stale_ok && elapsed < entry.ttl + self.stale);
+        if !usable {
             return false;
         }
         out.clear();

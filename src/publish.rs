@@ -64,8 +64,8 @@ impl Publisher {
             readiness,
             metrics,
         };
-        let replaced = this.publish(declarations).await?;
-        tokio::task::spawn_blocking(move || clean_up(Some(replaced)));
+        this.publish(declarations).await?;
+        tokio::task::spawn_blocking(release_free_memory);
         Ok(this)
     }
 
@@ -83,16 +83,15 @@ impl Publisher {
                 _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
             }
             let declarations = sources.borrow_and_update().clone();
-            let replaced = self.publish(&declarations).await;
-            if let Err(error) = &replaced {
+            if let Err(error) = self.publish(&declarations).await {
                 warn!(%error, "keeping the previous name table");
             }
-            tokio::task::spawn_blocking(move || clean_up(replaced.ok()));
+            // After publish: its scratch (catalog, host list) is freed by now.
+            tokio::task::spawn_blocking(release_free_memory);
         }
     }
 
-    /// Builds and swaps in a new table; returns the one it replaced.
-    async fn publish(&mut self, declarations: &Combined) -> Result<Arc<NameTable>, BuildError> {
+    async fn publish(&mut self, declarations: &Combined) -> Result<(), BuildError> {
         let decls = declarations.clone();
         // Merging and building are CPU work that grows with the mesh: off the runtime's threads.
         let catalog = blocking(move || Catalog::merge(decls.iter())).await;
@@ -127,7 +126,9 @@ impl Publisher {
         );
         self.metrics
             .published(table.host_count(), usage(&self.policy, &self.durable));
-        Ok(self.table.swap(Arc::new(table)))
+        let old = self.table.swap(Arc::new(table));
+        tokio::task::spawn_blocking(move || retire(old));
+        Ok(())
     }
 
     /// Stores VIPs for `wanted`; on failure keeps the last durable state and schedules a retry.
@@ -218,15 +219,6 @@ fn next_serial(previous: u32) -> u32 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32);
     now.max(previous.wrapping_add(1))
-}
-
-/// After a publish, off the runtime's threads: frees the replaced table, then hands the memory
-/// freed by the rebuild back to the OS.
-fn clean_up(replaced: Option<Arc<NameTable>>) {
-    if let Some(table) = replaced {
-        retire(table);
-    }
-    release_free_memory();
 }
 
 /// Frees a replaced table here rather than on a query thread. A query that was reading it when it

@@ -7,7 +7,11 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tracing::debug;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -155,12 +159,12 @@ impl SendBatch {
         self.queued += 1;
     }
 
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.sent == self.queued
     }
 
     /// Sends queued replies, as many as the kernel takes now; returns how many it took.
-    pub fn send(&mut self, fd: RawFd) -> io::Result<usize> {
+    fn send(&mut self, fd: RawFd) -> io::Result<usize> {
         let pending = &mut self.replies[self.sent..self.queued];
         let count = pending.len().min(BATCH);
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
@@ -185,10 +189,19 @@ impl SendBatch {
         Ok(n as usize)
     }
 
-    /// Gives up on the next queued reply (its send failed for a reason other than a full
-    /// buffer, e.g. an unreachable client).
-    pub fn skip_one(&mut self) {
-        self.advance(1);
+    /// Sends every queued reply on `socket`, waiting for buffer space if the kernel has none. A
+    /// reply whose send fails otherwise (an unreachable client, say) is given up.
+    pub async fn flush(&mut self, socket: &UdpSocket) {
+        let fd = socket.as_raw_fd();
+        while !self.is_empty() {
+            let sent = socket
+                .async_io(Interest::WRITABLE, || self.send(fd))
+                .await;
+            if let Err(error) = sent {
+                debug!(%error, "UDP send failed");
+                self.advance(1);
+            }
+        }
     }
 
     fn advance(&mut self, n: usize) {

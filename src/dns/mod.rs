@@ -1,7 +1,7 @@
 //! The DNS layer: sockets, reading queries, and writing answers from the name table.
 
 mod handler;
-mod mmsg;
+pub mod mmsg;
 pub mod request;
 pub mod response;
 mod tcp;

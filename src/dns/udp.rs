@@ -1,7 +1,6 @@
 //! The UDP listener loop: one task per socket, reading and answering queries in batches.
 
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tokio::io::Interest;
@@ -52,19 +51,6 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
                 Action::Drop => {}
             }
         }
-        flush(&socket, fd, &mut replies).await;
-    }
-}
-
-/// Sends every queued reply, waiting for buffer space if the kernel has none.
-async fn flush(socket: &UdpSocket, fd: RawFd, replies: &mut SendBatch) {
-    while !replies.is_empty() {
-        let sent: io::Result<usize> = socket
-            .async_io(Interest::WRITABLE, || replies.send(fd))
-            .await;
-        if let Err(error) = sent {
-            debug!(%error, "UDP send failed");
-            replies.skip_one();
-        }
+        replies.flush(&socket).await;
     }
 }

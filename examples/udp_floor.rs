@@ -13,7 +13,9 @@ use tokio::net::UdpSocket;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let socket = UdpSocket::bind(addr).await?;
     println!("listening on {}", socket.local_addr()?);
     let fd = socket.as_raw_fd();

@@ -194,9 +194,7 @@ impl SendBatch {
     pub async fn flush(&mut self, socket: &UdpSocket) {
         let fd = socket.as_raw_fd();
         while !self.is_empty() {
-            let sent = socket
-                .async_io(Interest::WRITABLE, || self.send(fd))
-                .await;
+            let sent = socket.async_io(Interest::WRITABLE, || self.send(fd)).await;
             if let Err(error) = sent {
                 debug!(%error, "UDP send failed");
                 self.advance(1);

@@ -125,8 +125,9 @@ fn parse_documents(origin: &str, text: &str) -> Result<Vec<Declaration>, FileErr
 }
 
 /// The parser's default budget is for one configuration file and refuses a mesh's manifests
-/// (over 1,024 documents). Counts that grow with the text are scaled to its size; the limits
-/// against alias expansion, which can outgrow any text, are kept.
+/// (over 1,024 documents). Counts that grow with the text are scaled to its size: at most one
+/// node per byte bounds what aliases can expand to by what an honest file of that size holds.
+/// The limits on aliases and anchors themselves are kept.
 fn options_for(text: &str) -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     let len = text.len();
@@ -424,6 +425,20 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
             .map(|i| format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: ns}}\nspec: {{hosts: [s{i}.global], addresses: [240.0.{}.{}]}}\n", i / 250, i % 250 + 1))
             .collect();
         assert_eq!(parse_manifest("big.yaml", &text).unwrap().len(), 3000);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        // Nine levels of ten aliases each: a billion nodes if expanded.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..10 {
+            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+            text.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+        }
+        // In a document of another kind, whose fields are skipped unread.
+        let other = format!("kind: ConfigMap\n{text}");
+        let err = parse_manifest("bomb.yaml", &other).unwrap_err().to_string();
+        assert!(err.contains("budget breached"), "{err}");
     }
 
     #[test]

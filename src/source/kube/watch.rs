@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -23,6 +23,9 @@ use crate::source::service_entry::{API_VERSIONS, ObjectMeta, ServiceEntry, Servi
 use crate::source::set::SourceSet;
 
 const GROUP: &str = "networking.istio.io";
+
+/// Events already waiting that are applied before publishing once.
+const MAX_BURST: usize = 4096;
 
 /// The newest ServiceEntry version the cluster serves.
 async fn served_version(client: &kube::Client) -> Result<&'static str, String> {
@@ -86,52 +89,98 @@ pub async fn watch_cluster(
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let origin: Arc<str> = source.as_str().into();
-    let mut current: BTreeMap<(String, String), Declaration> = BTreeMap::new();
-    let mut relist: Option<BTreeMap<(String, String), Declaration>> = None;
-    let mut restarts = 0u64;
-    // Listed at least once: from then on, the watch being up means we are in sync.
-    let mut listed = false;
-    let publish = |set: &BTreeMap<(String, String), Declaration>| {
-        sources.publish(&source, Arc::new(set.values().cloned().collect()))
+    let mut view = ClusterView {
+        id: &id,
+        origin: source.as_str().into(),
+        metrics: &metrics,
+        current: BTreeMap::new(),
+        relist: None,
+        restarts: 0,
+        listed: false,
     };
     while let Some(event) = events.next().await {
-        if event.is_ok() && listed {
-            metrics.cluster_synced(&id, true);
+        let mut change = view.apply(event);
+        // A burst (a namespace deleted, a GitOps sync) is published once: each publish copies
+        // the cluster's whole set.
+        for _ in 0..MAX_BURST {
+            let Some(Some(event)) = events.next().now_or_never() else {
+                break;
+            };
+            change = change.max(view.apply(event));
+        }
+        if change >= Change::Changed {
+            sources.publish(&source, Arc::new(view.current.values().cloned().collect()));
+        }
+        if change == Change::Synced {
+            readiness.synced(&source);
+        }
+    }
+}
+
+/// What one or more watch events did to the cluster's set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    None,
+    Changed,
+    /// Listed whole: changed, and in sync.
+    Synced,
+}
+
+/// One cluster's ServiceEntries as its watch reports them.
+struct ClusterView<'a> {
+    id: &'a str,
+    origin: Arc<str>,
+    metrics: &'a Metrics,
+    current: BTreeMap<(String, String), Declaration>,
+    relist: Option<BTreeMap<(String, String), Declaration>>,
+    restarts: u64,
+    /// Listed at least once: from then on, the watch being up means we are in sync.
+    listed: bool,
+}
+
+impl ClusterView<'_> {
+    fn apply(&mut self, event: Result<watcher::Event<DynamicObject>, watcher::Error>) -> Change {
+        let id = self.id;
+        if event.is_ok() && self.listed {
+            self.metrics.cluster_synced(id, true);
         }
         match event {
-            Ok(watcher::Event::Init) => relist = Some(BTreeMap::new()),
+            Ok(watcher::Event::Init) => {
+                self.relist = Some(BTreeMap::new());
+                Change::None
+            }
             Ok(watcher::Event::InitApply(object)) => {
                 if let (Some(buffer), Some((key, decl))) =
-                    (relist.as_mut(), read(&id, &origin, object))
+                    (self.relist.as_mut(), read(id, &self.origin, object))
                 {
                     buffer.insert(key, decl);
                 }
+                Change::None
             }
             Ok(watcher::Event::InitDone) => {
-                current = relist.take().unwrap_or_default();
-                publish(&current);
-                readiness.synced(&source);
-                listed = true;
-                metrics.cluster_synced(&id, true);
-                info!(cluster = %id, entries = current.len(), "ServiceEntries synced");
+                self.current = self.relist.take().unwrap_or_default();
+                self.listed = true;
+                self.metrics.cluster_synced(id, true);
+                info!(cluster = %id, entries = self.current.len(), "ServiceEntries synced");
+                Change::Synced
             }
             Ok(watcher::Event::Apply(object)) => {
                 let key = key_of(&object);
-                match read(&id, &origin, object) {
-                    Some((_, decl)) => current.insert(key, decl),
-                    None => current.remove(&key),
+                match read(id, &self.origin, object) {
+                    Some((_, decl)) => self.current.insert(key, decl),
+                    None => self.current.remove(&key),
                 };
-                publish(&current);
+                Change::Changed
             }
             Ok(watcher::Event::Delete(object)) => {
-                current.remove(&key_of(&object));
-                publish(&current);
+                self.current.remove(&key_of(&object));
+                Change::Changed
             }
             Err(error) => {
-                restarts += 1;
-                metrics.cluster_watch_restarted(&id);
-                warn!(cluster = %id, %error, restarts, "ServiceEntry watch failed; retrying and serving the last-known entries");
+                self.restarts += 1;
+                self.metrics.cluster_watch_restarted(id);
+                warn!(cluster = %id, %error, restarts = self.restarts, "ServiceEntry watch failed; retrying and serving the last-known entries");
+                Change::None
             }
         }
     }

@@ -50,6 +50,7 @@ struct Shared {
     watch_generation: watch::Sender<u64>,
     bookmark_every: Duration,
     writes: AtomicU64,
+    reads: AtomicU64,
     requests: AtomicU64,
 }
 
@@ -76,6 +77,7 @@ impl ApiServer {
             watch_generation,
             bookmark_every: Duration::from_millis(500),
             writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -133,6 +135,11 @@ impl ApiServer {
     /// Write requests (POST, PUT, PATCH, DELETE) served so far, failed ones included.
     pub fn writes(&self) -> u64 {
         self.shared.writes.load(Ordering::SeqCst)
+    }
+
+    /// Gets and lists served so far (watches not counted).
+    pub fn reads(&self) -> u64 {
+        self.shared.reads.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> u64 {
@@ -256,6 +263,12 @@ async fn handle(
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) {
         sim.writes.fetch_add(1, Ordering::SeqCst);
+    }
+    let watching = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true"));
+    if method == Method::GET && !watching {
+        sim.reads.fetch_add(1, Ordering::SeqCst);
     }
     let latency = sim.faults.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {

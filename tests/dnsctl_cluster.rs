@@ -80,11 +80,12 @@ async fn allocate_get_list_check_through_configmaps() {
             .all(|cm| cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "globaldns")
     );
     // /etc/hosts lines: the allocations plus the cluster's ServiceEntries with addresses.
-    sim.ensure_namespace("bar");
-    let entry = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-        "metadata": {"name": "httpbin", "namespace": "bar"},
-        "spec": {"hosts": ["httpbin.bar.global", "www.example.com"], "addresses": ["127.255.0.3"]}});
-    sim.put_object("networking.istio.io", "serviceentries", "bar", entry);
+    sim.put_service_entry(
+        "bar",
+        "httpbin",
+        &["httpbin.bar.global", "www.example.com"],
+        &["127.255.0.3"],
+    );
     let (code, hosts, err) = dnsctl(&["--kubeconfig", path(&kc), "hosts"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -104,11 +105,7 @@ async fn allocate_get_list_check_through_configmaps() {
     // Remote clusters are found through the remote secrets, as the server finds them; one that
     // cannot be read is named and left out.
     let remote = ApiServer::start().await;
-    remote.ensure_namespace("web");
-    let entry = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-        "metadata": {"name": "shop", "namespace": "web"},
-        "spec": {"hosts": ["shop.web.global"], "addresses": ["240.0.9.9"]}});
-    remote.put_object("networking.istio.io", "serviceentries", "web", entry);
+    remote.put_service_entry("web", "shop", &["shop.web.global"], &["240.0.9.9"]);
     let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "istio-remote-secret-west", "namespace": "istio-system",
             "labels": {"istio/multiCluster": "true"}},

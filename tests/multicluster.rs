@@ -15,16 +15,6 @@ use support::*;
 
 const WITHIN: Duration = Duration::from_secs(5);
 
-fn service_entry(sim: &ApiServer, ns: &str, name: &str, hosts: &[&str], addresses: &[&str]) {
-    let mut spec = json!({"hosts": hosts, "location": "MESH_INTERNAL", "resolution": "DNS"});
-    if !addresses.is_empty() {
-        spec["addresses"] = json!(addresses);
-    }
-    let object = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": name, "namespace": ns}, "spec": spec});
-    sim.ensure_namespace(ns);
-    sim.put_object("networking.istio.io", "serviceentries", ns, object);
-}
-
 fn remove_entry(sim: &ApiServer, ns: &str, name: &str) {
     sim.remove_object("networking.istio.io", "serviceentries", ns, name);
 }
@@ -78,25 +68,17 @@ fn stored_hosts(sim: &ApiServer) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_clusters_resolve_and_share_one_vip_per_host() {
     let (a, b) = (ApiServer::start().await, ApiServer::start().await);
-    service_entry(
-        &a,
+    a.put_service_entry(
         "default",
         "reviews",
         &["reviews.default.global"],
         &["240.0.0.3"],
     );
-    service_entry(
-        &b,
-        "prod",
-        "ratings",
-        &["ratings.prod.global"],
-        &["240.0.0.4"],
-    );
-    service_entry(&a, "foo", "sleep", &["sleep.foo.global"], &[]);
-    service_entry(&b, "foo", "sleep-too", &["sleep.foo.global"], &[]);
+    b.put_service_entry("prod", "ratings", &["ratings.prod.global"], &["240.0.0.4"]);
+    a.put_service_entry("foo", "sleep", &["sleep.foo.global"], &[]);
+    b.put_service_entry("foo", "sleep-too", &["sleep.foo.global"], &[]);
     // Conflicting explicit addresses: the first in (cluster, namespace, name) order wins.
-    service_entry(
-        &b,
+    b.put_service_entry(
         "default",
         "reviews-b",
         &["reviews.default.global"],
@@ -138,7 +120,7 @@ async fn two_clusters_resolve_and_share_one_vip_per_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_context_moves_the_allocations() {
     let (a, b) = (ApiServer::start().await, ApiServer::start().await);
-    service_entry(&a, "foo", "sleep", &["sleep.foo.global"], &[]);
+    a.put_service_entry("foo", "sleep", &["sleep.foo.global"], &[]);
     b.ensure_namespace("mesh-dns");
     let dir = tempfile::tempdir().unwrap();
     let kc = write_kubeconfig(dir.path(), &[("a", &a), ("b", &b)]);
@@ -169,18 +151,18 @@ async fn live_changes_show_within_seconds() {
         &write_kubeconfig(dir.path(), &[("a", &a), ("b", &b)]),
     );
     assert!(nxdomain(&server, "web.foo.global."));
-    service_entry(&b, "foo", "web", &["web.foo.global"], &["240.0.0.50"]);
+    b.put_service_entry("foo", "web", &["web.foo.global"], &["240.0.0.50"]);
     assert!(
         eventually(WITHIN, || ips(&server, "web.foo.global.") == ["240.0.0.50"]),
         "added"
     );
-    service_entry(&b, "foo", "web", &["web.foo.global"], &["240.0.0.51"]);
+    b.put_service_entry("foo", "web", &["web.foo.global"], &["240.0.0.51"]);
     assert!(
         eventually(WITHIN, || ips(&server, "web.foo.global.") == ["240.0.0.51"]),
         "changed"
     );
     // A malformed entry is skipped with a log line; everything else keeps resolving.
-    service_entry(&b, "foo", "bad", &["bad.foo.global"], &["not-an-ip"]);
+    b.put_service_entry("foo", "bad", &["bad.foo.global"], &["not-an-ip"]);
     assert!(eventually(WITHIN, || server
         .log_text()
         .contains("skipping ServiceEntry")));
@@ -194,7 +176,7 @@ async fn live_changes_show_within_seconds() {
         .log_text()
         .contains("expected u16")));
     assert!(nxdomain(&server, "port.foo.global."));
-    service_entry(&b, "foo", "later", &["later.foo.global"], &["240.0.0.53"]);
+    b.put_service_entry("foo", "later", &["later.foo.global"], &["240.0.0.53"]);
     assert!(eventually(WITHIN, || ips(&server, "later.foo.global.")
         == ["240.0.0.53"]));
     remove_entry(&b, "foo", "web");
@@ -203,14 +185,14 @@ async fn live_changes_show_within_seconds() {
         "deleted"
     );
     // Deleted everywhere: gone, but its VIP is held for the grace period.
-    service_entry(&a, "foo", "auto", &["auto.foo.global"], &[]);
+    a.put_service_entry("foo", "auto", &["auto.foo.global"], &[]);
     assert!(eventually(WITHIN, || ips(&server, "auto.foo.global.")
         .len()
         == 1));
     let vip = ips(&server, "auto.foo.global.");
     remove_entry(&a, "foo", "auto");
     assert!(eventually(WITHIN, || nxdomain(&server, "auto.foo.global.")));
-    service_entry(&b, "foo", "auto-again", &["auto.foo.global"], &[]);
+    b.put_service_entry("foo", "auto-again", &["auto.foo.global"], &[]);
     assert!(
         eventually(WITHIN, || ips(&server, "auto.foo.global.") == vip),
         "same VIP within grace"
@@ -220,8 +202,7 @@ async fn live_changes_show_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn remote_secrets_add_and_remove_clusters() {
     let (a, c) = (ApiServer::start().await, ApiServer::start().await);
-    service_entry(
-        &c,
+    c.put_service_entry(
         "default",
         "only-c",
         &["only-c.default.global"],
@@ -260,7 +241,7 @@ async fn remote_secrets_add_and_remove_clusters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropped_watches_and_410_relist_and_catch_up() {
     let (a, b) = (ApiServer::start().await, ApiServer::start().await);
-    service_entry(&b, "ns", "old", &["old.ns.global"], &["240.0.0.60"]);
+    b.put_service_entry("ns", "old", &["old.ns.global"], &["240.0.0.60"]);
     let dir = tempfile::tempdir().unwrap();
     let server = start(
         dir.path(),
@@ -271,7 +252,7 @@ async fn dropped_watches_and_410_relist_and_catch_up() {
     b.fail_next(2);
     b.drop_watches();
     remove_entry(&b, "ns", "old");
-    service_entry(&b, "ns", "new", &["new.ns.global"], &["240.0.0.61"]);
+    b.put_service_entry("ns", "new", &["new.ns.global"], &["240.0.0.61"]);
     b.compact();
     // kube-runtime backs off after each failure (0.8 s, doubling), so recovery takes seconds.
     let within = Duration::from_secs(20);
@@ -289,8 +270,8 @@ async fn dropped_watches_and_410_relist_and_catch_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unreachable_cluster_keeps_its_last_known_names() {
     let (a, b) = (ApiServer::start().await, ApiServer::start().await);
-    service_entry(&a, "ns", "on-a", &["on-a.ns.global"], &["240.0.0.70"]);
-    service_entry(&b, "ns", "on-b", &["on-b.ns.global"], &["240.0.0.71"]);
+    a.put_service_entry("ns", "on-a", &["on-a.ns.global"], &["240.0.0.70"]);
+    b.put_service_entry("ns", "on-b", &["on-b.ns.global"], &["240.0.0.71"]);
     let dir = tempfile::tempdir().unwrap();
     let server = start(
         dir.path(),
@@ -309,7 +290,7 @@ async fn an_unreachable_cluster_keeps_its_last_known_names() {
         assert_eq!(ips(&server, "on-a.ns.global."), ["240.0.0.70"]);
         std::thread::sleep(Duration::from_millis(200));
     }
-    service_entry(&a, "ns", "later", &["later.ns.global"], &["240.0.0.72"]);
+    a.put_service_entry("ns", "later", &["later.ns.global"], &["240.0.0.72"]);
     assert!(
         eventually(WITHIN, || ips(&server, "later.ns.global.")
             == ["240.0.0.72"]),
@@ -332,7 +313,7 @@ async fn two_replicas_agree_on_fifty_new_hosts() {
     let hosts: Vec<String> = (0..50).map(|i| format!("new{i}.ns.global")).collect();
     for (i, host) in hosts.iter().enumerate() {
         let cluster = if i % 2 == 0 { &a } else { &b };
-        service_entry(cluster, "ns", &format!("new{i}"), &[host], &[]);
+        cluster.put_service_entry("ns", &format!("new{i}"), &[host], &[]);
     }
     let resolved = |server: &GlobalDns| -> Option<Vec<String>> {
         let answers: Vec<Vec<String>> = hosts

@@ -195,6 +195,19 @@ impl ApiServer {
             .delete(&(kind, namespace.to_string(), name.to_string()), None);
     }
 
+    /// Creates or replaces a ServiceEntry (its namespace too); `addresses` empty leaves
+    /// `spec.addresses` out, so its hosts need VIPs.
+    pub fn put_service_entry(&self, ns: &str, name: &str, hosts: &[&str], addresses: &[&str]) {
+        let mut spec = json!({"hosts": hosts, "location": "MESH_INTERNAL", "resolution": "DNS"});
+        if !addresses.is_empty() {
+            spec["addresses"] = json!(addresses);
+        }
+        let object = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        self.ensure_namespace(ns);
+        self.put_object("networking.istio.io", "serviceentries", ns, object);
+    }
+
     /// Creates or replaces an object directly, bypassing validation of preconditions (to plant
     /// data a client would not write, such as a corrupted shard).
     pub fn put_object(&self, group: &str, plural: &str, namespace: &str, object: Value) {

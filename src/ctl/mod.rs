@@ -20,7 +20,7 @@ use crate::alloc::{
 };
 use crate::cluster::one_line;
 use crate::source::Declaration;
-use crate::source::kube::{clusters_in, list_cluster, remote_secrets};
+use crate::source::kube::{clusters_in, list_cluster, owner_of, remote_secrets};
 
 /// Operate globaldns: allocate, pin, release and inspect the VIPs of `.global` hosts.
 #[derive(Parser, Debug)]
@@ -193,10 +193,7 @@ async fn remote_declarations(client: kube::Client, namespace: &str) -> Vec<Decla
     };
     let mut declared = Vec::new();
     for secret in &secrets {
-        let owner = format!(
-            "secret {namespace}/{}",
-            secret.metadata.name.as_deref().unwrap_or("")
-        );
+        let owner = owner_of(namespace, secret);
         for remote in clusters_in(&owner, secret).await {
             let listed = match remote.client {
                 Ok(client) => list_cluster(&remote.id, client).await,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{error, info};
 
 pub use secrets::{
-    REMOTE_SECRET_LABEL, RemoteCluster, clusters_in, remote_secrets, watch_remote_secrets,
+    REMOTE_SECRET_LABEL, RemoteCluster, clusters_in, owner_of, remote_secrets, watch_remote_secrets,
 };
 pub use watch::list_cluster;
 

@@ -58,7 +58,8 @@ pub async fn watch_remote_secrets(
     }
 }
 
-fn owner_of(namespace: &str, secret: &Secret) -> String {
+/// How a remote secret is named in cluster registrations and messages.
+pub fn owner_of(namespace: &str, secret: &Secret) -> String {
     format!(
         "secret {namespace}/{}",
         secret.metadata.name.as_deref().unwrap_or("")

@@ -82,9 +82,9 @@ pub fn list(state: &AllocState, format: Format) -> String {
     }
 }
 
-/// Lines for /etc/hosts, as Istio's VM guide adds for `.global` names; released hosts left out.
-/// `/etc/hosts` lines: hosts declared with addresses, then allocated VIPs. Wildcard hosts
-/// cannot be written there; they are named in a comment.
+/// `/etc/hosts` lines, as Istio's VM guide adds for `.global` names: hosts declared with
+/// addresses, then allocated VIPs (released ones left out). Wildcard hosts cannot be written
+/// there; they are named in a comment.
 pub fn etc_hosts(state: &AllocState, explicit: &[HostEntry], source: &str) -> String {
     let mut out = String::new();
     if !explicit.is_empty() {

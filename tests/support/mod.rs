@@ -13,6 +13,7 @@ use hickory_proto::op::{Edns, Message, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 
 pub mod apiserver;
+pub mod kube;
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 

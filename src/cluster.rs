@@ -99,3 +99,35 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
     }
     text.replace('\n', " ")
 }
+
+/// kube-runtime's watcher of `api`, with client-go's backoff on failures (0.8 s doubling to
+/// 30 s, jittered), except that 410 Gone is not a failure: it means the resourceVersion the watch
+/// resumed from was compacted away, and the watcher relists at once. After every API server
+/// restart each resumed watch gets one; backing off on it would leave the changes made during
+/// the outage unseen for one more backoff step after the server is back. `what` names the watch
+/// in the log line that reports the relist.
+pub fn relisting_watcher<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+    what: String,
+) -> futures::stream::BoxStream<
+    'static,
+    kube::runtime::watcher::Result<kube::runtime::watcher::Event<K>>,
+>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::watcher::{Error, watcher};
+    watcher(api, config)
+        .filter(move |event| {
+            let expired = matches!(event, Err(Error::WatchError(status)) if status.code == 410);
+            if let (true, Err(error)) = (expired, event) {
+                tracing::info!(watch = %what, %error, "resourceVersion expired (410 Gone); relisting");
+            }
+            std::future::ready(!expired)
+        })
+        .default_backoff()
+        .boxed()
+}

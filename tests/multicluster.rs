@@ -59,7 +59,12 @@ fn stored_hosts(cluster: &Cluster, ns: &str) -> BTreeSet<String> {
     cluster
         .objects("configmaps", ns)
         .into_iter()
-        .filter(|cm| cm["metadata"]["name"].as_str().unwrap().starts_with("globaldns-vips-"))
+        .filter(|cm| {
+            cm["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("globaldns-vips-")
+        })
         .flat_map(|cm| {
             cm["data"]
                 .as_object()
@@ -253,7 +258,8 @@ fn remote_secrets_add_and_remove_clusters_live() {
     let secret_b = remote_secret("istio-remote-secret-b", &[("cluster-b", b.kubeconfig("b"))]);
     a.kubectl_input(&["apply", "-n", "mc4-dns", "-f", "-"], Some(&secret_b));
     assert!(
-        eventually(WITHIN, || ips(&server, "only-b.mc4.global.") == ["240.0.4.20"]),
+        eventually(WITHIN, || ips(&server, "only-b.mc4.global.")
+            == ["240.0.4.20"]),
         "second cluster added: {}",
         server.log_text()
     );
@@ -319,7 +325,13 @@ fn two_replicas_agree_on_fifty_new_hosts() {
         let mut manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mc5}\n".to_string();
         for (i, host) in hosts.iter().enumerate().filter(|(i, _)| i % 2 == parity) {
             manifest.push_str("---\n");
-            manifest.push_str(&service_entry_yaml("v1", "mc5", &format!("new{i}"), &[host], &[]));
+            manifest.push_str(&service_entry_yaml(
+                "v1",
+                "mc5",
+                &format!("new{i}"),
+                &[host],
+                &[],
+            ));
         }
         cluster.apply(&manifest);
     }

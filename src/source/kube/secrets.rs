@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use sha2::{Digest, Sha256};
 use tracing::{error, warn};
 
@@ -24,9 +24,11 @@ pub async fn watch_remote_secrets(
     clusters: Arc<ClusterSet>,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
-    let mut events = watcher(api, watcher::Config::default().labels(REMOTE_SECRET_LABEL))
-        .default_backoff()
-        .boxed();
+    let mut events = crate::cluster::relisting_watcher(
+        api,
+        watcher::Config::default().labels(REMOTE_SECRET_LABEL),
+        format!("remote secrets in {namespace}"),
+    );
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut relisted: Option<BTreeSet<String>> = None;
     while let Some(event) = events.next().await {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -86,9 +86,11 @@ pub async fn watch_cluster(
     };
     info!(cluster = %id, version, "watching ServiceEntries");
     let api = service_entries(client, version);
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut events = crate::cluster::relisting_watcher(
+        api,
+        watcher::Config::default(),
+        format!("ServiceEntries of cluster {id}"),
+    );
     let mut view = ClusterView {
         id: &id,
         origin: source.as_str().into(),

@@ -169,7 +169,10 @@ impl Cluster {
             .arg(format!("--bind-address={}", self.ip))
             .arg(format!("--advertise-address={}", self.ip))
             .arg(format!("--secure-port={}", self.api.port()))
-            .arg(format!("--cert-dir={}", file(&self.dir.path().join("certs"))))
+            .arg(format!(
+                "--cert-dir={}",
+                file(&self.dir.path().join("certs"))
+            ))
             .arg(format!("--tls-cert-file={}", file(&pki.serving_cert)))
             .arg(format!("--tls-private-key-file={}", file(&pki.serving_key)))
             .arg(format!("--client-ca-file={}", file(&pki.ca_cert)))
@@ -220,6 +223,12 @@ impl Cluster {
         self.etcdctl(&["compact", &revision.to_string(), "--physical"]);
     }
 
+    /// Deletes `key` straight from etcd, behind the API server's back (as a restore or a
+    /// storage fault would); panics unless exactly that key went.
+    pub fn etcd_delete(&self, key: &str) {
+        assert_eq!(self.etcdctl(&["del", key]).trim(), "1", "etcd key {key}");
+    }
+
     fn etcdctl(&self, args: &[&str]) -> String {
         let out = Command::new(bin("etcdctl"))
             .arg(format!("--endpoints={}", self.etcd_url))
@@ -251,7 +260,12 @@ impl Cluster {
 
     /// Runs kubectl as admin with `input` on its standard input.
     pub fn kubectl_input(&self, args: &[&str], input: Option<&str>) -> Output {
-        kubectl(&self.admin_kubeconfig(), &self.dir.path().join("cache"), args, input)
+        kubectl(
+            &self.admin_kubeconfig(),
+            &self.dir.path().join("cache"),
+            args,
+            input,
+        )
     }
 
     /// Runs kubectl as admin; its standard output, panicking with its error when it fails.
@@ -267,7 +281,9 @@ impl Cluster {
 
     /// Creates namespace `name` unless it exists.
     pub fn ensure_namespace(&self, name: &str) {
-        self.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"));
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"
+        ));
     }
 
     /// Creates or replaces a `networking.istio.io/v1` ServiceEntry in `ns` (created too);

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
@@ -282,7 +282,11 @@ impl ConfigMapStore {
         let (rx, _) = self.changes.get_or_init(|| {
             let (tx, rx) = watch::channel(0u64);
             let config = watcher::Config::default().labels(&Self::selector());
-            let mut events = watcher(self.api.clone(), config).default_backoff().boxed();
+            let mut events = crate::cluster::relisting_watcher(
+                self.api.clone(),
+                config,
+                "allocation ConfigMaps".to_string(),
+            );
             let cache = self.cache.clone();
             let task = tokio::spawn(async move {
                 while let Some(event) = events.next().await {

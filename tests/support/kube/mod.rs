@@ -187,7 +187,13 @@ impl Cluster {
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             // No controller-manager creates `default` ServiceAccounts for pods to use.
             .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--profiling=false");
+            .arg("--profiling=false")
+            // Every request, without bodies, for tests that count what a client asked.
+            .arg(format!(
+                "--audit-policy-file={}",
+                file(&self.audit_policy())
+            ))
+            .arg(format!("--audit-log-path={}", file(&self.audit_log())));
         let mut proc = Proc::spawn(
             "kube-apiserver",
             cmd,
@@ -203,6 +209,35 @@ impl Cluster {
             proc.log_tail()
         );
         *slot = Some(proc);
+    }
+
+    fn audit_policy(&self) -> PathBuf {
+        let path = self.dir.path().join("audit-policy.yaml");
+        let policy = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n";
+        std::fs::write(&path, policy).unwrap();
+        path
+    }
+
+    fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// Requests served so far on objects in namespace `ns` (watches and the admin's own, such
+    /// as kubectl's, left out), from the API server's audit log: `(verb, resource)` each.
+    pub fn requests_in(&self, ns: &str) -> Vec<(String, String)> {
+        let log = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|e| e["stage"] == "ResponseComplete" && e["objectRef"]["namespace"] == ns)
+            .filter(|e| {
+                let agent = e["userAgent"].as_str().unwrap_or_default();
+                e["verb"] != "watch" && !agent.starts_with("kubectl/")
+            })
+            .map(|e| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (text(&e["verb"]), text(&e["objectRef"]["resource"]))
+            })
+            .collect()
     }
 
     /// Stops the API server (SIGTERM, as a restart would); etcd keeps running.

@@ -1,4 +1,5 @@
-//! dnsctl against a cluster (the API simulator): the ConfigMap store from the command line.
+//! dnsctl against a real cluster (tests/support/kube): the ConfigMap store from the command line.
+//! The clusters are shared by this file's tests; each keeps its shards in a namespace of its own.
 
 mod support;
 
@@ -6,16 +7,15 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::apiserver::ApiServer;
+use support::kube::{Cluster, kubeconfig, shared};
 
-/// Runs dnsctl without blocking the runtime that serves the simulator.
-async fn dnsctl(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dnsctl"))
+/// Runs dnsctl with no kubeconfig but what `args` name.
+fn dnsctl(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnsctl"))
         .args(args)
         .env_remove("KUBECONFIG")
         .env("HOME", "/nonexistent")
         .output()
-        .await
         .unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (
@@ -29,20 +29,30 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allocate_get_list_check_through_configmaps() {
-    let sim = ApiServer::start().await;
+/// A kubeconfig for `cluster` (context "primary") in `dir`, and namespace `ns` created.
+fn setup(cluster: &Cluster, dir: &Path, ns: &str) -> std::path::PathBuf {
+    let kc = dir.join("kubeconfig");
+    std::fs::write(&kc, cluster.kubeconfig("primary")).unwrap();
+    cluster.ensure_namespace(ns);
+    kc
+}
+
+#[test]
+fn allocate_get_list_check_through_configmaps() {
+    let c = shared(2);
+    let (cluster, remote) = (c[0], c[1]);
+    let ns = "ctl-basics";
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kc, "primary");
+    let kc = setup(cluster, dir.path(), ns);
     let (code, out, err) = dnsctl(&[
         "--kubeconfig",
         path(&kc),
+        "-n",
+        ns,
         "allocate",
         "reviews.default.global",
         "*.apps.global",
-    ])
-    .await;
+    ]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -53,21 +63,22 @@ async fn allocate_get_list_check_through_configmaps() {
     let (_, again, _) = dnsctl(&[
         "--kubeconfig",
         path(&kc),
+        "-n",
+        ns,
         "allocate",
         "reviews.default.global",
         "*.apps.global",
-    ])
-    .await;
+    ]);
     assert_eq!(again, out);
-    let (code, get, _) = dnsctl(&["--kubeconfig", path(&kc), "get", "*.apps.global"]).await;
+    let (code, get, _) = dnsctl(&["--kubeconfig", path(&kc), "-n", ns, "get", "*.apps.global"]);
     assert_eq!(code, 0);
     assert!(get.ends_with(" pinned\n"), "{get}");
-    let (_, json, _) = dnsctl(&["--kubeconfig", path(&kc), "list", "-o", "json"]).await;
+    let (_, json, _) = dnsctl(&["--kubeconfig", path(&kc), "-n", ns, "list", "-o", "json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
     assert_eq!(rows.len(), 2);
-    assert_eq!(dnsctl(&["--kubeconfig", path(&kc), "check"]).await.0, 0);
+    assert_eq!(dnsctl(&["--kubeconfig", path(&kc), "-n", ns, "check"]).0, 0);
     // The wildcard lives under an encoded key in a labelled shard.
-    let shards = sim.objects("", "configmaps", "istio-system");
+    let shards = cluster.objects("configmaps", ns);
     assert!(!shards.is_empty());
     assert!(
         shards
@@ -80,16 +91,18 @@ async fn allocate_get_list_check_through_configmaps() {
             .all(|cm| cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "globaldns")
     );
     // /etc/hosts lines: the allocations plus the cluster's ServiceEntries with addresses.
-    sim.put_service_entry(
-        "bar",
+    cluster.put_service_entry(
+        "ctl-bar",
         "httpbin",
-        &["httpbin.bar.global", "www.example.com"],
+        &["httpbin.ctl-bar.global", "www.example.com"],
         &["127.255.0.3"],
     );
-    let (code, hosts, err) = dnsctl(&["--kubeconfig", path(&kc), "hosts"]).await;
+    let (code, hosts, err) = dnsctl(&["--kubeconfig", path(&kc), "-n", ns, "hosts"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        hosts.lines().any(|l| l == "127.255.0.3 httpbin.bar.global"),
+        hosts
+            .lines()
+            .any(|l| l == "127.255.0.3 httpbin.ctl-bar.global"),
         "{hosts}"
     );
     assert!(
@@ -104,21 +117,22 @@ async fn allocate_get_list_check_through_configmaps() {
     );
     // Remote clusters are found through the remote secrets, as the server finds them; one that
     // cannot be read is named and left out.
-    let remote = ApiServer::start().await;
-    remote.put_service_entry("web", "shop", &["shop.web.global"], &["240.0.9.9"]);
+    remote.put_service_entry("ctl-web", "shop", &["shop.ctl-web.global"], &["240.0.9.9"]);
     let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "istio-remote-secret-west", "namespace": "istio-system",
+        "metadata": {"name": "istio-remote-secret-west", "namespace": ns,
             "labels": {"istio/multiCluster": "true"}},
         "stringData": {"west": remote.kubeconfig("west"), "broken": "clusters: [unclosed"}});
-    sim.put_object("", "secrets", "istio-system", secret);
-    let (code, hosts, err) = dnsctl(&["--kubeconfig", path(&kc), "hosts"]).await;
+    cluster.apply(&secret.to_string());
+    let (code, hosts, err) = dnsctl(&["--kubeconfig", path(&kc), "-n", ns, "hosts"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        hosts.lines().any(|l| l == "240.0.9.9 shop.web.global"),
+        hosts.lines().any(|l| l == "240.0.9.9 shop.ctl-web.global"),
         "{hosts}"
     );
     assert!(
-        hosts.lines().any(|l| l == "127.255.0.3 httpbin.bar.global"),
+        hosts
+            .lines()
+            .any(|l| l == "127.255.0.3 httpbin.ctl-bar.global"),
         "{hosts}"
     );
     assert!(err.contains("key broken"), "{err}");
@@ -130,17 +144,15 @@ async fn allocate_get_list_check_through_configmaps() {
         "default",
         "get",
         "reviews.default.global",
-    ])
-    .await;
+    ]);
     assert_eq!(code, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_concurrent_processes_get_300_distinct_vips() {
-    let sim = ApiServer::start().await;
+#[test]
+fn three_concurrent_processes_get_300_distinct_vips() {
+    let ns = "ctl-concurrent";
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kc, "primary");
+    let kc = setup(shared(1)[0], dir.path(), ns);
     let mut runs = Vec::new();
     for w in 0..3 {
         let list = dir.path().join(format!("w{w}.txt"));
@@ -152,20 +164,21 @@ async fn three_concurrent_processes_get_300_distinct_vips() {
         )
         .unwrap();
         let kc = kc.clone();
-        runs.push(tokio::spawn(async move {
+        runs.push(std::thread::spawn(move || {
             dnsctl(&[
                 "--kubeconfig",
                 path(&kc),
+                "-n",
+                ns,
                 "allocate",
                 "--from-file",
                 path(&list),
             ])
-            .await
         }));
     }
     let mut vips = BTreeSet::new();
     for run in runs {
-        let (code, out, err) = run.await.unwrap();
+        let (code, out, err) = run.join().unwrap();
         assert_eq!(code, 0, "{err}");
         vips.extend(
             out.lines()
@@ -173,7 +186,7 @@ async fn three_concurrent_processes_get_300_distinct_vips() {
         );
     }
     assert_eq!(vips.len(), 300);
-    let (code, out, _) = dnsctl(&["--kubeconfig", path(&kc), "check"]).await;
+    let (code, out, _) = dnsctl(&["--kubeconfig", path(&kc), "-n", ns, "check"]);
     assert_eq!(
         (code, out.as_str()),
         (
@@ -183,31 +196,33 @@ async fn three_concurrent_processes_get_300_distinct_vips() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contexts_pick_the_cluster() {
-    let (a, b) = (ApiServer::start().await, ApiServer::start().await);
+#[test]
+fn contexts_pick_the_cluster() {
+    let c = shared(2);
+    let (a, b) = (c[0], c[1]);
+    let ns = "ctl-contexts";
+    a.ensure_namespace(ns);
+    b.ensure_namespace(ns);
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
     // One kubeconfig, two contexts; the current one is "a".
-    let combined = support::apiserver::kubeconfig(&[("a", a.addr), ("b", b.addr)], "a");
-    std::fs::write(&kc, combined).unwrap();
+    std::fs::write(&kc, kubeconfig(&[("a", a), ("b", b)], "a")).unwrap();
     assert_eq!(
         dnsctl(&[
             "--kubeconfig",
             path(&kc),
+            "-n",
+            ns,
             "--context",
             "b",
             "allocate",
             "only-b.global"
         ])
-        .await
         .0,
         0
     );
     assert_eq!(
-        dnsctl(&["--kubeconfig", path(&kc), "get", "only-b.global"])
-            .await
-            .0,
+        dnsctl(&["--kubeconfig", path(&kc), "-n", ns, "get", "only-b.global"]).0,
         1,
         "not in the current context"
     );
@@ -215,22 +230,32 @@ async fn contexts_pick_the_cluster() {
         dnsctl(&[
             "--kubeconfig",
             path(&kc),
+            "-n",
+            ns,
             "--context",
             "b",
             "get",
             "only-b.global"
         ])
-        .await
         .0,
         0
     );
-    let (code, _, err) = dnsctl(&["--kubeconfig", path(&kc), "--context", "nope", "list"]).await;
+    let (code, _, err) = dnsctl(&[
+        "--kubeconfig",
+        path(&kc),
+        "-n",
+        ns,
+        "--context",
+        "nope",
+        "list",
+    ]);
     assert_eq!(code, 4);
     assert!(err.contains("nope") && err.lines().count() == 1, "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_kubeconfigs_and_dead_clusters_fail_in_one_line() {
+#[test]
+fn broken_kubeconfigs_and_dead_clusters_fail_in_one_line() {
+    let ns = "ctl-broken";
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken");
     std::fs::write(
@@ -238,7 +263,7 @@ async fn broken_kubeconfigs_and_dead_clusters_fail_in_one_line() {
         "apiVersion: v1\nkind: Config\nclusters: [unclosed\n",
     )
     .unwrap();
-    let (code, out, err) = dnsctl(&["--kubeconfig", path(&broken), "list"]).await;
+    let (code, out, err) = dnsctl(&["--kubeconfig", path(&broken), "list"]);
     assert_eq!(code, 4);
     assert!(
         out.is_empty() && err.starts_with("dnsctl: kubeconfig ") && err.lines().count() == 1,
@@ -247,7 +272,7 @@ async fn broken_kubeconfigs_and_dead_clusters_fail_in_one_line() {
     assert!(!err.contains("panicked"));
 
     let missing = dir.path().join("missing");
-    let (code, _, err) = dnsctl(&["--kubeconfig", path(&missing), "list"]).await;
+    let (code, _, err) = dnsctl(&["--kubeconfig", path(&missing), "list"]);
     assert_eq!(code, 4);
     assert!(err.contains("missing") && err.lines().count() == 1, "{err}");
 
@@ -259,7 +284,7 @@ async fn broken_kubeconfigs_and_dead_clusters_fail_in_one_line() {
     let kc = dir.path().join("dead");
     std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: d\n  cluster: {{server: http://{dead}}}\nusers:\n- name: d\n  user: {{}}\ncontexts:\n- name: d\n  context: {{cluster: d, user: d}}\ncurrent-context: d\n")).unwrap();
     let started = Instant::now();
-    let (code, _, err) = dnsctl(&["--kubeconfig", path(&kc), "allocate", "a.global"]).await;
+    let (code, _, err) = dnsctl(&["--kubeconfig", path(&kc), "-n", ns, "allocate", "a.global"]);
     assert_eq!(code, 4);
     assert!(
         err.contains("unavailable") && err.lines().count() == 1,
@@ -268,7 +293,7 @@ async fn broken_kubeconfigs_and_dead_clusters_fail_in_one_line() {
     assert!(started.elapsed() < Duration::from_secs(30));
 
     // No kubeconfig anywhere and not in a pod.
-    let (code, _, err) = dnsctl(&["list"]).await;
+    let (code, _, err) = dnsctl(&["list"]);
     assert_eq!(code, 4);
     assert!(err.contains("no kubeconfig found"), "{err}");
 }

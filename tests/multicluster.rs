@@ -306,8 +306,10 @@ fn remote_secrets_add_and_remove_clusters_live() {
     );
 }
 
+/// Two replicas and an operator's `dnsctl` allocate in the same ConfigMaps at once: no VIP is
+/// given twice, and none moves afterwards.
 #[test]
-fn two_replicas_agree_on_fifty_new_hosts() {
+fn two_replicas_and_dnsctl_writing_at_once_agree() {
     let c = shared(2);
     let (a, b) = (c[0], c[1]);
     let dir = tempfile::tempdir().unwrap();
@@ -320,21 +322,41 @@ fn two_replicas_agree_on_fifty_new_hosts() {
         (x.join().unwrap(), y.join().unwrap())
     });
     let hosts: Vec<String> = (0..50).map(|i| format!("new{i}.mc5.global")).collect();
-    // One `kubectl apply` per cluster, as a GitOps sync would.
-    for (parity, cluster) in [(0, a), (1, b)] {
-        let mut manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mc5}\n".to_string();
-        for (i, host) in hosts.iter().enumerate().filter(|(i, _)| i % 2 == parity) {
-            manifest.push_str("---\n");
-            manifest.push_str(&service_entry_yaml(
-                "v1",
-                "mc5",
-                &format!("new{i}"),
-                &[host],
-                &[],
-            ));
+    let pinned = dir.path().join("pinned.txt");
+    let pinned_hosts: String = (0..100)
+        .map(|i| format!("pinned{i}.mc5.global\n"))
+        .collect();
+    std::fs::write(&pinned, pinned_hosts).unwrap();
+    let dnsctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnsctl"))
+            .args(["--kubeconfig", kc.to_str().unwrap(), "-n", "mc5-dns"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "dnsctl {args:?}: {out:?}");
+        text
+    };
+    let operator = std::thread::scope(|s| {
+        let operator = s.spawn(|| dnsctl(&["allocate", "--from-file", pinned.to_str().unwrap()]));
+        // One `kubectl apply` per cluster, as a GitOps sync would.
+        for (parity, cluster) in [(0, a), (1, b)] {
+            let mut manifest =
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: mc5}\n".to_string();
+            for (i, host) in hosts.iter().enumerate().filter(|(i, _)| i % 2 == parity) {
+                manifest.push_str("---\n");
+                manifest.push_str(&service_entry_yaml(
+                    "v1",
+                    "mc5",
+                    &format!("new{i}"),
+                    &[host],
+                    &[],
+                ));
+            }
+            cluster.apply(&manifest);
         }
-        cluster.apply(&manifest);
-    }
+        operator.join().unwrap()
+    });
     let resolved = |server: &GlobalDns| -> Option<Vec<String>> {
         let answers: Vec<Vec<String>> = hosts
             .iter()
@@ -350,9 +372,24 @@ fn two_replicas_agree_on_fifty_new_hosts() {
         && resolved(&second).is_some()));
     let (x, y) = (resolved(&first).unwrap(), resolved(&second).unwrap());
     assert_eq!(x, y, "both replicas answer the same VIPs");
-    assert_eq!(
-        x.iter().collect::<BTreeSet<_>>().len(),
-        50,
-        "50 distinct VIPs"
+    let mut every: BTreeSet<String> = x.iter().cloned().collect();
+    assert_eq!(every.len(), 50, "50 distinct VIPs");
+    every.extend(
+        operator
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap().to_string()),
     );
+    assert_eq!(every.len(), 150, "none of dnsctl's 100 VIPs is a replica's");
+    assert!(dnsctl(&["check"]).starts_with("ok: "));
+    // Nothing moves: later publishes (other tests' changes, store watches) keep every answer.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(resolved(&first).unwrap(), x);
+    assert_eq!(resolved(&second).unwrap(), x);
+    for line in operator.lines() {
+        let host = line.split(' ').next().unwrap();
+        assert_eq!(
+            dnsctl(&["get", host]).split(' ').nth(1),
+            line.split(' ').nth(1)
+        );
+    }
 }

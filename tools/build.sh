@@ -49,7 +49,7 @@ build() {
     echo "tools/build.sh: ${stale[*]} built in $((SECONDS - start)) s" >&2
 }
 
-kube_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$root/tools/kube/go.mod")
+kube_version=$(cd "$root/tools/kube" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
 kube_minor=$(echo "$kube_version" | cut -d. -f2)
 kube_ldflags=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do

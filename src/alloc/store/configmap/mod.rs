@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
 use self::lease::{LockError, WriterLock};
-use self::retry::{api_code, with_retries};
+use self::retry::{api_code, api_message, with_retries};
 use self::shard::{
     FORMAT_ANNOTATION, FORMAT_VERSION, MANAGED_BY, MAX_SHARD_BYTES, SHARD_LABEL, SHARDS, data_size,
     decode_shard, encode_key, encode_value, salvage, shard_name, shard_of,
@@ -94,7 +94,7 @@ impl ConfigMapStore {
         let params = ListParams::default().labels(&Self::selector());
         let list = with_retries("list shards", || self.api.list(&params))
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.unavailable(api_message(&e)))?;
         Ok(self.decode(&list.items))
     }
 
@@ -161,7 +161,7 @@ impl ConfigMapStore {
             }
             self.lock.acquire().await.map_err(|e| match e {
                 LockError::Busy(_) => self.unavailable(e),
-                LockError::Api(e) => self.unavailable(e),
+                LockError::Api(e) => self.unavailable(api_message(&e)),
             })?;
             let result = self.write_locked(mutate).await;
             self.lock.release().await;
@@ -273,7 +273,7 @@ impl ConfigMapStore {
         match result {
             Ok(_) => Ok(()),
             Err(e) if api_code(&e) == Some(409) => Err(WriteError::Conflict),
-            Err(e) => Err(WriteError::Failed(self.unavailable(e))),
+            Err(e) => Err(WriteError::Failed(self.unavailable(api_message(&e)))),
         }
     }
 

@@ -24,6 +24,17 @@ pub fn api_code(e: &kube::Error) -> Option<u16> {
     }
 }
 
+/// An API error as one readable line: the server's own message with its code and reason (kube's
+/// `Display` appends a debug dump of the whole `Status`), anything else with its causes.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => crate::cluster::one_line(other),
+    }
+}
+
 /// Runs `call` until it succeeds, fails for good, or about six seconds of backoff are spent.
 pub async fn with_retries<T, F, Fut>(what: &str, mut call: F) -> Result<T, kube::Error>
 where

@@ -1,35 +1,27 @@
-//! An in-process Kubernetes API server simulator for tests, spoken to by kube-rs over plain HTTP
-//! through an ordinary kubeconfig. Several instances at once stand for several clusters.
+//! An in-process Kubernetes API server simulator, spoken to by kube-rs over plain HTTP through an
+//! ordinary kubeconfig. Every behaviour a real API server has is tested against the real one
+//! (tests/support/kube); this keeps only what a real server cannot do on demand:
+//! - fail the next N requests with 500 InternalError ([`ApiServer::fail_next`]);
+//! - answer every request late ([`ApiServer::set_latency`]);
+//! - many clusters in one process, cheaply, for benchmarks: list (labelSelector, limit/continue),
+//!   watch (ADDED/MODIFIED, BOOKMARK, timeoutSeconds, 410 Gone after [`ApiServer::compact`],
+//!   ended by [`ApiServer::drop_watches`]), create and compare-and-swap update (409), discovery,
+//!   and request counts.
 //!
-//! Faithful where our code depends on it: list (labelSelector, limit/continue, list
-//! resourceVersion), watch (chunked ADDED/MODIFIED/DELETED, BOOKMARK, timeoutSeconds, 410 Gone
-//! from a compacted resourceVersion as an ERROR event), create (409 AlreadyExists), update (409
-//! Conflict on a stale resourceVersion, unconditional without one), patch (merge, JSON patch
-//! with `test`, server-side apply with field-manager conflicts), delete (with preconditions),
-//! ConfigMap/Secret key and 1 MiB validation (422), `Status` error bodies, discovery.
-//!
-//! Known differences from a real API server, none of which our code relies on:
-//! - no authentication, authorization, admission, defaulting or schema validation of CRDs;
-//! - a list is always served at the latest resourceVersion (a real server may serve from its
-//!   watch cache at the requested one), and continue tokens do not pin a snapshot;
-//! - strategic merge patch is treated as a JSON merge patch (lists replaced, not merged by key);
-//! - server-side apply tracks ownership of leaf fields only (lists are atomic) and records no
-//!   `managedFields` in the object;
-//! - namespaces are deleted at once (no Terminating phase, no cascading deletion);
-//! - `default`, `kube-system` and `istio-system` exist from the start.
+//! Not served: delete, patch, server-side apply, validation, authentication and authorization.
+//! `default`, `kube-system` and `istio-system` exist from the start.
 
 mod store;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -50,7 +42,6 @@ struct Shared {
     watch_generation: watch::Sender<u64>,
     bookmark_every: Duration,
     writes: AtomicU64,
-    reads: AtomicU64,
     requests: AtomicU64,
 }
 
@@ -77,7 +68,6 @@ impl ApiServer {
             watch_generation,
             bookmark_every: Duration::from_millis(500),
             writes: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -94,10 +84,6 @@ impl ApiServer {
     /// A kubeconfig for this cluster: one context, named `context`, with no credentials.
     pub fn kubeconfig(&self, context: &str) -> String {
         kubeconfig(&[(context, self.addr)], context)
-    }
-
-    pub fn write_kubeconfig(&self, path: &Path, context: &str) {
-        std::fs::write(path, self.kubeconfig(context)).unwrap();
     }
 
     /// A kube-rs client for this cluster.
@@ -132,31 +118,13 @@ impl ApiServer {
         self.shared.store.lock().unwrap().compact();
     }
 
-    /// Write requests (POST, PUT, PATCH, DELETE) served so far, failed ones included.
+    /// Write requests (POST, PUT) served so far, failed ones included.
     pub fn writes(&self) -> u64 {
         self.shared.writes.load(Ordering::SeqCst)
     }
 
-    /// Gets and lists served so far (watches not counted).
-    pub fn reads(&self) -> u64 {
-        self.shared.reads.load(Ordering::SeqCst)
-    }
-
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
-    }
-
-    /// Reads an object directly, bypassing HTTP (for assertions).
-    pub fn object(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
-        let kind = KINDS
-            .iter()
-            .position(|k| k.group == group && k.plural == plural)?;
-        self.shared
-            .store
-            .lock()
-            .unwrap()
-            .get(&(kind, namespace.to_string(), name.to_string()))
-            .cloned()
     }
 
     /// Every object of a kind in `namespace` (for assertions).
@@ -172,61 +140,6 @@ impl ApiServer {
             .filter(|((k, ns, _), _)| *k == kind && ns == namespace)
             .map(|(_, o)| o.clone())
             .collect()
-    }
-
-    /// Creates namespace `name` unless it exists.
-    pub fn ensure_namespace(&self, name: &str) {
-        if self.object("", "namespaces", "", name).is_none() {
-            self.put_object("", "namespaces", "", json!({"metadata": {"name": name}}));
-        }
-    }
-
-    /// Deletes an object directly (no-op when absent).
-    pub fn remove_object(&self, group: &str, plural: &str, namespace: &str, name: &str) {
-        let kind = KINDS
-            .iter()
-            .position(|k| k.group == group && k.plural == plural)
-            .unwrap();
-        let _ = self
-            .shared
-            .store
-            .lock()
-            .unwrap()
-            .delete(&(kind, namespace.to_string(), name.to_string()), None);
-    }
-
-    /// Creates or replaces a ServiceEntry (its namespace too); `addresses` empty leaves
-    /// `spec.addresses` out, so its hosts need VIPs.
-    pub fn put_service_entry(&self, ns: &str, name: &str, hosts: &[&str], addresses: &[&str]) {
-        let mut spec = json!({"hosts": hosts, "location": "MESH_INTERNAL", "resolution": "DNS"});
-        if !addresses.is_empty() {
-            spec["addresses"] = json!(addresses);
-        }
-        let object = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec});
-        self.ensure_namespace(ns);
-        self.put_object("networking.istio.io", "serviceentries", ns, object);
-    }
-
-    /// Creates or replaces an object directly, bypassing validation of preconditions (to plant
-    /// data a client would not write, such as a corrupted shard).
-    pub fn put_object(&self, group: &str, plural: &str, namespace: &str, object: Value) {
-        let kind = KINDS
-            .iter()
-            .position(|k| k.group == group && k.plural == plural)
-            .unwrap();
-        let name = object["metadata"]["name"].as_str().unwrap().to_string();
-        let mut store = self.shared.store.lock().unwrap();
-        let key = (kind, namespace.to_string(), name);
-        let mut object = object;
-        if let Some(meta) = object["metadata"].as_object_mut() {
-            meta.remove("resourceVersion");
-        }
-        if store.get(&key).is_some() {
-            store.replace(&key, object).unwrap();
-        } else {
-            store.create(kind, namespace, object).unwrap();
-        }
     }
 }
 
@@ -263,25 +176,10 @@ fn error_response(err: ApiError) -> Response {
     json_response(StatusCode::from_u16(err.code).unwrap(), &err.status())
 }
 
-async fn handle(
-    State(sim): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(sim): State<Arc<Shared>>, method: Method, uri: Uri, body: Bytes) -> Response {
     sim.requests.fetch_add(1, Ordering::SeqCst);
-    if matches!(
-        method,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) {
+    if matches!(method, Method::POST | Method::PUT) {
         sim.writes.fetch_add(1, Ordering::SeqCst);
-    }
-    let watching = uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "watch=true"));
-    if method == Method::GET && !watching {
-        sim.reads.fetch_add(1, Ordering::SeqCst);
     }
     let latency = sim.faults.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
@@ -332,11 +230,9 @@ async fn handle(
         {
             json_response(StatusCode::OK, &resource_list(group, version))
         }
-        ["api", "v1", rest @ ..] => {
-            resource(&sim, method, "", "v1", rest, &param, &headers, &body).await
-        }
+        ["api", "v1", rest @ ..] => resource(&sim, method, "", "v1", rest, &param, &body).await,
         ["apis", group, version, rest @ ..] => {
-            resource(&sim, method, group, version, rest, &param, &headers, &body).await
+            resource(&sim, method, group, version, rest, &param, &body).await
         }
         _ => error_response(ApiError::new(
             404,
@@ -444,7 +340,6 @@ async fn resource(
     version: &str,
     rest: &[&str],
     param: &Query,
-    headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
     let (namespace, plural, name) = match rest {
@@ -492,7 +387,7 @@ async fn resource(
             .map(|obj| (StatusCode::CREATED, obj)),
         (method, Some(name)) => {
             let key: Key = (kind, namespace.unwrap_or("").to_string(), name.to_string());
-            object(sim, method, k, &key, param, headers, body)
+            object(sim, method, k, &key, body)
         }
         _ => Err(ApiError::new(
             405,
@@ -521,8 +416,6 @@ fn object(
     method: Method,
     k: &Kind,
     key: &Key,
-    param: &Query,
-    headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(StatusCode, Value), ApiError> {
     let mut store = sim.store.lock().unwrap();
@@ -535,100 +428,6 @@ fn object(
         Method::PUT => store
             .replace(key, parse_body(body)?)
             .map(|o| (StatusCode::OK, o)),
-        Method::DELETE => {
-            let options: Value = if body.is_empty() {
-                json!({})
-            } else {
-                parse_body(body)?
-            };
-            let precondition = options
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            store.delete(key, precondition.as_deref())?;
-            Ok((
-                StatusCode::OK,
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": key.2, "kind": k.plural}}),
-            ))
-        }
-        Method::PATCH => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let content_type = content_type.split(';').next().unwrap_or("").trim();
-            if content_type == "application/apply-patch+yaml" {
-                let manager = param.get("fieldManager").ok_or_else(|| {
-                    ApiError::new(
-                        400,
-                        "BadRequest",
-                        "PATCH request: fieldManager is required for apply requests",
-                    )
-                })?;
-                let force = param.get("force") == Some("true");
-                let text = std::str::from_utf8(body)
-                    .map_err(|_| ApiError::new(400, "BadRequest", "apply body is not UTF-8"))?;
-                let applied: Value = serde_saphyr::from_str(text).map_err(|e| {
-                    ApiError::new(400, "BadRequest", format!("error decoding YAML: {e}"))
-                })?;
-                let current = store.get(key).cloned();
-                if let Some(current) = &current {
-                    store::check_precondition(&applied, current, &key.2)?;
-                }
-                let mut owners = store.managers.get(key).cloned().unwrap_or_default();
-                let mut merged =
-                    store::apply(current.as_ref(), &applied, manager, force, &mut owners)?;
-                let result = match current {
-                    Some(_) => {
-                        merged["metadata"]
-                            .as_object_mut()
-                            .map(|m| m.remove("resourceVersion"));
-                        store.replace(key, merged).map(|o| (StatusCode::OK, o))
-                    }
-                    None => store
-                        .create(key.0, &key.1, merged)
-                        .map(|o| (StatusCode::CREATED, o)),
-                }?;
-                store.managers.insert(key.clone(), owners);
-                return Ok(result);
-            }
-            let current = store
-                .get(key)
-                .cloned()
-                .ok_or_else(|| ApiError::not_found(k, &key.2))?;
-            let patch = parse_body(body)?;
-            let mut patched = current.clone();
-            match content_type {
-                "application/merge-patch+json" => json_patch::merge(&mut patched, &patch),
-                "application/strategic-merge-patch+json" if k.builtin => {
-                    json_patch::merge(&mut patched, &patch)
-                }
-                "application/json-patch+json" => {
-                    let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
-                        ApiError::new(400, "BadRequest", format!("invalid JSON patch: {e}"))
-                    })?;
-                    json_patch::patch(&mut patched, &ops)
-                        .map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))?;
-                }
-                other => {
-                    return Err(ApiError::new(
-                        415,
-                        "UnsupportedMediaType",
-                        format!(
-                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?})"
-                        ),
-                    ));
-                }
-            }
-            // A resourceVersion the patch sets is a precondition.
-            if patched["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
-                store::check_precondition(&patched, &current, &key.2)?;
-            }
-            patched["metadata"]
-                .as_object_mut()
-                .map(|m| m.remove("resourceVersion"));
-            store.replace(key, patched).map(|o| (StatusCode::OK, o))
-        }
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",

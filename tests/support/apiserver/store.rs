@@ -1,6 +1,5 @@
-//! The simulator's object store: one resourceVersion sequence for everything (as etcd has),
-//! an event history that can be compacted, and the validation the real API server applies to
-//! the kinds we use.
+//! The simulator's object store: one resourceVersion sequence for everything (as etcd has), and
+//! an event history that can be compacted.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -129,8 +128,6 @@ pub struct Store {
     /// Watches from a resourceVersion below this get 410 Gone.
     pub compacted: u64,
     pub events: broadcast::Sender<Event>,
-    /// Field paths owned by each server-side-apply manager, per object.
-    pub managers: BTreeMap<Key, BTreeMap<String, Vec<String>>>,
     pub uid: u64,
 }
 
@@ -143,7 +140,6 @@ impl Store {
             history: VecDeque::new(),
             compacted: 0,
             events,
-            managers: BTreeMap::new(),
             uid: 0,
         };
         for ns in ["default", "kube-system", "istio-system"] {
@@ -199,8 +195,6 @@ impl Store {
                 format!("{what} \"{name}\" already exists"),
             ));
         }
-        fold_string_data(kind, &mut obj);
-        validate(kind, &obj)?;
         self.uid += 1;
         let meta = obj
             .as_object_mut()
@@ -236,32 +230,12 @@ impl Store {
             .get(key)
             .ok_or_else(|| ApiError::not_found(&KINDS[key.0], &key.2))?;
         check_precondition(&obj, current, &key.2)?;
-        fold_string_data(key.0, &mut obj);
-        validate(key.0, &obj)?;
         for field in ["uid", "creationTimestamp", "namespace"] {
             if let Some(v) = current["metadata"].get(field) {
                 obj["metadata"][field] = v.clone();
             }
         }
         self.commit(key.clone(), obj, "MODIFIED")
-    }
-
-    pub fn delete(&mut self, key: &Key, precondition_rv: Option<&str>) -> Result<Value, ApiError> {
-        let current = self
-            .objects
-            .get(key)
-            .ok_or_else(|| ApiError::not_found(&KINDS[key.0], &key.2))?;
-        if precondition_rv
-            .is_some_and(|rv| current["metadata"]["resourceVersion"].as_str() != Some(rv))
-        {
-            return Err(conflict(&key.2));
-        }
-        let mut gone = self.objects.remove(key).unwrap();
-        self.managers.remove(key);
-        self.rv += 1;
-        gone["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.record(key, gone.clone(), "DELETED");
-        Ok(gone)
     }
 
     fn commit(
@@ -312,7 +286,7 @@ fn object_name(obj: &Value) -> Result<String, ApiError> {
     }
 }
 
-pub fn conflict(name: &str) -> ApiError {
+fn conflict(name: &str) -> ApiError {
     ApiError::new(
         409,
         "Conflict",
@@ -323,7 +297,7 @@ pub fn conflict(name: &str) -> ApiError {
 }
 
 /// A `metadata.resourceVersion` in the body is a precondition (optimistic concurrency).
-pub fn check_precondition(obj: &Value, current: &Value, name: &str) -> Result<(), ApiError> {
+fn check_precondition(obj: &Value, current: &Value, name: &str) -> Result<(), ApiError> {
     match obj
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -335,61 +309,6 @@ pub fn check_precondition(obj: &Value, current: &Value, name: &str) -> Result<()
         }
         _ => Ok(()),
     }
-}
-
-/// Secrets: `stringData` is write-only; the API server folds it into `data` (base64).
-fn fold_string_data(kind: usize, obj: &mut Value) {
-    if KINDS[kind].kind != "Secret" {
-        return;
-    }
-    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
-    else {
-        return;
-    };
-    for (key, value) in strings {
-        let bytes = k8s_openapi::ByteString(value.as_str().unwrap_or_default().as_bytes().to_vec());
-        obj["data"][key] = serde_json::to_value(bytes).expect("bytes serialize");
-    }
-}
-
-/// ConfigMap and Secret rules from the API server's validation.
-fn validate(kind: usize, obj: &Value) -> Result<(), ApiError> {
-    if !matches!(KINDS[kind].kind, "ConfigMap" | "Secret") {
-        return Ok(());
-    }
-    let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    let invalid = |msg: String| {
-        ApiError::new(
-            422,
-            "Invalid",
-            format!("{} \"{name}\" is invalid: {msg}", KINDS[kind].kind),
-        )
-    };
-    let mut total = 0usize;
-    for field in ["data", "binaryData", "stringData"] {
-        let Some(map) = obj.get(field).and_then(Value::as_object) else {
-            continue;
-        };
-        for (key, value) in map {
-            let valid = !key.is_empty()
-                && key.len() <= 253
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-            if !valid {
-                return Err(invalid(format!(
-                    "{field}[{key}]: Invalid value: \"{key}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (regex used for validation is '[-._a-zA-Z0-9]+')"
-                )));
-            }
-            total += key.len() + value.as_str().map_or(0, str::len);
-        }
-    }
-    if total > 1024 * 1024 {
-        return Err(invalid(
-            "[]: Too long: must have at most 1048576 bytes".into(),
-        ));
-    }
-    Ok(())
 }
 
 pub fn now_rfc3339() -> String {
@@ -493,116 +412,5 @@ impl Selector {
             Requirement::In(k, vs) => get(k).is_some_and(|v| vs.iter().any(|x| x == v)),
             Requirement::NotIn(k, vs) => get(k).is_none_or(|v| !vs.iter().any(|x| x == v)),
         })
-    }
-}
-
-/// Server-side apply, reduced to what matters for conflicts: each manager owns the leaf fields
-/// it applied; applying a different value to a field another manager owns is a 409 unless
-/// forced; fields a manager stops applying are removed.
-pub fn apply(
-    current: Option<&Value>,
-    applied: &Value,
-    manager: &str,
-    force: bool,
-    owners: &mut BTreeMap<String, Vec<String>>,
-) -> Result<Value, ApiError> {
-    let mut leaves = Vec::new();
-    flatten("", applied, &mut leaves);
-    let leaves: Vec<(String, Value)> = leaves
-        .into_iter()
-        .filter(|(p, _)| {
-            !p.starts_with("/metadata/resourceVersion") && p != "/apiVersion" && p != "/kind"
-        })
-        .collect();
-    let mut result = current.cloned().unwrap_or_else(|| json!({}));
-    let mut conflicts = Vec::new();
-    for (path, value) in &leaves {
-        let owned_by_other = owners
-            .iter()
-            .any(|(m, paths)| m != manager && paths.contains(path));
-        if owned_by_other && result.pointer(path) != Some(value) && !force {
-            conflicts.push(path.clone());
-        }
-    }
-    if !conflicts.is_empty() {
-        return Err(ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Apply failed with {} conflict(s): conflicts with another field manager on {}",
-                conflicts.len(),
-                conflicts.join(", ")
-            ),
-        ));
-    }
-    // Fields this manager applied before and no longer applies are removed.
-    let now: Vec<&String> = leaves.iter().map(|(p, _)| p).collect();
-    for old in owners.get(manager).cloned().unwrap_or_default() {
-        let still_owned = owners
-            .iter()
-            .any(|(m, paths)| m != manager && paths.contains(&old));
-        if !now.contains(&&old) && !still_owned {
-            remove_path(&mut result, &old);
-        }
-    }
-    for (path, value) in &leaves {
-        set_path(&mut result, path, value.clone());
-        for (m, paths) in owners.iter_mut() {
-            if m != manager {
-                paths.retain(|p| p != path);
-            }
-        }
-    }
-    owners.insert(
-        manager.to_string(),
-        leaves.into_iter().map(|(p, _)| p).collect(),
-    );
-    Ok(result)
-}
-
-fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
-    match v {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, child) in map {
-                let escaped = k.replace('~', "~0").replace('/', "~1");
-                flatten(&format!("{prefix}/{escaped}"), child, out);
-            }
-        }
-        _ => out.push((prefix.to_string(), v.clone())),
-    }
-}
-
-fn set_path(root: &mut Value, path: &str, value: Value) {
-    let mut cur = root;
-    let parts: Vec<String> = path
-        .split('/')
-        .skip(1)
-        .map(|p| p.replace("~1", "/").replace("~0", "~"))
-        .collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !cur.is_object() {
-            *cur = json!({});
-        }
-        let map = cur.as_object_mut().unwrap();
-        if i == parts.len() - 1 {
-            map.insert(part.clone(), value);
-            return;
-        }
-        cur = map.entry(part.clone()).or_insert_with(|| json!({}));
-    }
-}
-
-fn remove_path(root: &mut Value, path: &str) {
-    let Some((parent, last)) = path.rsplit_once('/') else {
-        return;
-    };
-    let last = last.replace("~1", "/").replace("~0", "~");
-    let target = if parent.is_empty() {
-        Some(root)
-    } else {
-        root.pointer_mut(parent)
-    };
-    if let Some(Value::Object(map)) = target {
-        map.remove(&last);
     }
 }

@@ -36,7 +36,7 @@ pub async fn connect(
         Some(path) => Some((path.to_path_buf(), Kubeconfig::read_from(path))),
         None => default_kubeconfig().map(|path| (path, Kubeconfig::read())),
     };
-    let mut config = match file {
+    let config = match file {
         Some((path, kc)) => {
             let bad = |detail| ClusterError::Kubeconfig {
                 path: path.display().to_string(),
@@ -49,9 +49,21 @@ pub async fn connect(
         }
         None => kube::Config::incluster().map_err(|e| ClusterError::NoConfig(one_line(&e)))?,
     };
+    client(config)
+}
+
+/// The client for `config`, failing fast on an unreachable server, and named in the API server's
+/// audit log and request metrics as `globaldns/VERSION` (kube-rs sends no User-Agent of its own).
+fn client(mut config: kube::Config) -> Result<kube::Client, ClusterError> {
     config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     kube::Client::try_from(config).map_err(|e| ClusterError::Client(one_line(&e)))
 }
+
+const USER_AGENT: &str = concat!("globaldns/", env!("CARGO_PKG_VERSION"));
 
 /// A client from kubeconfig text, as held in an Istio remote secret.
 pub async fn connect_yaml(yaml: &str, what: &str) -> Result<kube::Client, ClusterError> {
@@ -60,11 +72,10 @@ pub async fn connect_yaml(yaml: &str, what: &str) -> Result<kube::Client, Cluste
         detail,
     };
     let kc = Kubeconfig::from_yaml(yaml).map_err(|e| bad(one_line(&e)))?;
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| bad(one_line(&e)))?;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    kube::Client::try_from(config).map_err(|e| ClusterError::Client(one_line(&e)))
+    client(config)
 }
 
 /// Context names of a kubeconfig file, in file order.

@@ -222,8 +222,8 @@ impl Cluster {
         self.dir.path().join("audit.log")
     }
 
-    /// Requests served so far on objects in namespace `ns` (watches and the admin's own, such
-    /// as kubectl's, left out), from the API server's audit log: `(verb, resource)` each.
+    /// Requests globaldns or dnsctl (User-Agent `globaldns/…`) made so far on objects in
+    /// namespace `ns`, watches left out, from the API server's audit log: `(verb, resource)`.
     pub fn requests_in(&self, ns: &str) -> Vec<(String, String)> {
         let log = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
         log.lines()
@@ -231,7 +231,7 @@ impl Cluster {
             .filter(|e| e["stage"] == "ResponseComplete" && e["objectRef"]["namespace"] == ns)
             .filter(|e| {
                 let agent = e["userAgent"].as_str().unwrap_or_default();
-                e["verb"] != "watch" && !agent.starts_with("kubectl/")
+                e["verb"] != "watch" && agent.starts_with("globaldns/")
             })
             .map(|e| {
                 let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -342,13 +342,12 @@ impl Cluster {
         list["items"].as_array().cloned().unwrap_or_default()
     }
 
-    /// A kube-rs client for this cluster as admin.
+    /// A client for this cluster as admin, built as globaldns builds its own (so the audit log
+    /// knows its requests by their User-Agent).
     pub async fn client(&self) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig("admin")).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        globaldns::cluster::connect_yaml(&self.kubeconfig("admin"), "test cluster")
             .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
+            .unwrap()
     }
 
     /// A TokenRequest token of ServiceAccount `ns/name`, valid for an hour.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use support::kube::process::Proc;
-use support::kube::{bin, shared};
+use support::kube::{bin, globaldns, shared};
 use support::*;
 
 /// deploy/coredns/Corefile.global with its port and upstream replaced for the test, and a
@@ -73,23 +73,10 @@ fn coredns_forwards_global_to_us_and_caches_within_our_ttl() {
     cluster.put_service_entry(ns, "moving", &["moving.cdns.global"], &["240.0.6.20"]);
 
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, cluster.kubeconfig("c1")).unwrap();
     cluster.ensure_namespace("coredns-dns");
-    let zones = dir.path().join("zones");
-    std::fs::create_dir_all(&zones).unwrap();
     // A short TTL, so that CoreDNS's cache (capped by our TTL) turns over within the test.
-    let server = GlobalDns::start(
-        &zones,
-        &[
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--namespace",
-            "coredns-dns",
-            "--ttl",
-            "3",
-        ],
-    );
+    let args = ["--namespace", "coredns-dns", "--ttl", "3"];
+    let server = globaldns(dir.path(), &cluster.kubeconfig("c1"), &args);
     assert!(eventually(Duration::from_secs(10), || resolves_to(
         &server,
         "moving.cdns.global.",

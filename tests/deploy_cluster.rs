@@ -8,35 +8,18 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use hickory_proto::rr::RecordType;
-use support::kube::Cluster;
+use support::kube::{Cluster, globaldns};
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(15);
-
-fn ips(server: &GlobalDns, name: &str) -> Vec<String> {
-    answer_ips(&query(server.addr, name, RecordType::A, Proto::Udp))
-}
 
 /// globaldns as deploy/'s ServiceAccount would run it (its namespace, a kubeconfig with the
 /// account's token), with an empty zones directory in `dir`.
 fn start_as_service_account(cluster: &Cluster, dir: &Path) -> GlobalDns {
     let token = cluster.token("globaldns", "globaldns");
-    let kc = dir.join("kubeconfig");
-    std::fs::write(&kc, cluster.token_kubeconfig("Kubernetes", &token)).unwrap();
-    let zones = dir.join("zones");
-    std::fs::create_dir_all(&zones).unwrap();
-    GlobalDns::start(
-        &zones,
-        &[
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--namespace",
-            "globaldns",
-            "--sync-timeout",
-            "10",
-        ],
-    )
+    let kubeconfig = cluster.token_kubeconfig("Kubernetes", &token);
+    let args = ["--namespace", "globaldns", "--sync-timeout", "10"];
+    globaldns(dir, &kubeconfig, &args)
 }
 
 #[test]
@@ -81,13 +64,14 @@ fn deploy_applies_and_its_rbac_is_exactly_enough() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_as_service_account(&cluster, dir.path());
     assert!(
-        eventually(WITHIN, || ips(&server, "cart.shop.global.").len() == 1),
+        eventually(WITHIN, || a_ips(&server, "cart.shop.global.").len() == 1),
         "watched ServiceEntries, took the Lease, wrote a ConfigMap: {}",
         server.log_text()
     );
-    assert_eq!(ips(&server, "db.shop.global."), ["240.0.5.1"]);
+    assert_eq!(a_ips(&server, "db.shop.global."), ["240.0.5.1"]);
     assert!(
-        eventually(WITHIN, || ips(&server, "pay.west.global.") == ["240.0.5.2"]),
+        eventually(WITHIN, || a_ips(&server, "pay.west.global.")
+            == ["240.0.5.2"]),
         "read the remote secret: {}",
         server.log_text()
     );
@@ -119,7 +103,8 @@ fn deploy_applies_and_its_rbac_is_exactly_enough() {
     cluster.put_service_entry("shop", "new", &["new.shop.global"], &[]);
     let dir = tempfile::tempdir().unwrap();
     let server = start_as_service_account(&cluster, dir.path());
-    assert!(eventually(WITHIN, || ips(&server, "db.shop.global.") == ["240.0.5.1"]));
+    assert!(eventually(WITHIN, || a_ips(&server, "db.shop.global.")
+        == ["240.0.5.1"]));
     assert!(
         eventually(WITHIN, || {
             let log = server.log_text();
@@ -139,6 +124,10 @@ fn deploy_applies_and_its_rbac_is_exactly_enough() {
             || line.contains("cannot create resource \"leases\""),
         "{line}"
     );
-    assert!(ips(&server, "new.shop.global.").is_empty());
-    assert_eq!(ips(&server, "cart.shop.global.").len(), 1, "stored before");
+    assert!(a_ips(&server, "new.shop.global.").is_empty());
+    assert_eq!(
+        a_ips(&server, "cart.shop.global.").len(),
+        1,
+        "stored before"
+    );
 }

@@ -3,26 +3,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::RecordType;
-use support::kube::{Cluster, kubeconfig};
+use support::kube::{Cluster, globaldns, kubeconfig};
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(10);
-
-fn ips(server: &GlobalDns, name: &str) -> Vec<String> {
-    answer_ips(&query(server.addr, name, RecordType::A, Proto::Udp))
-}
-
-fn nxdomain(server: &GlobalDns, name: &str) -> bool {
-    query(server.addr, name, RecordType::A, Proto::Udp)
-        .metadata
-        .response_code
-        == ResponseCode::NXDomain
-}
 
 /// Two clusters of this test's own, started side by side.
 fn two_clusters() -> (Cluster, Cluster) {
@@ -33,19 +20,11 @@ fn two_clusters() -> (Cluster, Cluster) {
     })
 }
 
-fn start(dir: &Path, kubeconfig_text: &str, extra: &[&str]) -> GlobalDns {
-    let kc: PathBuf = dir.join("kubeconfig");
-    std::fs::write(&kc, kubeconfig_text).unwrap();
-    let zones = dir.join("zones");
-    std::fs::create_dir_all(&zones).unwrap();
-    let mut args = vec![
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--metrics",
-        "127.0.0.1:0",
-    ];
+/// globaldns with /metrics, on the clusters of `kubeconfig`.
+fn start(dir: &Path, kubeconfig: &str, extra: &[&str]) -> GlobalDns {
+    let mut args = vec!["--metrics", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    GlobalDns::start(&zones, &args)
+    globaldns(dir, kubeconfig, &args)
 }
 
 /// How many name tables the server has published so far.
@@ -72,8 +51,10 @@ fn an_api_server_down_for_30_seconds_changes_nothing_and_costs_one_publish() {
     b.put_service_entry("ns", "on-b", &["on-b.ns.global"], &["240.0.0.71"]);
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &kubeconfig(&[("a", &a), ("b", &b)], "a"), &[]);
-    assert!(eventually(WITHIN, || ips(&server, "on-b.ns.global.") == ["240.0.0.71"]));
-    assert!(eventually(WITHIN, || ips(&server, "on-a.ns.global.") == ["240.0.0.70"]));
+    assert!(eventually(WITHIN, || a_ips(&server, "on-b.ns.global.")
+        == ["240.0.0.71"]));
+    assert!(eventually(WITHIN, || a_ips(&server, "on-a.ns.global.")
+        == ["240.0.0.70"]));
     assert!(eventually(WITHIN, || ready(&server)));
 
     b.stop_apiserver();
@@ -81,17 +62,17 @@ fn an_api_server_down_for_30_seconds_changes_nothing_and_costs_one_publish() {
     assert!(!b.api_listening());
     a.put_service_entry("ns", "later", &["later.ns.global"], &["240.0.0.72"]);
     assert!(
-        eventually(WITHIN, || ips(&server, "later.ns.global.")
+        eventually(WITHIN, || a_ips(&server, "later.ns.global.")
             == ["240.0.0.72"]),
         "other clusters go on"
     );
     while down.elapsed() < Duration::from_secs(30) {
         assert_eq!(
-            ips(&server, "on-b.ns.global."),
+            a_ips(&server, "on-b.ns.global."),
             ["240.0.0.71"],
             "last-known names stay"
         );
-        assert_eq!(ips(&server, "on-a.ns.global."), ["240.0.0.70"]);
+        assert_eq!(a_ips(&server, "on-a.ns.global."), ["240.0.0.70"]);
         assert!(ready(&server), "/readyz stays 200 during the outage");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -111,10 +92,10 @@ fn an_api_server_down_for_30_seconds_changes_nothing_and_costs_one_publish() {
     let outage = publishes(&server) - before;
     eprintln!("name tables published for the outage: {outage}");
     assert!(outage <= 1, "{outage} publishes for one outage");
-    assert_eq!(ips(&server, "on-b.ns.global."), ["240.0.0.71"]);
+    assert_eq!(a_ips(&server, "on-b.ns.global."), ["240.0.0.71"]);
     b.put_service_entry("ns", "after", &["after.ns.global"], &["240.0.0.73"]);
     assert!(
-        eventually(WITHIN, || ips(&server, "after.ns.global.")
+        eventually(WITHIN, || a_ips(&server, "after.ns.global.")
             == ["240.0.0.73"]),
         "watching again"
     );
@@ -127,7 +108,8 @@ fn a_restart_after_compaction_gives_a_real_410_and_a_relist() {
     b.put_service_entry("ns", "kept", &["kept.ns.global"], &["240.0.0.62"]);
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &kubeconfig(&[("a", &a), ("b", &b)], "a"), &[]);
-    assert!(eventually(WITHIN, || ips(&server, "old.ns.global.") == ["240.0.0.60"]));
+    assert!(eventually(WITHIN, || a_ips(&server, "old.ns.global.")
+        == ["240.0.0.60"]));
 
     // While b's API server is down, the entry goes from storage (no watch can report it) and
     // etcd's history is compacted past everything the watch has seen.
@@ -148,9 +130,10 @@ fn a_restart_after_compaction_gives_a_real_410_and_a_relist() {
         log.contains("410") || log.contains("too old resource version"),
         "the watch resumed from a compacted resourceVersion: {log}"
     );
-    assert_eq!(ips(&server, "kept.ns.global."), ["240.0.0.62"]);
+    assert_eq!(a_ips(&server, "kept.ns.global."), ["240.0.0.62"]);
     b.put_service_entry("ns", "new", &["new.ns.global"], &["240.0.0.61"]);
-    assert!(eventually(WITHIN, || ips(&server, "new.ns.global.") == ["240.0.0.61"]));
+    assert!(eventually(WITHIN, || a_ips(&server, "new.ns.global.")
+        == ["240.0.0.61"]));
 }
 
 #[test]
@@ -169,7 +152,7 @@ fn a_cluster_that_never_comes_up_does_not_hold_back_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &kc, &["--sync-timeout", "5"]);
     assert!(
-        eventually(WITHIN, || ips(&server, "up.ns.global.") == ["240.0.0.80"]),
+        eventually(WITHIN, || a_ips(&server, "up.ns.global.") == ["240.0.0.80"]),
         "{}",
         server.log_text()
     );
@@ -179,6 +162,6 @@ fn a_cluster_that_never_comes_up_does_not_hold_back_the_others() {
     );
     assert_eq!(synced(&server, "never"), 0.0);
     a.put_service_entry("ns", "later", &["later.ns.global"], &["240.0.0.81"]);
-    assert!(eventually(WITHIN, || ips(&server, "later.ns.global.")
+    assert!(eventually(WITHIN, || a_ips(&server, "later.ns.global.")
         == ["240.0.0.81"]));
 }

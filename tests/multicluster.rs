@@ -8,50 +8,20 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::RecordType;
-use support::kube::{Cluster, kubeconfig, service_entry_yaml, shared};
+use support::kube::{Cluster, globaldns, kubeconfig, service_entry_yaml, shared};
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
-fn ips(server: &GlobalDns, name: &str) -> Vec<String> {
-    answer_ips(&query(server.addr, name, RecordType::A, Proto::Udp))
-}
-
-fn nxdomain(server: &GlobalDns, name: &str) -> bool {
-    query(server.addr, name, RecordType::A, Proto::Udp)
-        .metadata
-        .response_code
-        == ResponseCode::NXDomain
-}
-
-/// A server on `kubeconfig` and an empty zones directory in `dir`, keeping its allocations and
-/// reading remote secrets in `namespace` (created in the primary, the first context).
-fn start(dir: &Path, kubeconfig: &Path, primary: &Cluster, namespace: &str) -> GlobalDns {
-    primary.ensure_namespace(namespace);
-    let zones = dir.join("zones");
-    std::fs::create_dir_all(&zones).unwrap();
-    GlobalDns::start(
-        &zones,
-        &[
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--namespace",
-            namespace,
-            "--sync-timeout",
-            "10",
-        ],
-    )
-}
-
-fn write_kubeconfig(dir: &Path, clusters: &[(&str, &Cluster)]) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, kubeconfig(clusters, clusters[0].0)).unwrap();
-    path
+/// A server on `clusters` (the first is the primary) and an empty zones directory in `dir`,
+/// keeping its allocations and reading remote secrets in `namespace` (created in the primary).
+fn start(dir: &Path, clusters: &[(&str, &Cluster)], namespace: &str) -> GlobalDns {
+    clusters[0].1.ensure_namespace(namespace);
+    let args = ["--namespace", namespace, "--sync-timeout", "10"];
+    globaldns(dir, &kubeconfig(clusters, clusters[0].0), &args)
 }
 
 /// Hosts recorded in the allocation ConfigMaps of `ns`.
@@ -89,15 +59,16 @@ fn two_clusters_resolve_and_share_one_vip_per_host() {
     std::fs::create_dir_all(dir.path().join("zones")).unwrap();
     let file_entry = support::service_entry("f", &["from-file.mc1.global"], &["240.0.1.9"]);
     std::fs::write(dir.path().join("zones/file.yaml"), file_entry).unwrap();
-    let kc = write_kubeconfig(dir.path(), &[("a", a), ("b", b)]);
-    let server = start(dir.path(), &kc, a, "mc1-dns");
-    assert!(eventually(WITHIN, || ips(&server, "from-file.mc1.global.")
-        == ["240.0.1.9"]));
-    assert!(eventually(WITHIN, || ips(&server, "reviews.mc1.global.")
+    let server = start(dir.path(), &[("a", a), ("b", b)], "mc1-dns");
+    assert!(eventually(WITHIN, || a_ips(
+        &server,
+        "from-file.mc1.global."
+    ) == ["240.0.1.9"]));
+    assert!(eventually(WITHIN, || a_ips(&server, "reviews.mc1.global.")
         == ["240.0.1.3"]));
-    assert!(eventually(WITHIN, || ips(&server, "ratings.mc1.global.")
+    assert!(eventually(WITHIN, || a_ips(&server, "ratings.mc1.global.")
         == ["240.0.1.4"]));
-    assert!(eventually(WITHIN, || ips(&server, "sleep.mc1.global.")
+    assert!(eventually(WITHIN, || a_ips(&server, "sleep.mc1.global.")
         .len()
         == 1));
     // Recorded in the primary's ConfigMaps only.
@@ -120,18 +91,10 @@ fn store_context_moves_the_allocations() {
     a.put_service_entry("mc2", "sleep", &["sleep.mc2.global"], &[]);
     b.ensure_namespace("mc2-dns");
     let dir = tempfile::tempdir().unwrap();
-    let kc = write_kubeconfig(dir.path(), &[("a", a), ("b", b)]);
-    std::fs::create_dir_all(dir.path().join("zones")).unwrap();
-    let args = [
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--store-context",
-        "b",
-        "--namespace",
-        "mc2-dns",
-    ];
-    let server = GlobalDns::start(&dir.path().join("zones"), &args);
-    assert!(eventually(WITHIN, || ips(&server, "sleep.mc2.global.")
+    let kc = kubeconfig(&[("a", a), ("b", b)], "a");
+    let args = ["--store-context", "b", "--namespace", "mc2-dns"];
+    let server = globaldns(dir.path(), &kc, &args);
+    assert!(eventually(WITHIN, || a_ips(&server, "sleep.mc2.global.")
         .len()
         == 1));
     assert!(stored_hosts(b, "mc2-dns").contains("sleep.mc2.global"));
@@ -145,9 +108,8 @@ fn live_changes_in_every_api_version_show_within_seconds() {
     let c = shared(2);
     let (a, b) = (c[0], c[1]);
     let dir = tempfile::tempdir().unwrap();
-    let kc = write_kubeconfig(dir.path(), &[("a", a), ("b", b)]);
     b.ensure_namespace("mc3");
-    let server = start(dir.path(), &kc, a, "mc3-dns");
+    let server = start(dir.path(), &[("a", a), ("b", b)], "mc3-dns");
     assert!(nxdomain(&server, "web.mc3.global."));
     for (version, address) in [
         ("v1alpha3", "240.0.3.50"),
@@ -162,7 +124,7 @@ fn live_changes_in_every_api_version_show_within_seconds() {
             &[address],
         ));
         assert!(
-            eventually(WITHIN, || ips(&server, "web.mc3.global.") == [address]),
+            eventually(WITHIN, || a_ips(&server, "web.mc3.global.") == [address]),
             "{version}: {address}"
         );
     }
@@ -188,7 +150,7 @@ fn live_changes_in_every_api_version_show_within_seconds() {
         .contains("skipping ServiceEntry")));
     assert!(nxdomain(&server, "bad.mc3.global."));
     b.put_service_entry("mc3", "later", &["later.mc3.global"], &["240.0.3.53"]);
-    assert!(eventually(WITHIN, || ips(&server, "later.mc3.global.")
+    assert!(eventually(WITHIN, || a_ips(&server, "later.mc3.global.")
         == ["240.0.3.53"]));
     b.delete("serviceentries.networking.istio.io", "mc3", "web");
     assert!(
@@ -197,15 +159,15 @@ fn live_changes_in_every_api_version_show_within_seconds() {
     );
     // Deleted everywhere: gone, but its VIP is held for the grace period.
     a.put_service_entry("mc3", "auto", &["auto.mc3.global"], &[]);
-    assert!(eventually(WITHIN, || ips(&server, "auto.mc3.global.")
+    assert!(eventually(WITHIN, || a_ips(&server, "auto.mc3.global.")
         .len()
         == 1));
-    let vip = ips(&server, "auto.mc3.global.");
+    let vip = a_ips(&server, "auto.mc3.global.");
     a.delete("serviceentries.networking.istio.io", "mc3", "auto");
     assert!(eventually(WITHIN, || nxdomain(&server, "auto.mc3.global.")));
     b.put_service_entry("mc3", "auto-again", &["auto.mc3.global"], &[]);
     assert!(
-        eventually(WITHIN, || ips(&server, "auto.mc3.global.") == vip),
+        eventually(WITHIN, || a_ips(&server, "auto.mc3.global.") == vip),
         "same VIP within grace"
     );
 }
@@ -250,15 +212,14 @@ fn remote_secrets_add_and_remove_clusters_live() {
     b.put_service_entry("mc4", "only-b", &["only-b.mc4.global"], &["240.0.4.20"]);
     cc.put_service_entry("mc4", "only-c", &["only-c.mc4.global"], &["240.0.4.30"]);
     let dir = tempfile::tempdir().unwrap();
-    let kc = write_kubeconfig(dir.path(), &[("a", a)]);
-    let server = start(dir.path(), &kc, a, "mc4-dns");
+    let server = start(dir.path(), &[("a", a)], "mc4-dns");
     assert!(nxdomain(&server, "only-b.mc4.global."));
     assert!(nxdomain(&server, "only-c.mc4.global."));
 
     let secret_b = remote_secret("istio-remote-secret-b", &[("cluster-b", b.kubeconfig("b"))]);
     a.kubectl_input(&["apply", "-n", "mc4-dns", "-f", "-"], Some(&secret_b));
     assert!(
-        eventually(WITHIN, || ips(&server, "only-b.mc4.global.")
+        eventually(WITHIN, || a_ips(&server, "only-b.mc4.global.")
             == ["240.0.4.20"]),
         "second cluster added: {}",
         server.log_text()
@@ -274,7 +235,7 @@ fn remote_secrets_add_and_remove_clusters_live() {
     let out = a.kubectl_input(&["apply", "-n", "mc4-dns", "-f", "-"], Some(&secret_c));
     assert!(out.status.success(), "{out:?}");
     assert!(
-        eventually(WITHIN, || ips(&server, "only-c.mc4.global.")
+        eventually(WITHIN, || a_ips(&server, "only-c.mc4.global.")
             == ["240.0.4.30"]),
         "third cluster added with a reader token: {}",
         server.log_text()
@@ -290,7 +251,7 @@ fn remote_secrets_add_and_remove_clusters_live() {
     );
     // Live changes in a cluster added through a secret.
     cc.put_service_entry("mc4", "later-c", &["later-c.mc4.global"], &["240.0.4.31"]);
-    assert!(eventually(WITHIN, || ips(&server, "later-c.mc4.global.")
+    assert!(eventually(WITHIN, || a_ips(&server, "later-c.mc4.global.")
         == ["240.0.4.31"]));
 
     a.delete("secret", "mc4-dns", "istio-remote-secret-c");
@@ -300,7 +261,7 @@ fn remote_secrets_add_and_remove_clusters_live() {
     );
     assert!(nxdomain(&server, "later-c.mc4.global."));
     assert_eq!(
-        ips(&server, "only-b.mc4.global."),
+        a_ips(&server, "only-b.mc4.global."),
         ["240.0.4.20"],
         "the other remote cluster stays"
     );
@@ -313,12 +274,14 @@ fn two_replicas_and_dnsctl_writing_at_once_agree() {
     let c = shared(2);
     let (a, b) = (c[0], c[1]);
     let dir = tempfile::tempdir().unwrap();
-    let kc = write_kubeconfig(dir.path(), &[("a", a), ("b", b)]);
+    let clusters = [("a", a), ("b", b)];
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, kubeconfig(&clusters, "a")).unwrap();
     a.ensure_namespace("mc5-dns");
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (first, second) = std::thread::scope(|s| {
-        let x = s.spawn(|| start(one.path(), &kc, a, "mc5-dns"));
-        let y = s.spawn(|| start(two.path(), &kc, a, "mc5-dns"));
+        let x = s.spawn(|| start(one.path(), &clusters, "mc5-dns"));
+        let y = s.spawn(|| start(two.path(), &clusters, "mc5-dns"));
         (x.join().unwrap(), y.join().unwrap())
     });
     let hosts: Vec<String> = (0..50).map(|i| format!("new{i}.mc5.global")).collect();
@@ -360,7 +323,7 @@ fn two_replicas_and_dnsctl_writing_at_once_agree() {
     let resolved = |server: &GlobalDns| -> Option<Vec<String>> {
         let answers: Vec<Vec<String>> = hosts
             .iter()
-            .map(|h| ips(server, &format!("{h}.")))
+            .map(|h| a_ips(server, &format!("{h}.")))
             .collect();
         answers
             .iter()

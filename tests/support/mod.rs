@@ -213,9 +213,20 @@ pub fn answer_ips(msg: &Message) -> Vec<String> {
     ips
 }
 
+/// The A records of `name` right now (over UDP), as text, sorted.
+pub fn a_ips(server: &GlobalDns, name: &str) -> Vec<String> {
+    answer_ips(&query(server.addr, name, RecordType::A, Proto::Udp))
+}
+
 /// Whether `name` resolves to exactly `ip` (A) right now.
 pub fn resolves_to(server: &GlobalDns, name: &str, ip: &str) -> bool {
-    answer_ips(&query(server.addr, name, RecordType::A, Proto::Udp)) == [ip]
+    a_ips(server, name) == [ip]
+}
+
+/// Whether `name` (A) is NXDOMAIN right now.
+pub fn nxdomain(server: &GlobalDns, name: &str) -> bool {
+    let reply = query(server.addr, name, RecordType::A, Proto::Udp);
+    reply.metadata.response_code == hickory_proto::op::ResponseCode::NXDomain
 }
 
 /// Runs kdig against `addr` with `args`; its standard output.

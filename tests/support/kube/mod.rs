@@ -476,6 +476,18 @@ pub fn service_entry_yaml(
     )
 }
 
+/// `globaldns` watching the clusters of `kubeconfig` (text, written into `dir`) with `args`, and
+/// an empty zones directory in `dir`.
+pub fn globaldns(dir: &Path, kubeconfig: &str, args: &[&str]) -> crate::support::GlobalDns {
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, kubeconfig).unwrap();
+    let zones = dir.join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let mut all = vec!["--kubeconfig", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    crate::support::GlobalDns::start(&zones, &all)
+}
+
 /// The first `count` clusters shared by every test of this test binary, started on first use
 /// (in parallel) and ended with the binary.
 pub fn shared(count: usize) -> Vec<&'static Cluster> {

@@ -14,8 +14,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/target/kube"
 mkdir -p "$out"
-# go.sum must already hold every checksum: a build never edits the modules.
-export GOFLAGS="-mod=readonly -trimpath"
+# go.sum must already hold every checksum: a build never edits the modules. No VCS stamp: the
+# programs are not this repository's.
+export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 
 # build MODULE VERSION_LDFLAGS PROGRAM=PACKAGE...
 build() {

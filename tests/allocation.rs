@@ -374,3 +374,23 @@ fn dnsctl_reports_usage_and_hosts_lines() {
         "{pools}"
     );
 }
+
+/// A FIFO or a device in place of the state file is refused at once (exit 4), never waited on
+/// or read without end.
+#[test]
+fn dnsctl_refuses_a_state_file_that_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("state.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let zero = dir.path().join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for state in [&fifo, &zero] {
+        let started = std::time::Instant::now();
+        let (code, _, err) = dnsctl(state, &["list"]);
+        assert_eq!(code, 4, "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -124,3 +124,136 @@ fn periodic_rescan_catches_changes_without_events() {
         "240.0.0.50"
     )));
 }
+
+/// A subdirectory that cannot be listed keeps what was last read below it; the rest of the
+/// directory goes on. The server runs as `nobody`, since root lists a `chmod 000` directory.
+#[test]
+fn an_unreadable_subdirectory_keeps_its_last_known_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let zones = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    open(zones.path(), 0o755);
+    open(state.path(), 0o777);
+    let sub = zones.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(
+        zones.path().join("top.yaml"),
+        entry("top.ns.global", "240.0.0.31"),
+    )
+    .unwrap();
+    std::fs::write(
+        sub.join("inner.yaml"),
+        entry("inner.ns.global", "240.0.0.32"),
+    )
+    .unwrap();
+    let state_file = state.path().join("state.json");
+    let nobody = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--",
+    ];
+    let args = [
+        "--rescan-interval",
+        "1",
+        "--state",
+        state_file.to_str().unwrap(),
+    ];
+    let server = GlobalDns::start_wrapped(&nobody, zones.path(), &args);
+    assert!(eventually(WITHIN, || resolves_to(
+        &server,
+        "inner.ns.global.",
+        "240.0.0.32"
+    )));
+
+    open(&sub, 0o000);
+    std::fs::write(
+        zones.path().join("later.yaml"),
+        entry("later.ns.global", "240.0.0.33"),
+    )
+    .unwrap();
+    assert!(
+        eventually(WITHIN, || resolves_to(
+            &server,
+            "later.ns.global.",
+            "240.0.0.33"
+        )),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        resolves_to(&server, "inner.ns.global.", "240.0.0.32"),
+        "kept: {}",
+        server.log_text()
+    );
+    assert!(resolves_to(&server, "top.ns.global.", "240.0.0.31"));
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot list directory"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(sub.to_str().unwrap()),
+        "names the subdirectory: {line}"
+    );
+    // Logged once, not on every rescan.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        server.log_text().matches("cannot list directory").count(),
+        1
+    );
+
+    open(&sub, 0o755);
+    std::fs::write(
+        sub.join("inner.yaml"),
+        entry("inner.ns.global", "240.0.0.34"),
+    )
+    .unwrap();
+    assert!(eventually(WITHIN, || resolves_to(
+        &server,
+        "inner.ns.global.",
+        "240.0.0.34"
+    )));
+}
+
+/// A FIFO, a device and an oversized file named `*.yaml` are skipped at once with a reason;
+/// later changes keep being served.
+#[test]
+fn special_files_never_block_the_rescan() {
+    let zones = zones_copy();
+    let fifo = zones.path().join("fifo.yaml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", zones.path().join("zero.yaml")).unwrap();
+    let server = GlobalDns::start(zones.path(), &["--rescan-interval", "1"]);
+    assert!(resolves_to(&server, "reviews.default.global.", "240.0.0.3"));
+    std::fs::write(
+        zones.path().join("later.yaml"),
+        entry("later.ns.global", "240.0.0.35"),
+    )
+    .unwrap();
+    assert!(
+        eventually(WITHIN, || resolves_to(
+            &server,
+            "later.ns.global.",
+            "240.0.0.35"
+        )),
+        "{}",
+        server.log_text()
+    );
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("fifo.yaml") && l.contains("not a regular file")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("zero.yaml") && l.contains("not a regular file"))
+    );
+}

@@ -41,6 +41,8 @@ pub struct Scan {
     /// The declarations of each file that parsed, in path order.
     pub declarations: Vec<DeclarationSet>,
     pub failed: Vec<(PathBuf, FileError)>,
+    /// Directories that could not be listed; the manifests last read below them are kept.
+    pub unlisted: Vec<(PathBuf, std::io::Error)>,
 }
 
 impl Scan {
@@ -226,18 +228,24 @@ impl Scanner {
     /// Reads `dir` if a manifest was added, removed or changed since the last call (always on
     /// the first); `None` when nothing did.
     pub fn rescan(&mut self, dir: &Path) -> Option<Scan> {
-        let listed = manifest_files(dir);
-        let stamps: Vec<(PathBuf, Stamp)> = listed.as_deref().map_or_else(
-            |_| Vec::new(),
-            |files| files.iter().map(|p| (p.clone(), stamp(p))).collect(),
-        );
+        let (files, unlisted) = manifest_files(dir);
+        let mut stamps: Vec<(PathBuf, Stamp)> =
+            files.iter().map(|p| (p.clone(), stamp(p))).collect();
+        // A directory that cannot be listed (no permission, no file descriptors left, an I/O
+        // error) keeps what was last read below it: one bad subdirectory must not empty the zone.
+        let below_unlisted = |path: &Path| unlisted.iter().any(|(d, _)| path.starts_with(d));
+        let kept = (self.parsed.iter())
+            .filter(|(path, _)| below_unlisted(path) && files.binary_search(path).is_err())
+            .map(|(path, (stamp, _))| (path.clone(), *stamp));
+        stamps.extend(kept.collect::<Vec<_>>());
+        stamps.sort();
         if self.seen.as_ref() == Some(&stamps) {
             return None;
         }
-        let mut out = Scan::default();
-        if let Err(e) = listed {
-            out.failed.push((dir.to_path_buf(), FileError::Read(e)));
-        }
+        let mut out = Scan {
+            unlisted,
+            ..Scan::default()
+        };
         // Unchanged files are kept; the others are read on every core (a mesh may be
         // thousands of small files).
         let read: Vec<Result<DeclarationSet, FileError>> = (stamps.par_iter())
@@ -262,35 +270,49 @@ impl Scanner {
     }
 }
 
+/// The largest manifest file read: room for a million ServiceEntries in one file, far from what
+/// would exhaust a pod's memory.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
 fn read_manifest(path: &Path) -> Result<Vec<Declaration>, FileError> {
-    let text = std::fs::read_to_string(path)?;
+    let text = crate::bounded::read_text(path, MAX_MANIFEST_BYTES)?;
     parse_manifest(&path.display().to_string(), &text)
 }
 
-/// Manifest paths under `dir`, sorted. Hidden entries are skipped, which also skips the
-/// `..data` indirection of Kubernetes ConfigMap volumes.
-fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Manifest paths under `dir`, sorted, and the directories that could not be listed (with
+/// why). Hidden entries are skipped, which also skips the `..data` indirection of Kubernetes
+/// ConfigMap volumes. A missing `dir` is an empty one.
+fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
     let mut files = Vec::new();
+    let mut unlisted = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
+        let listed = std::fs::read_dir(&d).and_then(|entries| {
+            for entry in entries {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if entry.file_type()?.is_dir() {
+                    pending.push(path);
+                } else if matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                ) {
+                    files.push(path);
+                }
             }
-            if entry.file_type()?.is_dir() {
-                pending.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            ) {
-                files.push(path);
-            }
+            Ok(())
+        });
+        match listed {
+            Err(e) if d == dir && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => unlisted.push((d, e)),
+            Ok(()) => {}
         }
     }
     files.sort();
-    Ok(files)
+    (files, unlisted)
 }
 
 /// The name the file source publishes under.
@@ -317,12 +339,11 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
         };
         scanner = kept;
         if let Some(result) = result {
+            for (path, error) in &result.unlisted {
+                warn!(dir = %path.display(), %error, "cannot list directory; keeping the manifests last read below it");
+            }
             for (path, error) in &result.failed {
-                if *path == dir {
-                    warn!(dir = %dir.display(), %error, "cannot read the zones directory; serving nothing from it");
-                } else {
-                    warn!(file = %path.display(), %error, "skipping manifest");
-                }
+                warn!(file = %path.display(), %error, "skipping manifest");
             }
             info!(dir = %dir.display(), entries = result.entries(), failed = result.failed.len(), "loaded manifests");
             sources.publish_chunks(SOURCE, result.declarations);

@@ -33,9 +33,23 @@ pub struct GlobalDns {
 impl GlobalDns {
     /// Starts `globaldns` serving `zones` with no upstream unless `args` names one.
     pub fn start(zones: &Path, args: &[&str]) -> GlobalDns {
+        GlobalDns::start_wrapped(&[], zones, args)
+    }
+
+    /// As [`GlobalDns::start`], run through `wrapper` (a command and its arguments, such as
+    /// `setpriv` to run as another user).
+    pub fn start_wrapped(wrapper: &[&str], zones: &Path, args: &[&str]) -> GlobalDns {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_globaldns"));
+        let binary = env!("CARGO_BIN_EXE_globaldns");
+        let mut cmd = match wrapper {
+            [] => Command::new(binary),
+            [program, rest @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(binary);
+                cmd
+            }
+        };
         if !args.contains(&"--state") && !args.contains(&"--kubeconfig") {
             // Never next to the zones directory: that may be the repository's zones/.
             cmd.arg("--state").arg(log_dir.path().join("state.json"));

@@ -19,6 +19,9 @@ const POLL: Duration = Duration::from_millis(500);
 
 type Fingerprint = Option<(i64, i64, u64, u64)>;
 
+/// The largest state file read: about ten million hosts at roughly 110 bytes each.
+pub const MAX_STATE_BYTES: u64 = 1 << 30;
+
 #[derive(Clone)]
 pub struct FileStore {
     path: PathBuf,
@@ -54,9 +57,11 @@ impl FileStore {
         *self.seen.lock().expect("fingerprint lock") = fp;
     }
 
+    /// Reads the state file: a regular file of at most [`MAX_STATE_BYTES`] (a FIFO or a device in
+    /// its place is refused at once, never waited on or read without end).
     fn read(&self) -> Result<AllocState, StoreError> {
         let fp = self.fingerprint();
-        let text = match std::fs::read_to_string(&self.path) {
+        let text = match crate::bounded::read_text(&self.path, MAX_STATE_BYTES) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.remember(None);

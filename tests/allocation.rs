@@ -394,3 +394,27 @@ fn dnsctl_refuses_a_state_file_that_is_not_a_regular_file() {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
+
+/// `dnsctl list | head -1` ends quietly when `head` closes the pipe, as any Unix filter does.
+#[test]
+fn dnsctl_ends_quietly_on_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let hosts: Vec<String> = (0..20_000).map(|i| format!("h{i}.global")).collect();
+    let list = dir.path().join("hosts.txt");
+    std::fs::write(&list, hosts.join("\n")).unwrap();
+    let (code, _, err) = dnsctl(&state, &["allocate", "--from-file", list.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let script = format!(
+        "'{}' --state '{}' list | head -1",
+        env!("CARGO_BIN_EXE_dnsctl"),
+        state.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(stderr.is_empty(), "{stderr}");
+}

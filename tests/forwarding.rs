@@ -178,3 +178,42 @@ fn without_upstream_other_names_are_refused() {
     assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
     assert!(!reply.metadata.recursion_available);
 }
+
+/// A question compressed with a pointer into the header is FORMERR at once: never relayed as
+/// sent (upstreams drop it, and a forward slot would wait out the whole budget).
+#[test]
+fn a_question_pointing_into_the_header_is_formerr_not_forwarded() {
+    let zones = tempfile::tempdir().unwrap();
+    write_entry(
+        zones.path(),
+        "web.yaml",
+        "web.example",
+        &["192.0.2.80".into()],
+    );
+    let upstream = GlobalDns::start(zones.path(), &["--zone", "example", "--query-log"]);
+    let front = GlobalDns::start(&repo_zones(), &["--upstream", &upstream.addr.to_string()]);
+    let mut packet = query_message("web.example.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    packet.truncate(12);
+    packet.extend_from_slice(&[0xC0, 4, 0, 1, 0, 1]);
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let started = Instant::now();
+        let reply = exchange_raw(front.addr, &packet, proto).expect("a reply");
+        assert_eq!(reply[3] & 0x0F, 1, "{proto:?}: FORMERR");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // The upstream logs what reaches it: the well-formed query does, the other never did.
+    let count = || upstream.log_text().matches("web.example").count();
+    assert_eq!(count(), 0, "nothing reached the upstream");
+    assert_eq!(
+        answer_ips(&query(
+            front.addr,
+            "web.example.",
+            RecordType::A,
+            Proto::Udp
+        )),
+        ["192.0.2.80"]
+    );
+    assert!(eventually(Duration::from_secs(2), || count() == 1));
+}

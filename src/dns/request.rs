@@ -191,7 +191,16 @@ pub fn parse_simple(packet: &[u8]) -> Option<Request> {
         let payload = u16_at(packet, at + 3)?;
         let flags = u16_at(packet, at + 7)?;
         let rdlen = u16_at(packet, at + 9)? as usize;
-        at += 11 + rdlen;
+        at += 11;
+        // The options must tile the OPT data exactly; anything else is the general path's
+        // FORMERR.
+        let end = at + rdlen;
+        while at < end {
+            at += 4 + u16_at(packet, at + 2)? as usize;
+        }
+        if at != end {
+            return None;
+        }
         req.edns = Some(Edns {
             payload,
             dnssec_ok: flags & 0x8000 != 0,
@@ -237,7 +246,9 @@ pub fn parse_general(packet: &[u8]) -> Parsed {
     let Ok(msg) = message else {
         return Parsed::Error(req, ResponseCode::FormErr);
     };
-    if req.question.is_none() {
+    // A compression pointer in the question can only point into the header (nothing else comes
+    // before it): malformed, and never forwarded or cached as sent.
+    if req.question.is_none() || QName::read(packet, HEADER_LEN).is_none() {
         return Parsed::Error(req, ResponseCode::FormErr);
     }
     if msg.edns.as_ref().is_some_and(|e| e.version() != 0) {
@@ -256,6 +267,34 @@ mod tests {
     use super::*;
     use hickory_proto::op::{Edns as HEdns, Query};
     use hickory_proto::rr::Name;
+
+    #[test]
+    fn a_compressed_question_is_formerr() {
+        // Header, then a question whose name is a pointer to offset 4 (inside the header).
+        let mut packet = encode("a.global.", RecordType::A, None);
+        packet.truncate(HEADER_LEN);
+        packet.extend_from_slice(&[0xC0, 4, 0, 1, 0, 1]);
+        assert!(matches!(
+            parse(&packet),
+            Parsed::Error(_, ResponseCode::FormErr)
+        ));
+    }
+
+    #[test]
+    fn malformed_edns_options_are_formerr_on_both_paths() {
+        let good = encode("a.global.", RecordType::A, Some(1232));
+        assert!(parse_simple(&good).is_some());
+        // One option (code 10, length 8) that claims more than the OPT data holds.
+        let mut bad = good.clone();
+        let rdlen_at = bad.len() - 2;
+        bad[rdlen_at..].copy_from_slice(&6u16.to_be_bytes());
+        bad.extend_from_slice(&[0, 10, 0, 8, 1, 2]);
+        assert!(parse_simple(&bad).is_none());
+        assert!(matches!(
+            parse(&bad),
+            Parsed::Error(_, ResponseCode::FormErr)
+        ));
+    }
 
     fn encode(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
         let mut msg = Message::query();

@@ -419,3 +419,45 @@ fn sigterm_shuts_down_cleanly() {
     let server = GlobalDns::start(&repo_zones(), &[]);
     assert!(server.terminate().success());
 }
+
+/// OPT and TSIG cannot be questions (FORMERR); TKEY is not implemented (NOTIMP).
+#[test]
+fn meta_types_asked_as_questions_are_refused() {
+    let server = GlobalDns::start(&repo_zones(), &[]);
+    for (qtype, rcode) in [
+        (41, ResponseCode::FormErr),
+        (250, ResponseCode::FormErr),
+        (249, ResponseCode::NotImp),
+    ] {
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let msg = query_message("reviews.default.global.", RecordType::from(qtype), None);
+            let reply = exchange(server.addr, &msg, proto);
+            assert_eq!(
+                reply.metadata.response_code, rcode,
+                "type {qtype} {proto:?}"
+            );
+            assert!(reply.answers.is_empty());
+        }
+    }
+}
+
+/// RA is set only for clients we would resolve other names for.
+#[test]
+fn recursion_available_only_for_clients_allowed_to_recurse() {
+    let upstream = dead_upstream().to_string();
+    for (allow, ra) in [("127.0.0.0/8", true), ("10.0.0.0/8", false)] {
+        let args = ["--upstream", upstream.as_str(), "--allow-from", allow];
+        let server = GlobalDns::start(&repo_zones(), &args);
+        let reply = query(
+            server.addr,
+            "reviews.default.global.",
+            RecordType::A,
+            Proto::Udp,
+        );
+        assert!(reply.metadata.authoritative);
+        assert_eq!(
+            reply.metadata.recursion_available, ra,
+            "--allow-from {allow}"
+        );
+    }
+}

@@ -335,15 +335,15 @@ fn check(
     }
 
     let internet = matches!(q.qclass, 1 | 255);
+    // RA only for clients we would recurse for.
+    let recurses = setup.forwarder && setup.may_recurse();
     let (rcode, aa, ra) = match &target.kind {
-        Kind::Outside if setup.forwarder && setup.may_recurse() => {
-            (ResponseCode::ServFail, false, true)
-        }
+        Kind::Outside if recurses => (ResponseCode::ServFail, false, true),
         Kind::Outside => (ResponseCode::Refused, false, false),
-        _ if !internet => (ResponseCode::Refused, false, setup.forwarder),
-        Kind::Pending => (ResponseCode::ServFail, false, setup.forwarder),
-        Kind::NxDomain => (ResponseCode::NXDomain, true, setup.forwarder),
-        Kind::Node { .. } => (ResponseCode::NoError, true, setup.forwarder),
+        _ if !internet => (ResponseCode::Refused, false, recurses),
+        Kind::Pending => (ResponseCode::ServFail, false, recurses),
+        Kind::NxDomain => (ResponseCode::NXDomain, true, recurses),
+        Kind::Node { .. } => (ResponseCode::NoError, true, recurses),
     };
     assert_eq!(md.response_code, rcode, "rcode: {}", ctx());
     assert_eq!(md.authoritative, aa, "AA: {}", ctx());

@@ -81,19 +81,23 @@ impl Handler {
         out: &mut Vec<u8>,
         started: Instant,
     ) -> Action {
-        let req = match parsed {
-            Parsed::Query(req) => req,
-            Parsed::Error(req, rcode) => {
-                debug!(id = req.id, %rcode, "refusing malformed or unsupported message");
-                write_error(out, &req, rcode, self.recursion_available());
-                self.answered(&req, out, transport, client, AnswerSource::Local, started);
-                return Action::Reply;
+        let (req, refused) = match parsed {
+            Parsed::Query(req) => {
+                let refused = meta_question(&req);
+                (req, refused)
             }
+            Parsed::Error(req, rcode) => (req, Some(rcode)),
             Parsed::Drop => {
                 self.metrics.dropped();
                 return Action::Drop;
             }
         };
+        if let Some(rcode) = refused {
+            debug!(id = req.id, %rcode, "refusing malformed or unsupported message");
+            write_error(out, &req, rcode, self.recursion_available(client));
+            self.answered(&req, out, transport, client, AnswerSource::Local, started);
+            return Action::Reply;
+        }
         let source = match self.answer(&req, transport, client, out) {
             Some(source) => source,
             None => return Action::Forward(Box::new(req), started),
@@ -118,7 +122,12 @@ impl Handler {
         let table = self.table.load();
         match table.lookup(q.name.lower(), q.qtype) {
             Lookup::Authoritative(_) if !is_internet_class(q.qclass) => {
-                write_error(out, req, ResponseCode::Refused, self.recursion_available());
+                write_error(
+                    out,
+                    req,
+                    ResponseCode::Refused,
+                    self.recursion_available(client),
+                );
             }
             Lookup::Authoritative(body) => {
                 let limit = match transport {
@@ -127,7 +136,7 @@ impl Handler {
                 };
                 let flags = ReplyFlags {
                     authoritative: body.rcode != ResponseCode::ServFail,
-                    recursion_available: self.recursion_available(),
+                    recursion_available: self.recursion_available(client),
                 };
                 write(out, req, body, flags, limit);
             }
@@ -187,7 +196,7 @@ impl Handler {
         let reply = result.unwrap_or_else(|error| {
             warn!(id = req.id, qtype = ?req.qtype(), %error, "forwarding failed; answering SERVFAIL");
             let mut out = Vec::new();
-            write_error(&mut out, req, ResponseCode::ServFail, self.recursion_available());
+            write_error(&mut out, req, ResponseCode::ServFail, self.recursion_available(client));
             out
         });
         self.answered(
@@ -201,7 +210,23 @@ impl Handler {
         reply
     }
 
-    fn recursion_available(&self) -> bool {
-        self.forwarder.is_some()
+    /// RA: set only for clients we would resolve other names for (RFC 1035 §4.1.1), so a client
+    /// outside `--allow-from` is never told we recurse for it.
+    fn recursion_available(&self, client: IpAddr) -> bool {
+        self.forwarder.is_some() && self.may_recurse(client)
+    }
+}
+
+/// Meta-types that cannot be asked as questions: OPT and TSIG only travel in the additional
+/// section (RFC 6891 §6.1.1, RFC 8945 §5.1), so such a question is malformed; TKEY is a
+/// transaction we do not implement (RFC 2930).
+fn meta_question(req: &Request) -> Option<ResponseCode> {
+    const OPT: u16 = 41;
+    const TKEY: u16 = 249;
+    const TSIG: u16 = 250;
+    match req.question.as_ref()?.qtype {
+        OPT | TSIG => Some(ResponseCode::FormErr),
+        TKEY => Some(ResponseCode::NotImp),
+        _ => None,
     }
 }

@@ -102,10 +102,20 @@ impl FileStore {
         Ok(state)
     }
 
+    /// Replaces the file; called with the lock held. The new file keeps the old one's mode (and
+    /// owner, when we may set it), so an operator's `chmod 600` or `chown` survives our writes.
     fn write(&self, dir: &Path, text: &str) -> std::io::Result<()> {
+        self.remove_leftovers(dir);
         let tmp = with_suffix(&self.path, &format!(".tmp.{}", std::process::id()));
         let result = (|| {
             let mut file = File::create(&tmp)?;
+            if let Ok(old) = std::fs::metadata(&self.path) {
+                file.set_permissions(old.permissions())?;
+                // SAFETY: geteuid has no preconditions.
+                if unsafe { libc::geteuid() } == 0 {
+                    std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()))?;
+                }
+            }
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
@@ -115,6 +125,30 @@ impl FileStore {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+impl FileStore {
+    /// Removes temporary files a writer killed mid-write left behind (`PATH.tmp.PID`). Called
+    /// with the lock held: a live writer holds the lock while its temporary file exists, so any
+    /// found now is a dead one's.
+    fn remove_leftovers(&self, dir: &Path) {
+        let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let prefix = format!("{name}.tmp.");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -208,6 +242,26 @@ mod tests {
             2,
             "state and lock file only: {leftovers:?}"
         );
+    }
+
+    #[test]
+    fn writes_keep_the_mode_and_clear_a_dead_writers_leftovers() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let store = FileStore::new(&path);
+        let rt = rt();
+        rt.block_on(store.update(add("a.global", "240.0.0.1")))
+            .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A writer killed with -9 between creating its temporary file and the rename.
+        let leftover = dir.path().join("state.json.tmp.99999999");
+        std::fs::write(&leftover, "half a state").unwrap();
+        rt.block_on(store.update(add("b.global", "240.0.0.2")))
+            .unwrap();
+        assert!(!leftover.exists(), "the dead writer's file is gone");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode kept");
     }
 
     #[test]

@@ -100,6 +100,24 @@ fn broken_manifest_is_skipped_and_named_in_the_log() {
         "{log}"
     );
 
+    // One log line per failure, holding none of the file's text; not repeated while the file is
+    // unchanged, even when other files change.
+    let line = log.lines().find(|l| l.contains("broken.yaml")).unwrap();
+    assert!(!line.contains("240.0.0.40"), "{line}");
+    std::fs::write(
+        zones.path().join("other.yaml"),
+        entry("other.global", "240.0.0.41"),
+    )
+    .unwrap();
+    assert!(eventually(WITHIN, || resolves_to(
+        &server,
+        "other.global.",
+        "240.0.0.41"
+    )));
+    let log = server.log_text();
+    assert_eq!(log.matches("skipping manifest file=").count(), 2, "{log}");
+    assert_eq!(log.matches("failed=2").count(), 2, "still counted: {log}");
+
     // Fixing the file brings its names in; the server never stopped serving.
     std::fs::write(&broken, entry("broken.global", "240.0.0.40")).unwrap();
     assert!(eventually(WITHIN, || resolves_to(

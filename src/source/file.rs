@@ -43,6 +43,8 @@ pub struct Scan {
     pub failed: Vec<(PathBuf, FileError)>,
     /// Directories that could not be listed; the manifests last read below them are kept.
     pub unlisted: Vec<(PathBuf, std::io::Error)>,
+    /// Files reported in an earlier scan that still fail, unchanged (not reported again).
+    pub still_failing: usize,
 }
 
 impl Scan {
@@ -122,8 +124,15 @@ fn parse_documents(origin: &str, text: &str) -> Result<Vec<Declaration>, FileErr
         text,
         options_for(text),
     )
-    .map_err(|e| FileError::Yaml(e.to_string()))?;
+    .map_err(|e| FileError::Yaml(first_line(&e.to_string())))?;
     entries.finish(origin)
+}
+
+/// The parser's message without the excerpt of the file it appends: one log line, and no
+/// manifest content (which may hold anything) in the logs.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
 
 /// The parser's default budget is for one configuration file and refuses a mesh's manifests
@@ -212,6 +221,8 @@ pub fn scan(dir: &Path) -> Scan {
 #[derive(Default)]
 pub struct Scanner {
     parsed: BTreeMap<PathBuf, (Stamp, DeclarationSet)>,
+    /// Files that failed, by the stamp they failed at.
+    failing: BTreeMap<PathBuf, Stamp>,
     /// Every manifest path and its stamp at the last scan; `None` before the first.
     seen: Option<Vec<(PathBuf, Stamp)>>,
 }
@@ -248,23 +259,36 @@ impl Scanner {
         };
         // Unchanged files are kept; the others are read on every core (a mesh may be
         // thousands of small files).
-        let read: Vec<Result<DeclarationSet, FileError>> = (stamps.par_iter())
+        // A file that failed and has not changed since is neither read nor reported again.
+        let unchanged =
+            |stamp: &Stamp, old: Option<&Stamp>| old == Some(stamp) && stamp.0.is_some();
+        let read: Vec<Option<Result<DeclarationSet, FileError>>> = (stamps.par_iter())
             .map(|(path, stamp)| match self.parsed.get(path) {
-                Some((old, decls)) if old == stamp && stamp.0.is_some() => Ok(decls.clone()),
-                _ => read_manifest(path).map(Arc::new),
+                Some((old, decls)) if unchanged(stamp, Some(old)) => Some(Ok(decls.clone())),
+                _ if unchanged(stamp, self.failing.get(path)) => None,
+                _ => Some(read_manifest(path).map(Arc::new)),
             })
             .collect();
         let mut parsed = BTreeMap::new();
+        let mut failing = BTreeMap::new();
         for ((path, stamp), decls) in stamps.iter().zip(read) {
             match decls {
-                Ok(decls) => {
+                Some(Ok(decls)) => {
                     out.declarations.push(decls.clone());
                     parsed.insert(path.clone(), (*stamp, decls));
                 }
-                Err(e) => out.failed.push((path.clone(), e)),
+                Some(Err(e)) => {
+                    out.failed.push((path.clone(), e));
+                    failing.insert(path.clone(), *stamp);
+                }
+                None => {
+                    out.still_failing += 1;
+                    failing.insert(path.clone(), *stamp);
+                }
             }
         }
         self.parsed = parsed;
+        self.failing = failing;
         self.seen = Some(stamps);
         Some(out)
     }
@@ -345,7 +369,8 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
             for (path, error) in &result.failed {
                 warn!(file = %path.display(), %error, "skipping manifest");
             }
-            info!(dir = %dir.display(), entries = result.entries(), failed = result.failed.len(), "loaded manifests");
+            let failed = result.failed.len() + result.still_failing;
+            info!(dir = %dir.display(), entries = result.entries(), failed, "loaded manifests");
             sources.publish_chunks(SOURCE, result.declarations);
         }
         tokio::select! {
@@ -438,6 +463,15 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
             parse_manifest("f.yaml", "a: [b"),
             Err(FileError::Yaml(_))
         ));
+        // One line, naming the place, and none of the file's content.
+        let text =
+            "kind: ServiceEntry\nspec:\n  hosts: [a.global\n  addresses: [\"secret-token\"]\n";
+        let err = parse_manifest("f.yaml", text).unwrap_err().to_string();
+        assert!(
+            !err.contains('\n') && !err.contains("secret-token"),
+            "{err}"
+        );
+        assert!(err.contains("line 4"), "{err}");
     }
 
     #[test]

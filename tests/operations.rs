@@ -135,3 +135,44 @@ async fn readyz_turns_ready_once_the_cluster_has_synced() {
     .await
     .unwrap();
 }
+
+/// Idle connections to the metrics port cannot pile up: at most 64 are accepted at once, each is
+/// closed 10 s after it was accepted, and DNS keeps being served meanwhile.
+#[test]
+fn idle_metrics_connections_are_capped_and_closed() {
+    use std::io::Read;
+    let server = GlobalDns::start(&repo_zones(), &["--metrics", "127.0.0.1:0"]);
+    let http = server.metrics.unwrap();
+    assert_eq!(http_get(http, "/healthz").0, 200);
+    let before = server.open_fds();
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(http).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = server.open_fds();
+    assert!(
+        during <= before + 64,
+        "{before} fds before, {during} with 300 idle connections"
+    );
+    assert!(resolves_to(&server, "reviews.default.global.", "240.0.0.3"));
+    let tcp = query(
+        server.addr,
+        "reviews.default.global.",
+        RecordType::A,
+        Proto::Tcp,
+    );
+    assert_eq!(answer_ips(&tcp), ["240.0.0.3"]);
+    // The first ones accepted are closed by the server after their 10 s.
+    let mut first = idle.into_iter().next().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = matches!(first.read(&mut buf), Ok(0) | Err(_));
+    assert!(
+        closed && started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1,6 +1,8 @@
 //! `--metrics ADDR`: `/metrics` (OpenMetrics text), `/healthz` (the process answers) and
 //! `/readyz` (every source synced once and the allocation store reached once).
 //!
+//! The listener is bounded (see `limits`): a cap on connections and on each one's lifetime.
+//!
 //! Readiness does not flip back when the API server goes away later: replicas keep answering
 //! from their last-known table, and pulling them all out of the Service would turn an API
 //! outage into a DNS outage.
@@ -14,6 +16,7 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 use super::Metrics;
+use super::limits::Bounded;
 use crate::source::readiness::Readiness;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -33,7 +36,7 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, readiness:
                 async move { answer }
             }),
         );
-    if let Err(error) = axum::serve(listener, app).await {
+    if let Err(error) = axum::serve(Bounded::new(listener), app).await {
         warn!(%error, "metrics endpoint stopped");
     }
 }

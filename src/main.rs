@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     init_logging();
     let config = args.into_config();
     keep_big_buffers_out_of_the_heap();
+    raise_file_limit();
     start_rebuild_threads();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
@@ -52,6 +53,34 @@ fn keep_big_buffers_out_of_the_heap() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
+}
+
+/// Sockets (one per TCP client), upstream queries and manifest files all take file descriptors,
+/// and systemd and container runtimes start us with a soft limit (often 1,024) far below the hard
+/// one. Running out turns every forwarded name into SERVFAIL and stops the TCP listener, so the
+/// soft limit goes to the hard limit at start, and the log says what it is.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if got != 0 {
+        error!(error = %std::io::Error::last_os_error(), "cannot read the file descriptor limit");
+        return;
+    }
+    let soft = limit.rlim_cur;
+    if soft < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            let error = std::io::Error::last_os_error();
+            error!(%error, soft, hard = limit.rlim_max, "cannot raise the file descriptor limit");
+            return;
+        }
+    }
+    info!(limit = limit.rlim_cur, was = soft, "file descriptors");
 }
 
 /// Parsing manifests and encoding the name table run on rayon's threads, niced: a big mesh's

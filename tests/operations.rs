@@ -176,3 +176,33 @@ fn idle_metrics_connections_are_capped_and_closed() {
         started.elapsed()
     );
 }
+
+/// The file descriptor soft limit is raised to the hard limit at start, and logged.
+#[test]
+fn the_file_descriptor_limit_is_raised_to_the_hard_limit() {
+    let hard = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    let server = GlobalDns::start_wrapped(&["prlimit", "--nofile=256:"], &repo_zones(), &[]);
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("file descriptors"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("limit={hard}")) && line.contains("was=256"),
+        "{line}"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let open = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open.split_whitespace().nth(3),
+        Some(hard.as_str()),
+        "{open}"
+    );
+}

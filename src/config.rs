@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use tracing::warn;
 
 use crate::alloc::{DEFAULT_POOL, Policy, Pool};
+use crate::dns::TcpLimits;
 use crate::forward::{system_upstreams, without_self};
 use crate::server::{ClusterConfig, ForwardConfig, ServerConfig};
 use crate::zone::{SoaSettings, ZoneSettings};
@@ -74,6 +75,23 @@ pub struct ServerArgs {
     /// [default: loopback, RFC 1918, 100.64.0.0/10, fc00::/7]
     #[arg(long = "allow-from", value_name = "CIDR")]
     pub allow_from: Vec<IpNet>,
+
+    /// TCP connections open at once, across every --listen address; more are closed at once.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub tcp_connections: usize,
+
+    /// TCP connections one client (an IPv4 address, or an IPv6 /64) may hold open at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub tcp_per_client: usize,
+
+    /// How long a TCP connection may wait for its next query (1 s while more than half of
+    /// --tcp-connections are open).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub tcp_idle_timeout: u64,
+
+    /// How long a TCP connection may stay open however busy it is; the client reconnects.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub tcp_lifetime: u64,
 
     /// TTL of answers for served names.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
@@ -238,6 +256,12 @@ impl ServerArgs {
             metrics: self.metrics,
             query_log: self.query_log,
             rescan_every: Duration::from_secs(self.rescan_interval.max(1)),
+            tcp: TcpLimits {
+                connections: self.tcp_connections.max(1),
+                per_client: self.tcp_per_client.max(1),
+                idle: Duration::from_secs(self.tcp_idle_timeout.max(1)),
+                lifetime: Duration::from_secs(self.tcp_lifetime.max(1)),
+            },
         }
     }
 }

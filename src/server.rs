@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
-use crate::dns::{Handler, serve_tcp, serve_udp};
+use crate::dns::{Handler, TcpLimits, TcpSlots, serve_tcp, serve_udp};
 use crate::forward::{AnswerCache, CachingForwarder, Forward, UpstreamForwarder};
 use crate::ops::{Metrics, serve_http};
 use crate::publish::Publisher;
@@ -42,6 +42,7 @@ pub struct ServerConfig {
     /// Where /metrics, /healthz and /readyz are served, if anywhere.
     pub metrics: Option<SocketAddr>,
     pub query_log: bool,
+    pub tcp: TcpLimits,
 }
 
 /// How names outside the served zones are resolved.
@@ -231,11 +232,12 @@ impl Server {
             metrics,
             config.query_log,
         ));
+        let tcp_slots = TcpSlots::new(config.tcp);
         for (tcp, udp) in listeners {
             for socket in udp {
                 tasks.spawn(serve_udp(Arc::new(socket), handler.clone()));
             }
-            tasks.spawn(serve_tcp(tcp, handler.clone()));
+            tasks.spawn(serve_tcp(tcp, handler.clone(), tcp_slots.clone()));
         }
         info!(addresses = ?local_addrs, upstreams = ?config.forward.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
         Ok(Server {

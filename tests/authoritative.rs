@@ -461,3 +461,58 @@ fn recursion_available_only_for_clients_allowed_to_recurse() {
         );
     }
 }
+
+/// Sends one query on `stream` and reads its answer; false when the server closed it.
+fn ask(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let msg = query_message("reviews.default.global.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let mut framed = (msg.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&msg);
+    let mut len = [0u8; 2];
+    if stream.write_all(&framed).is_err() || stream.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut reply).is_ok()
+}
+
+/// A TCP connection to `server` from the loopback address `source` that has had one query
+/// answered, or `None` when the server closed it instead.
+fn tcp_session(server: &GlobalDns, source: &str) -> Option<std::net::TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    ask(&mut stream).then_some(stream)
+}
+
+/// One client holds at most --tcp-per-client connections; others are still served; and a
+/// connection kept busy is closed after --tcp-lifetime all the same (RFC 7766 §6.2.3).
+#[test]
+fn one_client_cannot_hold_the_tcp_listener() {
+    let args = ["--tcp-per-client", "4", "--tcp-lifetime", "3"];
+    let server = GlobalDns::start(&repo_zones(), &args);
+    let held: Vec<_> = (0..10).map(|_| tcp_session(&server, "127.0.0.1")).collect();
+    let open = held.iter().filter(|s| s.is_some()).count();
+    assert_eq!(open, 4, "per-client cap");
+    assert!(
+        tcp_session(&server, "127.0.0.2").is_some(),
+        "another client is served"
+    );
+
+    // A connection asking every half second is still closed once its lifetime is over.
+    let mut busy = tcp_session(&server, "127.0.0.3").unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(8) && ask(&mut busy) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let lived = started.elapsed();
+    assert!(
+        (std::time::Duration::from_secs(2)..std::time::Duration::from_secs(5)).contains(&lived),
+        "closed after its lifetime: {lived:?}"
+    );
+}

@@ -8,7 +8,7 @@ mod tcp;
 mod udp;
 
 pub use handler::{Action, Handler};
-pub use tcp::serve_tcp;
+pub use tcp::{TcpLimits, TcpSlots, serve_tcp};
 pub use udp::serve_udp;
 
 /// How a client reached us; it decides size limits and how upstreams are asked.

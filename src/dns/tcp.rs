@@ -1,22 +1,114 @@
 //! The TCP listener: length-prefixed messages (RFC 1035 §4.2.2), several per connection, answered
-//! in order, with an idle timeout (RFC 7766 §6.2.3) and a cap on open connections.
+//! in order, within limits that keep one client from holding the listener (RFC 7766 §6.2.3):
+//! a cap on open connections across every listener, a cap per client (an IPv4 address, or an
+//! IPv6 /64), an idle timeout that drops to one second while more than half the slots are
+//! taken, and a lifetime after which a connection is closed however busy it is, so a client
+//! trickling queries cannot keep its slots forever.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::{Action, Handler, Transport};
 
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 1024;
+/// What every TCP listener of the server holds to together.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    pub connections: usize,
+    pub per_client: usize,
+    pub idle: Duration,
+    pub lifetime: Duration,
+}
 
-pub async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// The idle timeout while more than half the connection slots are taken.
+const BUSY_IDLE: Duration = Duration::from_secs(1);
+
+/// The connection slots shared by every TCP listener.
+pub struct TcpSlots {
+    limits: TcpLimits,
+    total: Arc<Semaphore>,
+    clients: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection's slot, given back when dropped.
+struct Slot {
+    slots: Arc<TcpSlots>,
+    client: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl TcpSlots {
+    pub fn new(limits: TcpLimits) -> Arc<Self> {
+        Arc::new(TcpSlots {
+            limits,
+            total: Arc::new(Semaphore::new(limits.connections)),
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `client`, unless it or the server has no more.
+    fn take(self: &Arc<Self>, client: IpAddr) -> Option<Slot> {
+        let client = client_key(client);
+        let mut clients = self.clients.lock().expect("TCP client counts");
+        let count = clients.entry(client).or_insert(0);
+        if *count >= self.limits.per_client {
+            return None;
+        }
+        let permit = self.total.clone().try_acquire_owned().ok()?;
+        *count += 1;
+        Some(Slot {
+            slots: self.clone(),
+            client,
+            _permit: permit,
+        })
+    }
+
+    /// How long a connection may wait for its next query right now.
+    fn idle_timeout(&self) -> Duration {
+        let taken = self.limits.connections - self.total.available_permits();
+        if taken * 2 > self.limits.connections {
+            self.limits.idle.min(BUSY_IDLE)
+        } else {
+            self.limits.idle
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut clients = self.slots.clients.lock().expect("TCP client counts");
+        if let Some(count) = clients.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                clients.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A client as the per-client cap counts it: an IPv4 address, or an IPv6 /64 (one host's
+/// usual share of addresses).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+pub async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, slots: Arc<TcpSlots>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -26,13 +118,13 @@ pub async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "too many TCP connections; closing");
+        let Some(slot) = slots.take(peer.ip()) else {
+            debug!(%peer, "too many TCP connections from this client or in all; closing");
             continue;
         };
         let handler = handler.clone();
         tokio::spawn(async move {
-            if let Err(error) = serve_connection(stream, peer.ip(), &handler).await {
+            if let Err(error) = serve_connection(stream, peer.ip(), &handler, &slot).await {
                 debug!(%peer, %error, "TCP connection ended");
             }
             drop(slot);
@@ -44,19 +136,23 @@ async fn serve_connection(
     mut stream: TcpStream,
     client: IpAddr,
     handler: &Handler,
+    slot: &Slot,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let end_of_life = Instant::now() + slot.slots.limits.lifetime;
     let mut packet = Vec::new();
     let mut out = Vec::with_capacity(4096);
     loop {
-        let len = match tokio::time::timeout(IDLE_TIMEOUT, stream.read_u16()).await {
+        let left = end_of_life.saturating_duration_since(Instant::now());
+        let wait = slot.slots.idle_timeout().min(left);
+        let len = match tokio::time::timeout(wait, stream.read_u16()).await {
             Ok(Ok(len)) => len as usize,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()), // idle
+            Err(_) => return Ok(()), // idle, or its lifetime is over
         };
         packet.resize(len, 0);
-        tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut packet)).await??;
+        tokio::time::timeout(slot.slots.limits.idle, stream.read_exact(&mut packet)).await??;
         let reply = match handler.handle(&packet, Transport::Tcp, client, &mut out) {
             Action::Reply => &out,
             Action::Forward(req, started) => {
@@ -72,5 +168,41 @@ async fn serve_connection(
         framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
         framed.extend_from_slice(reply);
         stream.write_all(&framed).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_counted_by_address_or_ipv6_64() {
+        let v6 = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2:aaaa::1"), v6("2001:db8:1:2:bbbb::9"));
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(v6("::ffff:10.1.2.3"), v6("10.1.2.3"));
+    }
+
+    #[test]
+    fn slots_are_capped_per_client_and_in_all() {
+        let slots = TcpSlots::new(TcpLimits {
+            connections: 4,
+            per_client: 2,
+            idle: Duration::from_secs(10),
+            lifetime: Duration::from_secs(60),
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let (a1, a2) = (slots.take(a).unwrap(), slots.take(a).unwrap());
+        assert!(slots.take(a).is_none(), "per client");
+        assert_eq!(slots.idle_timeout(), Duration::from_secs(10));
+        let _b = [slots.take(b).unwrap(), slots.take(b).unwrap()];
+        assert!(slots.take(c).is_none(), "in all");
+        assert_eq!(slots.idle_timeout(), BUSY_IDLE, "busy: short idle timeout");
+        drop(a1);
+        assert!(slots.take(c).is_some());
+        drop(a2);
+        assert!(slots.take(a).is_some(), "a's count went down");
     }
 }

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let server = match Server::start(config).await {
             Ok(server) => server,
             Err(e) => {
@@ -41,8 +41,14 @@ fn main() -> ExitCode {
         info!("shutting down");
         server.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Blocking work (a rescan reading a file on a hung mount, say) is not waited for: a stop
+    // ends within this time whatever a thread is doing.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    code
 }
+
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// glibc raises its mmap threshold each time a big buffer is freed, so later manifest texts and
 /// rebuild scratch land in the heap, where they stay resident (about 20 MiB at 100k names). A

@@ -516,3 +516,21 @@ fn one_client_cannot_hold_the_tcp_listener() {
         "closed after its lifetime: {lived:?}"
     );
 }
+
+/// The most addresses an entry may have still fit in one answer over TCP.
+#[test]
+fn four_thousand_addresses_are_answered_over_tcp() {
+    let zones = tempfile::tempdir().unwrap();
+    let addresses: Vec<String> = (0..4000u32)
+        .map(|i| format!("10.0.{}.{}", i >> 8, i & 255))
+        .collect();
+    let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    std::fs::write(
+        zones.path().join("many.yaml"),
+        service_entry("many", &["many.global"], &refs),
+    )
+    .unwrap();
+    let server = GlobalDns::start(zones.path(), &[]);
+    let reply = query(server.addr, "many.global.", RecordType::A, Proto::Tcp);
+    assert_eq!(reply.answers.len(), 4000);
+}

@@ -475,6 +475,27 @@ spec: {hosts: [x.global], addresses: [1.2.3.4]}
     }
 
     #[test]
+    fn a_host_with_more_addresses_than_one_message_holds_is_refused() {
+        let entry = |count: u32| {
+            let addresses: Vec<String> = (0..count)
+                .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
+                .collect();
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: huge, namespace: ns}}\nspec:\n  hosts: [huge.global]\n  addresses: [{}]\n",
+                addresses.join(", ")
+            )
+        };
+        assert!(parse_manifest("f.yaml", &entry(4000)).is_ok());
+        let err = parse_manifest("f.yaml", &entry(5000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"huge\"") && err.contains("do not fit in one DNS message"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_file_of_many_entries_is_read_whole() {
         let text: String = (0..3000)
             .map(|i| format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: ns}}\nspec: {{hosts: [s{i}.global], addresses: [240.0.{}.{}]}}\n", i / 250, i % 250 + 1))

@@ -418,3 +418,27 @@ fn dnsctl_ends_quietly_on_a_closed_pipe() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// `allocate --from-file` is all-or-nothing even when the list takes several transactions:
+/// 20,000 hosts into a pool of about 16,000 addresses store none.
+#[test]
+fn allocate_from_file_stores_nothing_when_the_whole_list_cannot_be_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let list = dir.path().join("hosts.txt");
+    let hosts: Vec<String> = (0..20_000).map(|i| format!("h{i}.global")).collect();
+    std::fs::write(&list, hosts.join("\n")).unwrap();
+    let args = [
+        "--pool",
+        "240.0.0.0/18",
+        "allocate",
+        "--from-file",
+        list.to_str().unwrap(),
+    ];
+    let (code, out, err) = dnsctl(&state, &args);
+    assert_eq!(code, 3, "{err}");
+    assert!(out.is_empty() && err.contains("exhausted"), "{err}");
+    let (_, listed, _) = dnsctl(&state, &["list", "-o", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap_or_default();
+    assert!(rows.is_empty(), "nothing stored: {} rows", rows.len());
+}

@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::alloc::{
-    AllocError, ConfigMapStore, DEFAULT_POOL, FileStore, Policy, Pool, Store, StoreError, check,
-    host_key_from_str, operate, usage,
+    AllocError, Allocator, ConfigMapStore, DEFAULT_POOL, FileStore, Policy, Pool, Reserved, Store,
+    StoreError, check, host_key_from_str, operate, unix_now, usage,
 };
 use crate::cluster::one_line;
 use crate::source::Declaration;
@@ -243,6 +243,16 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             }
             if ip.is_some() && hosts.len() != 1 {
                 return Err(CtlError::Usage("--ip pins one host at a time".into()));
+            }
+            if hosts.len() > BATCH {
+                // Several transactions: the whole list is first tried against the stored state,
+                // so a list that cannot be allocated whole (a full pool, say) stores nothing.
+                let mut trial = store.load().await?;
+                let none = Reserved::new();
+                let mut alloc = Allocator::new(&policy, &mut trial, &none, unix_now());
+                for host in &hosts {
+                    alloc.allocate_pinned(host).map_err(StoreError::from)?;
+                }
             }
             let mut out = String::new();
             for batch in hosts.chunks(BATCH) {

@@ -77,11 +77,12 @@ pub struct ServerArgs {
     pub allow_from: Vec<IpNet>,
 
     /// TCP connections open at once, across every --listen address; more are closed at once.
-    #[arg(long, default_value_t = 1024, value_name = "N")]
+    #[arg(long, default_value_t = 4096, value_name = "N")]
     pub tcp_connections: usize,
 
     /// TCP connections one client (an IPv4 address, or an IPv6 /64) may hold open at once.
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    /// Generous: a busy CoreDNS pod sends every truncated answer's retry from one address.
+    #[arg(long, default_value_t = 128, value_name = "N")]
     pub tcp_per_client: usize,
 
     /// How long a TCP connection may wait for its next query (1 s while more than half of

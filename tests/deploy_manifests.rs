@@ -114,7 +114,7 @@ fn manifests_pass_the_kubernetes_schema() {
     let version = Command::new(&tool).arg("--version").output();
     assert!(
         version.as_ref().is_ok_and(|o| o.status.success()),
-        "`{tool}` is needed (`pip install kubernetes-validate`, see .ci/run): {version:?}"
+        "`{tool}` is needed (tools/test.sh installs it into target/ci-venv): {version:?}"
     );
     let mut files = base_files();
     files.extend(OPTIONAL.iter().map(|f| f.to_string()));

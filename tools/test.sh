@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (the README's): installs what the tests need, each only when it is
 # missing, builds the real programs they run (tools/build.sh), then runs every test. Extra
-# arguments go to `cargo test` (e.g. `tools/test.sh --test multicluster`).
+# arguments go to `cargo test` (e.g. `tools/test.sh --test multicluster`); without any, the fuzz
+# targets run 30 s each first (tools/fuzz.sh).
 #
 # Needs Rust (cargo) and Go >= 1.26 on the PATH; everything else comes from Debian's packages,
 # PyPI and the Go module proxy. Without root it asks sudo for the Debian packages.
@@ -38,4 +39,9 @@ if ! command -v kubernetes-validate >/dev/null; then
 fi
 
 tools/build.sh
+# The fuzz targets, 30 s each, so a parser regression fails the tests too (longer runs:
+# tools/fuzz.sh SECONDS). Skipped when only some tests were asked for.
+if (($# == 0)); then
+    tools/fuzz.sh 30
+fi
 cargo test "$@"

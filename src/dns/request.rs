@@ -193,16 +193,23 @@ pub fn parse_simple(packet: &[u8]) -> Option<Request> {
         let rdlen = u16_at(packet, at + 9)? as usize;
         at += 11;
         // The options must tile the OPT data exactly; anything else is the general path's
-        // FORMERR.
+        // FORMERR. Options whose content has rules (client subnet, NSID) are left to the
+        // general reader, which checks them.
+        const NSID: u16 = 3;
+        const CLIENT_SUBNET: u16 = 8;
         let end = at + rdlen;
         while at < end {
+            if matches!(u16_at(packet, at)?, NSID | CLIENT_SUBNET) {
+                return None;
+            }
             at += 4 + u16_at(packet, at + 2)? as usize;
         }
         if at != end {
             return None;
         }
         req.edns = Some(Edns {
-            payload,
+            // Below 512 counts as 512 (RFC 6891 §6.2.5), as the general reader has it.
+            payload: payload.max(512),
             dnssec_ok: flags & 0x8000 != 0,
         });
     }
@@ -292,6 +299,30 @@ mod tests {
         assert!(parse_simple(&bad).is_none());
         assert!(matches!(
             parse(&bad),
+            Parsed::Error(_, ResponseCode::FormErr)
+        ));
+    }
+
+    /// Found by fuzzing (fuzz/corpus/readers_agree): the readers agree on an EDNS payload
+    /// below 512 and on a client-subnet option too short to hold one.
+    #[test]
+    fn readers_agree_on_small_payloads_and_bad_client_subnets() {
+        let mut small = encode("a.global.", RecordType::A, Some(1232));
+        let payload_at = small.len() - 8;
+        small[payload_at..payload_at + 2].copy_from_slice(&0u16.to_be_bytes());
+        let fast = parse_simple(&small).unwrap();
+        let Parsed::Query(general) = parse_general(&small) else {
+            panic!("general reader refused")
+        };
+        assert_eq!(fast.edns, general.edns);
+        assert_eq!(fast.edns.unwrap().payload, 512);
+        let mut subnet = encode("a.global.", RecordType::A, Some(1232));
+        let rdlen_at = subnet.len() - 2;
+        subnet[rdlen_at..].copy_from_slice(&4u16.to_be_bytes());
+        subnet.extend_from_slice(&[0, 8, 0, 0]);
+        assert!(parse_simple(&subnet).is_none());
+        assert!(matches!(
+            parse(&subnet),
             Parsed::Error(_, ResponseCode::FormErr)
         ));
     }

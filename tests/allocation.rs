@@ -381,9 +381,7 @@ fn dnsctl_reports_usage_and_hosts_lines() {
 fn dnsctl_refuses_a_state_file_that_is_not_a_regular_file() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("state.json");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    mkfifo(&fifo);
     let zero = dir.path().join("zero.json");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     for state in [&fifo, &zero] {

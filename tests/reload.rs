@@ -244,9 +244,7 @@ fn an_unreadable_subdirectory_keeps_its_last_known_names() {
 fn special_files_never_block_the_rescan() {
     let zones = zones_copy();
     let fifo = zones.path().join("fifo.yaml");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    mkfifo(&fifo);
     std::os::unix::fs::symlink("/dev/zero", zones.path().join("zero.yaml")).unwrap();
     let server = GlobalDns::start(zones.path(), &["--rescan-interval", "1"]);
     assert!(resolves_to(&server, "reviews.default.global.", "240.0.0.3"));

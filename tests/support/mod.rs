@@ -302,22 +302,12 @@ pub fn dnsctl(state: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A ServiceEntry manifest for `hosts` with `addresses` (none: the allocator gives a VIP).
+/// A ServiceEntry manifest (a document of a zones file, namespace `test`) for `hosts` with
+/// `addresses` (none: the allocator gives a VIP).
 pub fn service_entry(name: &str, hosts: &[&str], addresses: &[&str]) -> String {
-    let quote = |v: &[&str]| {
-        v.iter()
-            .map(|s| format!("'{s}'"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let addresses = if addresses.is_empty() {
-        String::new()
-    } else {
-        format!("\n  addresses: [{}]", quote(addresses))
-    };
     format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: test}}\nspec:\n  hosts: [{}]{addresses}\n",
-        quote(hosts)
+        "---\n{}",
+        kube::service_entry_yaml("v1", "test", name, hosts, addresses)
     )
 }
 

@@ -11,6 +11,7 @@ use tracing::warn;
 
 use crate::alloc::{DEFAULT_POOL, Policy, Pool};
 use crate::dns::TcpLimits;
+use crate::dns::rate_limit::RateLimitConfig;
 use crate::forward::{system_upstreams, without_self};
 use crate::server::{ClusterConfig, ForwardConfig, ServerConfig};
 use crate::zone::{SoaSettings, ZoneSettings};
@@ -93,6 +94,25 @@ pub struct ServerArgs {
     /// How long a TCP connection may stay open however busy it is; the client reconnects.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub tcp_lifetime: u64,
+
+    /// UDP responses one client network may receive per second (response rate limiting, as in
+    /// NSD and Knot); past it most are dropped. 0 turns it off, the default: behind CoreDNS one
+    /// address asks for a whole cluster. Set it where untrusted networks reach the listener.
+    #[arg(long, default_value_t = 0, value_name = "PER_SECOND")]
+    pub rate_limit: u32,
+
+    /// Of the responses over --rate-limit, every Nth is sent empty with TC=1 instead of dropped,
+    /// so a real client retries over TCP (never limited); 0 drops them all.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub rate_limit_slip: u32,
+
+    /// IPv4 prefix length that makes one client network for --rate-limit.
+    #[arg(long, default_value_t = 24, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub rate_limit_ipv4_prefix: u8,
+
+    /// IPv6 prefix length that makes one client network for --rate-limit.
+    #[arg(long, default_value_t = 56, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub rate_limit_ipv6_prefix: u8,
 
     /// TTL of answers for served names.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
@@ -262,6 +282,12 @@ impl ServerArgs {
                 per_client: self.tcp_per_client.max(1),
                 idle: Duration::from_secs(self.tcp_idle_timeout.max(1)),
                 lifetime: Duration::from_secs(self.tcp_lifetime.max(1)),
+            },
+            rate_limit: RateLimitConfig {
+                per_second: self.rate_limit,
+                slip: self.rate_limit_slip,
+                ipv4_prefix: self.rate_limit_ipv4_prefix,
+                ipv6_prefix: self.rate_limit_ipv6_prefix,
             },
         }
     }

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
+use crate::dns::rate_limit::{RateLimitConfig, RateLimiter};
 use crate::dns::{Handler, TcpLimits, TcpSlots, serve_tcp, serve_udp};
 use crate::forward::{AnswerCache, CachingForwarder, Forward, UpstreamForwarder};
 use crate::ops::{Metrics, serve_http};
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     pub query_log: bool,
     pub tcp: TcpLimits,
+    /// Response rate limiting for UDP; off when its rate is 0.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// How names outside the served zones are resolved.
@@ -231,7 +234,11 @@ impl Server {
             config.forward.allow_recursion.clone(),
             metrics,
             config.query_log,
-        ));
+        )
+        .with_rate_limit(RateLimiter::new(config.rate_limit)));
+        if config.rate_limit.per_second > 0 {
+            info!(limit = ?config.rate_limit, "rate limiting UDP responses per client network");
+        }
         let tcp_slots = TcpSlots::new(config.tcp);
         for (tcp, udp) in listeners {
             for socket in udp {

@@ -4,6 +4,8 @@ mod support;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
+use std::net::UdpSocket;
+
 use support::*;
 
 fn soa_in_authority(reply: &Message) -> bool {
@@ -533,4 +535,134 @@ fn four_thousand_addresses_are_answered_over_tcp() {
     let server = GlobalDns::start(zones.path(), &[]);
     let reply = query(server.addr, "many.global.", RecordType::A, Proto::Tcp);
     assert_eq!(reply.answers.len(), 4000);
+}
+
+/// A UDP datagram from `source` to `dest` with a forged source address, sent through a raw
+/// socket (needs CAP_NET_RAW: the tests run as root). The kernel fills in the IP checksum,
+/// length and ID; a zero UDP checksum means none (RFC 768).
+fn spoofed_sender() -> socket2::Socket {
+    socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(255)), // IPPROTO_RAW: we write the IP header
+    )
+    .expect("a raw socket (CAP_NET_RAW; the tests run as root)")
+}
+
+fn send_spoofed(
+    raw: &socket2::Socket,
+    source: std::net::SocketAddrV4,
+    dest: std::net::SocketAddrV4,
+    payload: &[u8],
+) {
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    packet.extend_from_slice(&source.ip().octets());
+    packet.extend_from_slice(&dest.ip().octets());
+    packet.extend_from_slice(&source.port().to_be_bytes());
+    packet.extend_from_slice(&dest.port().to_be_bytes());
+    packet.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    let total = packet.len() as u16;
+    packet[2..4].copy_from_slice(&total.to_be_bytes());
+    let to: std::net::SocketAddr = dest.into();
+    raw.send_to(&packet, &to.into()).expect("raw send");
+}
+
+/// Response rate limiting: a flood forged from a victim's address is cut to --rate-limit
+/// answers per second (plus every second one over it sent truncated), while a client in
+/// another network is answered in full, and the victim itself still gets its answer over TCP.
+#[test]
+fn a_spoofed_flood_is_cut_to_the_rate_limit_while_others_are_served() {
+    const LIMIT: u32 = 50;
+    let limit = LIMIT.to_string();
+    let server = GlobalDns::start(
+        &repo_zones(),
+        &["--rate-limit", &limit, "--metrics", "127.0.0.1:0"],
+    );
+    let std::net::SocketAddr::V4(server_v4) = server.addr else {
+        unreachable!("the server listens on 127.0.0.1")
+    };
+    // The victim: a socket on 127.9.9.9 counting what the server sends it.
+    let victim = UdpSocket::bind("127.9.9.9:0").unwrap();
+    victim
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let std::net::SocketAddr::V4(victim_addr) = victim.local_addr().unwrap() else {
+        unreachable!()
+    };
+    let counter = std::thread::spawn(move || {
+        let (mut full, mut truncated) = (0u32, 0u32);
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = victim.recv(&mut buf) {
+            let reply = Message::from_vec(&buf[..n]).expect("replies decode");
+            if reply.metadata.truncation {
+                assert!(reply.answers.is_empty(), "a slipped reply carries no answer");
+                truncated += 1;
+            } else {
+                assert_eq!(answer_ips(&reply), ["240.0.0.3"]);
+                full += 1;
+            }
+        }
+        (full, truncated)
+    });
+
+    // 2,000 forged queries over about two seconds, and meanwhile an honest client on another
+    // network asking 40 times (within its own limit).
+    let query = query_message("reviews.default.global.", RecordType::A, Some(1232))
+        .to_vec()
+        .unwrap();
+    let raw = spoofed_sender();
+    let honest = std::thread::spawn({
+        let addr = server.addr;
+        move || {
+            let sock = UdpSocket::bind("127.10.10.10:0").unwrap();
+            sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut answered = 0;
+            for _ in 0..40 {
+                let msg = query_message("reviews.default.global.", RecordType::A, Some(1232));
+                sock.send_to(&msg.to_vec().unwrap(), addr).unwrap();
+                let mut buf = [0u8; 1500];
+                let n = sock.recv(&mut buf).expect("the honest client is answered");
+                let reply = Message::from_vec(&buf[..n]).unwrap();
+                if !reply.metadata.truncation && answer_ips(&reply) == ["240.0.0.3"] {
+                    answered += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            answered
+        }
+    });
+    let started = std::time::Instant::now();
+    const SENT: u32 = 2000;
+    for i in 0..SENT {
+        send_spoofed(&raw, victim_addr, server_v4, &query);
+        if i % 100 == 99 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let seconds = started.elapsed().as_secs() as u32 + 1;
+    let (full, truncated) = counter.join().unwrap();
+    assert_eq!(honest.join().unwrap(), 40, "the honest client got every answer");
+    println!(
+        "{SENT} forged queries over {:?}: the victim got {full} answers and {truncated} truncated replies",
+        started.elapsed()
+    );
+    // Seconds are counted from the server's start, so the flood can touch one more.
+    assert!(full <= LIMIT * (seconds + 1), "answers capped: {full}");
+    assert!(full >= LIMIT, "the limit is answered in full: {full}");
+    let over = SENT - full;
+    assert!(
+        truncated.abs_diff(over / 2) <= 2 * (seconds + 1),
+        "every second response over the limit slips: {truncated} of {over}"
+    );
+    let (_, metrics) = http_get(server.metrics.unwrap(), "/metrics");
+    let slipped = r#"globaldns_rate_limited_responses_total{action="slip"}"#;
+    let dropped = r#"globaldns_rate_limited_responses_total{action="drop"}"#;
+    assert_eq!(sample(&metrics, slipped), f64::from(truncated));
+    assert_eq!(sample(&metrics, dropped), f64::from(over - truncated));
+
+    // The victim is still answered over TCP, which cannot be forged.
+    let tcp = tcp_session(&server, "127.9.9.9");
+    assert!(tcp.is_some(), "TCP is never rate limited");
 }

@@ -9,8 +9,12 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::Transport;
+use super::client::unmapped;
 use super::request::{Parsed, Request, is_internet_class, parse};
-use super::response::{MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error};
+use super::rate_limit::{RateLimiter, Verdict};
+use super::response::{
+    MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error, write_truncated,
+};
 use crate::forward::{Forward, ForwardError};
 use crate::ops::{AnswerSource, Metrics};
 use crate::zone::{Lookup, SharedTable};
@@ -32,6 +36,8 @@ pub struct Handler {
     metrics: Arc<Metrics>,
     /// Log every answered query (`--query-log`).
     query_log: bool,
+    /// Response rate limiting for UDP (`--rate-limit`), when on.
+    rate_limit: Option<RateLimiter>,
 }
 
 impl Handler {
@@ -48,15 +54,18 @@ impl Handler {
             allow_recursion,
             metrics,
             query_log,
+            rate_limit: None,
         }
     }
 
+    /// Limits UDP responses per client network (see [`RateLimiter`]); `None` leaves them free.
+    pub fn with_rate_limit(mut self, rate_limit: Option<RateLimiter>) -> Self {
+        self.rate_limit = rate_limit;
+        self
+    }
+
     fn may_recurse(&self, client: IpAddr) -> bool {
-        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let client = match client {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
-            v4 => v4,
-        };
+        let client = unmapped(client);
         self.allow_recursion.iter().any(|net| net.contains(&client))
     }
 
@@ -92,6 +101,21 @@ impl Handler {
                 return Action::Drop;
             }
         };
+        if let (Transport::Udp, Some(limiter)) = (transport, &self.rate_limit) {
+            match limiter.check(client, started) {
+                Verdict::Answer => {}
+                Verdict::Slip => {
+                    self.metrics.rate_limited(true);
+                    write_truncated(out, &req, self.recursion_available(client));
+                    self.answered(&req, out, transport, client, AnswerSource::Local, started);
+                    return Action::Reply;
+                }
+                Verdict::Drop => {
+                    self.metrics.rate_limited(false);
+                    return Action::Drop;
+                }
+            }
+        }
         if let Some(rcode) = refused {
             debug!(id = req.id, %rcode, "refusing malformed or unsupported message");
             write_error(out, &req, rcode, self.recursion_available(client));

@@ -1,9 +1,11 @@
 //! The DNS layer: sockets, reading queries, and writing answers from the name table.
 
+mod client;
 mod handler;
 pub mod mmsg;
 pub mod request;
 pub mod response;
+pub mod rate_limit;
 mod tcp;
 mod udp;
 

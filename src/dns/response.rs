@@ -65,6 +65,15 @@ pub fn write_error(
     write(out, req, Prepared::empty(rcode).view(), flags, usize::MAX);
 }
 
+/// An empty reply with TC set: the client should ask again over TCP (rate limiting's slip).
+pub fn write_truncated(out: &mut Vec<u8>, req: &Request, recursion_available: bool) {
+    let flags = ReplyFlags {
+        authoritative: false,
+        recursion_available,
+    };
+    write(out, req, Prepared::empty(ResponseCode::NoError).view(), flags, 0);
+}
+
 fn write_header(
     out: &mut Vec<u8>,
     req: &Request,

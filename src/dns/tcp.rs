@@ -10,12 +10,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::client::network;
 use super::{Action, Handler, Transport};
 
 /// What every TCP listener of the server holds to together.
@@ -34,13 +36,13 @@ const BUSY_IDLE: Duration = Duration::from_secs(1);
 pub struct TcpSlots {
     limits: TcpLimits,
     total: Arc<Semaphore>,
-    clients: Mutex<HashMap<IpAddr, usize>>,
+    clients: Mutex<HashMap<IpNet, usize>>,
 }
 
 /// One open connection's slot, given back when dropped.
 struct Slot {
     slots: Arc<TcpSlots>,
-    client: IpAddr,
+    client: IpNet,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -95,17 +97,8 @@ impl Drop for Slot {
 
 /// A client as the per-client cap counts it: an IPv4 address, or an IPv6 /64 (one host's
 /// usual share of addresses).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-        },
-        v4 => v4,
-    }
+fn client_key(ip: IpAddr) -> IpNet {
+    network(ip, 32, 64)
 }
 
 pub async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, slots: Arc<TcpSlots>) {

@@ -137,6 +137,8 @@ struct ClusterState {
 pub struct Metrics {
     queries: [AtomicU64; QUERY_SLOTS],
     dropped: AtomicU64,
+    /// UDP responses over the rate limit: [dropped, sent truncated].
+    rate_limited: [AtomicU64; 2],
     latency: [Histogram; SOURCES.len()],
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
@@ -162,6 +164,7 @@ impl Metrics {
         Metrics {
             queries: std::array::from_fn(|_| AtomicU64::new(0)),
             dropped: AtomicU64::new(0),
+            rate_limited: Default::default(),
             latency: std::array::from_fn(|_| Histogram::new()),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
@@ -200,6 +203,11 @@ impl Metrics {
 
     pub fn dropped(&self) {
         self.dropped.fetch_add(1, Relaxed);
+    }
+
+    /// One UDP response over the rate limit, sent truncated (`slipped`) or not at all.
+    pub fn rate_limited(&self, slipped: bool) {
+        self.rate_limited[usize::from(slipped)].fetch_add(1, Relaxed);
     }
 
     pub fn cache_lookup(&self, hit: bool) {
@@ -340,6 +348,16 @@ impl Collector for Metrics {
             "Packets dropped without an answer (responses, runts, port 0).",
             Counter,
             self.dropped.load(Relaxed) as f64,
+        )?;
+        family(
+            &mut encoder,
+            "globaldns_rate_limited_responses",
+            "UDP responses over --rate-limit, by what was done instead (dropped, or sent truncated).",
+            Counter,
+            ["drop", "slip"]
+                .into_iter()
+                .zip(&self.rate_limited)
+                .map(|(action, count)| (vec![("action", action)], count.load(Relaxed) as f64)),
         )?;
 
         let mut latency = encoder.encode_descriptor(

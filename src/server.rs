@@ -228,14 +228,16 @@ impl Server {
         if forwarder.is_none() {
             warn!("no upstream resolver: names outside the served zones get REFUSED");
         }
-        let handler = Arc::new(Handler::new(
-            table.clone(),
-            forwarder,
-            config.forward.allow_recursion.clone(),
-            metrics,
-            config.query_log,
-        )
-        .with_rate_limit(RateLimiter::new(config.rate_limit)));
+        let handler = Arc::new(
+            Handler::new(
+                table.clone(),
+                forwarder,
+                config.forward.allow_recursion.clone(),
+                metrics,
+                config.query_log,
+            )
+            .with_rate_limit(RateLimiter::new(config.rate_limit)),
+        );
         if config.rate_limit.per_second > 0 {
             info!(limit = ?config.rate_limit, "rate limiting UDP responses per client network");
         }

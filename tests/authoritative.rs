@@ -597,7 +597,10 @@ fn a_spoofed_flood_is_cut_to_the_rate_limit_while_others_are_served() {
         while let Ok(n) = victim.recv(&mut buf) {
             let reply = Message::from_vec(&buf[..n]).expect("replies decode");
             if reply.metadata.truncation {
-                assert!(reply.answers.is_empty(), "a slipped reply carries no answer");
+                assert!(
+                    reply.answers.is_empty(),
+                    "a slipped reply carries no answer"
+                );
                 truncated += 1;
             } else {
                 assert_eq!(answer_ips(&reply), ["240.0.0.3"]);
@@ -643,7 +646,11 @@ fn a_spoofed_flood_is_cut_to_the_rate_limit_while_others_are_served() {
     }
     let seconds = started.elapsed().as_secs() as u32 + 1;
     let (full, truncated) = counter.join().unwrap();
-    assert_eq!(honest.join().unwrap(), 40, "the honest client got every answer");
+    assert_eq!(
+        honest.join().unwrap(),
+        40,
+        "the honest client got every answer"
+    );
     println!(
         "{SENT} forged queries over {:?}: the victim got {full} answers and {truncated} truncated replies",
         started.elapsed()

@@ -10,8 +10,8 @@ use tracing::{debug, info, warn};
 
 use super::Transport;
 use super::client::unmapped;
-use super::request::{Parsed, Request, is_internet_class, parse};
 use super::rate_limit::{RateLimiter, Verdict};
+use super::request::{Parsed, Request, is_internet_class, parse};
 use super::response::{
     MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error, write_truncated,
 };

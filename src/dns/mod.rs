@@ -3,9 +3,9 @@
 mod client;
 mod handler;
 pub mod mmsg;
+pub mod rate_limit;
 pub mod request;
 pub mod response;
-pub mod rate_limit;
 mod tcp;
 mod udp;
 

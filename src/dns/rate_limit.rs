@@ -71,7 +71,8 @@ impl RateLimiter {
             client,
             self.config.ipv4_prefix,
             self.config.ipv6_prefix,
-        )) as usize & (SLOTS - 1)];
+        )) as usize
+            & (SLOTS - 1)];
         let update = |packed: u64| {
             let count = if (packed >> 32) as u32 == second {
                 (packed as u32).saturating_add(1)

@@ -71,7 +71,13 @@ pub fn write_truncated(out: &mut Vec<u8>, req: &Request, recursion_available: bo
         authoritative: false,
         recursion_available,
     };
-    write(out, req, Prepared::empty(ResponseCode::NoError).view(), flags, 0);
+    write(
+        out,
+        req,
+        Prepared::empty(ResponseCode::NoError).view(),
+        flags,
+        0,
+    );
 }
 
 fn write_header(

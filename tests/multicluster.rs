@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use support::kube::{Cluster, globaldns, kubeconfig, service_entry_yaml, shared};
+use support::kube::{Cluster, globaldns, kubeconfig, remote_secret, service_entry_yaml, shared};
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -170,25 +170,6 @@ fn live_changes_in_every_api_version_show_within_seconds() {
         eventually(WITHIN, || a_ips(&server, "auto.mc3.global.") == vip),
         "same VIP within grace"
     );
-}
-
-/// A remote secret in Istio's format (`istioctl create-remote-secret`): labelled
-/// `istio/multiCluster=true`, annotated with the cluster ID, one data key per cluster ID whose
-/// value is a kubeconfig authenticating with a ServiceAccount token of the remote cluster.
-fn remote_secret(name: &str, entries: &[(&str, String)]) -> String {
-    let data: Vec<String> = entries
-        .iter()
-        .map(|(id, kc)| {
-            use base64::Engine;
-            let kc = base64::engine::general_purpose::STANDARD.encode(kc);
-            format!("  {id}: {kc}\n")
-        })
-        .collect();
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{istio/multiCluster: \"true\"}}\n  annotations: {{networking.istio.io/cluster: {}}}\ntype: Opaque\ndata:\n{}",
-        entries[0].0,
-        data.concat()
-    )
 }
 
 /// A reader account in `cluster` as istioctl makes one: a ServiceAccount allowed to read

@@ -247,6 +247,16 @@ impl Cluster {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the API server: a stall, where connections stay
+    /// open and nothing answers.
+    pub fn freeze_apiserver(&self, frozen: bool) {
+        let slot = self.apiserver.lock().unwrap();
+        let proc = slot.as_ref().expect("the API server is running");
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) with a pid we started and still own.
+        assert_eq!(unsafe { libc::kill(proc.pid() as i32, signal) }, 0);
+    }
+
     /// Compacts etcd's history up to its current revision, so a watch from any older
     /// resourceVersion gets 410 Gone.
     pub fn compact_etcd(&self) {
@@ -473,6 +483,25 @@ pub fn service_entry_yaml(
     format!(
         "apiVersion: networking.istio.io/{version}\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  hosts: {}\n{addresses}  location: MESH_INTERNAL\n  resolution: DNS\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n",
         list(hosts)
+    )
+}
+
+/// A remote secret in Istio's format (`istioctl create-remote-secret`): labelled
+/// `istio/multiCluster=true`, annotated with the cluster ID, one data key per cluster ID whose
+/// value is a kubeconfig authenticating with a ServiceAccount token of the remote cluster.
+pub fn remote_secret(name: &str, entries: &[(&str, String)]) -> String {
+    let data: Vec<String> = entries
+        .iter()
+        .map(|(id, kc)| {
+            use base64::Engine;
+            let kc = base64::engine::general_purpose::STANDARD.encode(kc);
+            format!("  {id}: {kc}\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{istio/multiCluster: \"true\"}}\n  annotations: {{networking.istio.io/cluster: {}}}\ntype: Opaque\ndata:\n{}",
+        entries[0].0,
+        data.concat()
     )
 }
 

@@ -228,6 +228,10 @@ impl Server {
         if forwarder.is_none() {
             warn!("no upstream resolver: names outside the served zones get REFUSED");
         }
+        let rate_limit = RateLimiter::new(config.rate_limit);
+        if rate_limit.is_some() {
+            info!(limit = ?config.rate_limit, "rate limiting UDP responses per client network");
+        }
         let handler = Arc::new(
             Handler::new(
                 table.clone(),
@@ -236,11 +240,8 @@ impl Server {
                 metrics,
                 config.query_log,
             )
-            .with_rate_limit(RateLimiter::new(config.rate_limit)),
+            .with_rate_limit(rate_limit),
         );
-        if config.rate_limit.per_second > 0 {
-            info!(limit = ?config.rate_limit, "rate limiting UDP responses per client network");
-        }
         let tcp_slots = TcpSlots::new(config.tcp);
         for (tcp, udp) in listeners {
             for socket in udp {

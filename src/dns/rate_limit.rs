@@ -73,18 +73,19 @@ impl RateLimiter {
             self.config.ipv6_prefix,
         )) as usize
             & (SLOTS - 1)];
-        let update = |packed: u64| {
+        // The slot after one more response: a new second starts counting from 1.
+        let next = |packed: u64| {
             let count = if (packed >> 32) as u32 == second {
                 (packed as u32).saturating_add(1)
             } else {
                 1
             };
-            Some(u64::from(second) << 32 | u64::from(count))
+            u64::from(second) << 32 | u64::from(count)
         };
-        let packed = slot
-            .fetch_update(Relaxed, Relaxed, update)
+        let before = slot
+            .fetch_update(Relaxed, Relaxed, |p| Some(next(p)))
             .expect("the update always succeeds");
-        let count = update(packed).map_or(0, |p| p as u32);
+        let count = next(before) as u32;
         let Some(over) = count.checked_sub(self.config.per_second).filter(|&o| o > 0) else {
             return Verdict::Answer;
         };

@@ -58,26 +58,28 @@ pub fn write_error(
     rcode: ResponseCode,
     recursion_available: bool,
 ) {
-    let flags = ReplyFlags {
-        authoritative: false,
-        recursion_available,
-    };
-    write(out, req, Prepared::empty(rcode).view(), flags, usize::MAX);
+    write_empty(out, req, rcode, recursion_available, usize::MAX);
 }
 
 /// An empty reply with TC set: the client should ask again over TCP (rate limiting's slip).
 pub fn write_truncated(out: &mut Vec<u8>, req: &Request, recursion_available: bool) {
+    // Nothing fits in a limit of 0, so `write` sets TC.
+    write_empty(out, req, ResponseCode::NoError, recursion_available, 0);
+}
+
+/// A non-authoritative response without records.
+fn write_empty(
+    out: &mut Vec<u8>,
+    req: &Request,
+    rcode: ResponseCode,
+    recursion_available: bool,
+    limit: usize,
+) {
     let flags = ReplyFlags {
         authoritative: false,
         recursion_available,
     };
-    write(
-        out,
-        req,
-        Prepared::empty(ResponseCode::NoError).view(),
-        flags,
-        0,
-    );
+    write(out, req, Prepared::empty(rcode).view(), flags, limit);
 }
 
 fn write_header(

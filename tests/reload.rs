@@ -273,3 +273,133 @@ fn special_files_never_block_the_rescan() {
             .any(|l| l.contains("zero.yaml") && l.contains("not a regular file"))
     );
 }
+
+/// A real network filesystem that can be made to hang: sshfs talking SFTP over pipes to a local
+/// `sftp-server` (no network, no ssh). Stopping the server with SIGSTOP makes every uncached stat
+/// or read under the mount block in the kernel, as on an NFS mount whose server went away.
+/// Dropping it thaws the server and unmounts.
+struct HungMount {
+    server: std::process::Child,
+    sshfs: std::process::Child,
+    at: std::path::PathBuf,
+}
+
+impl HungMount {
+    fn new(source: &std::path::Path, at: &std::path::Path) -> HungMount {
+        use std::process::{Command, Stdio};
+        let mut server = Command::new("/usr/lib/openssh/sftp-server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sftp-server (openssh-sftp-server; tools/test.sh installs it)");
+        let sshfs = Command::new("sshfs")
+            .args([
+                "-f",
+                "-o",
+                "passive,cache=no,attr_timeout=0,entry_timeout=0",
+            ])
+            .arg(format!(":{}", source.display()))
+            .arg(at)
+            .stdin(server.stdout.take().unwrap())
+            .stdout(server.stdin.take().unwrap())
+            .spawn()
+            .expect("sshfs (tools/test.sh installs it; mounting FUSE needs root)");
+        let mount = HungMount {
+            server,
+            sshfs,
+            at: at.to_path_buf(),
+        };
+        let mounted = || {
+            std::fs::read_to_string("/proc/self/mounts")
+                .unwrap()
+                .lines()
+                .any(|l| l.contains(&format!(" {} fuse.sshfs ", at.display())))
+        };
+        assert!(eventually(WITHIN, mounted), "sshfs did not mount");
+        mount
+    }
+
+    /// Stops the SFTP server until the guard is dropped. Declare the guard after the server
+    /// under test: a process with a thread blocked on the hung mount cannot exit (not even on
+    /// SIGKILL) until the mount answers, so the thaw must come first.
+    fn freeze(&self) -> Frozen<'_> {
+        signal(&self.server, "-STOP");
+        Frozen(&self.server)
+    }
+}
+
+struct Frozen<'a>(&'a std::process::Child);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(process: &std::process::Child, signal: &str) {
+    let pid = process.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        signal(&self.server, "-CONT");
+        let _ = std::process::Command::new("fusermount")
+            .arg("-u")
+            .arg(&self.at)
+            .status();
+        let _ = self.sshfs.kill();
+        let _ = self.server.kill();
+        let _ = self.sshfs.wait();
+        let _ = self.server.wait();
+    }
+}
+
+#[test]
+fn a_hung_mount_stalls_only_the_rescan_and_is_reported() {
+    let zones = zones_copy();
+    let at = tempfile::tempdir().unwrap();
+    let mount = HungMount::new(zones.path(), at.path());
+    let server = GlobalDns::start(at.path(), &["--rescan-interval", "1"]);
+    assert!(resolves_to(&server, "reviews.default.global.", "240.0.0.3"));
+
+    let frozen = mount.freeze();
+    // The next rescan blocks in stat; names keep being answered meanwhile, and the log says why
+    // changes stopped showing.
+    std::fs::write(
+        zones.path().join("later.yaml"),
+        entry("later.ns.global", "240.0.0.36"),
+    )
+    .unwrap();
+    let stuck = |server: &GlobalDns| server.log_text().contains("manifest scan is stuck");
+    assert!(
+        eventually(Duration::from_secs(20), || stuck(&server)),
+        "{}",
+        server.log_text()
+    );
+    for _ in 0..50 {
+        assert!(resolves_to(&server, "reviews.default.global.", "240.0.0.3"));
+    }
+    assert!(is_nxdomain(&server, "later.ns.global."));
+
+    // The mount comes back: the stuck scan finishes and the change shows.
+    drop(frozen);
+    assert!(
+        eventually(WITHIN, || resolves_to(
+            &server,
+            "later.ns.global.",
+            "240.0.0.36"
+        )),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("manifest scan finished after stalling")
+    );
+}

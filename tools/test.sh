@@ -16,14 +16,17 @@ if [[ -z "$go_minor" || "$go_minor" -lt 26 ]]; then
     exit 2
 fi
 
-# Debian packages: kdig (knot-dnsutils), unbound, ip (iproute2), unshare (util-linux), and the
-# venv module for the manifest validator.
+# Debian packages: kdig (knot-dnsutils), unbound, ip (iproute2), unshare (util-linux), sshfs and
+# sftp-server (a network mount the hung-mount test can freeze), and the venv module for the
+# manifest validator.
 export PATH="$PWD/target/ci-venv/bin:$PATH"
 need=()
 command -v kdig >/dev/null || need+=(knot-dnsutils)
 [ -x /usr/sbin/unbound ] || need+=(unbound)
 command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v sshfs >/dev/null || need+=(sshfs)
+[ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
 command -v kubernetes-validate >/dev/null || python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
     sudo=""

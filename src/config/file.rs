@@ -19,6 +19,9 @@ use serde_json::Value;
 
 use super::ServerArgs;
 
+/// A flags file is a few kilobytes; this refuses a wrong path (a log, a device) at once.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Keys a config file may not set.
 const NOT_IN_FILE: [&str; 3] = ["config", "help", "version"];
 
@@ -63,7 +66,7 @@ fn file_arguments(path: &Path, matches: &ArgMatches) -> Result<Vec<String>, clap
             format!("config file {}: {}\n", path.display(), message.trim_end()),
         )
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::bounded::read_text(path, MAX_CONFIG_BYTES).map_err(|e| {
         clap::Error::raw(
             ErrorKind::Io,
             format!("cannot read config file {}: {e}\n", path.display()),
@@ -300,6 +303,9 @@ pool:
         assert!(error.contains(".yaml, .yml or .toml"), "{error}");
         let error = parse(&dir, "missing.yaml", &[]).unwrap_err();
         assert!(error.contains("cannot read config file"), "{error}");
+        // A directory (or a FIFO or device) is refused at once, never read.
+        let error = parse(&dir, ".", &[]).unwrap_err();
+        assert!(error.contains("not a regular file"), "{error}");
         // A mistake is an error even for a key the command line overrides.
         let dir = config("bad.toml", "ttl = \"abc\"\n");
         let error = parse(&dir, "bad.toml", &["--ttl", "9"]).unwrap_err();

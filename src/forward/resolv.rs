@@ -3,9 +3,17 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// Nameservers of a resolv.conf file, on port 53.
+/// Larger than any real resolv.conf (glibc reads at most a few kilobytes of it).
+const MAX_RESOLV_CONF_BYTES: u64 = 64 * 1024;
+
+/// Nameservers of a resolv.conf file, on port 53. Read through [`crate::bounded`], so a FIFO or
+/// device given as `--resolv-conf` is refused at once instead of hanging start-up. `/dev/null`,
+/// the usual way to say "no system resolver", reads as an empty file.
 pub fn system_upstreams(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
-    let text = std::fs::read(path)?;
+    if path == Path::new("/dev/null") {
+        return Ok(Vec::new());
+    }
+    let text = crate::bounded::read_text(path, MAX_RESOLV_CONF_BYTES)?;
     let conf = resolv_conf::Config::parse(&text)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     Ok(conf
@@ -36,6 +44,13 @@ mod tests {
         let path = dir.path().join("resolv.conf");
         std::fs::write(&path, "search svc.cluster.local\nnameserver 10.96.0.10\nnameserver 127.0.0.1\noptions ndots:5\n").unwrap();
         let ups = system_upstreams(&path).unwrap();
+        assert!(system_upstreams(Path::new("/dev/null")).unwrap().is_empty());
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = system_upstreams(&fifo).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
         assert_eq!(
             ups,
             vec![

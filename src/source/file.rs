@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 use notify::{RecursiveMode, Watcher};
@@ -339,6 +339,10 @@ fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) 
     (files, unlisted)
 }
 
+/// How long a rescan may run before each warning that it is stuck. A healthy scan of thousands
+/// of files takes well under a second.
+const STALL_WARNING: Duration = Duration::from_secs(10);
+
 /// The name the file source publishes under.
 pub const SOURCE: &str = "files";
 
@@ -354,13 +358,31 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
             watcher = start_watcher(&dir, changed.clone());
         }
         let d = dir.clone();
-        let pass = tokio::task::spawn_blocking(move || {
+        let mut pass = tokio::task::spawn_blocking(move || {
             let result = scanner.rescan(&d);
             (result, scanner)
         });
-        let Ok((result, kept)) = pass.await else {
-            return;
+        // A stat or read on a hung network mount blocks in the kernel, and nothing can cancel
+        // it. The names last read keep being served meanwhile; the operator is told, and
+        // shutdown does not wait for the stuck thread.
+        let started = Instant::now();
+        let (result, kept) = loop {
+            tokio::select! {
+                done = &mut pass => match done {
+                    Ok(done) => break done,
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep(STALL_WARNING) => warn!(
+                    dir = %dir.display(),
+                    stuck_secs = started.elapsed().as_secs(),
+                    "manifest scan is stuck in the filesystem (a hung mount?); serving the manifests last read"
+                ),
+                _ = sources.closed() => return,
+            }
         };
+        if started.elapsed() >= STALL_WARNING {
+            info!(dir = %dir.display(), stuck_secs = started.elapsed().as_secs(), "manifest scan finished after stalling");
+        }
         scanner = kept;
         if let Some(result) = result {
             for (path, error) in &result.unlisted {

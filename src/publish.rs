@@ -5,13 +5,15 @@
 //! address that only exists in memory.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::alloc::{AllocState, Policy, Reserved, Store, host_key, reconcile, unix_now, usage};
+use crate::alloc::{
+    AllocState, Policy, Reconciled, Reserved, Store, host_key, reconcile, unix_now, usage,
+};
 use crate::catalog::{Catalog, HostEntry};
 use crate::ops::Metrics;
 use crate::source::readiness::Readiness;
@@ -132,21 +134,20 @@ impl Publisher {
     }
 
     /// Stores VIPs for `wanted`; on failure keeps the last durable state and schedules a retry.
+    /// What the stored run decided (hosts left without a VIP, hosts moved off a VIP an explicit
+    /// entry claims) is logged and counted here, once: the store may run the mutation more than
+    /// once, so the mutation only reports.
     async fn allocate(&mut self, wanted: &BTreeSet<String>, reserved: &Arc<Reserved>) {
         let complete = self.readiness.is_ready();
-        let (policy, wanted2, reserved2, conflicts) = (
-            self.policy.clone(),
-            wanted.clone(),
-            Arc::clone(reserved),
-            self.metrics.clone(),
-        );
+        let (policy, wanted2, reserved2) =
+            (self.policy.clone(), wanted.clone(), Arc::clone(reserved));
+        let report = Arc::new(Mutex::new(Reconciled::default()));
+        let last_run = report.clone();
         let mutation = Box::new(move |state: &mut AllocState| {
             let outcome = reconcile(state, &policy, &wanted2, &reserved2, unix_now(), complete);
-            for (host, error) in &outcome.failed {
-                warn!(host, %error, "no VIP for host; answering SERVFAIL");
-            }
-            conflicts.conflicts(outcome.conflicts);
-            Ok(outcome.changed)
+            let changed = outcome.changed;
+            *last_run.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
+            Ok(changed)
         });
         let stored = self.store.update(mutation).await;
         self.metrics.store_result(stored.is_ok());
@@ -154,6 +155,15 @@ impl Publisher {
             Ok(state) => {
                 self.durable = state;
                 self.retry = None;
+                let outcome =
+                    std::mem::take(&mut *report.lock().unwrap_or_else(PoisonError::into_inner));
+                for m in &outcome.moved {
+                    warn!(host = m.host, address = %m.address, declared_by = m.declared_by, "allocated VIP is now declared explicitly by another ServiceEntry; moved the host");
+                }
+                self.metrics.conflicts(outcome.moved.len() as u64);
+                for (host, error) in &outcome.failed {
+                    warn!(host, %error, "no VIP for host; answering SERVFAIL");
+                }
             }
             Err(error) => {
                 let next = self

@@ -101,6 +101,49 @@ fn store_context_moves_the_allocations() {
     assert!(a.objects("configmaps", "mc2-dns").is_empty());
 }
 
+/// A VIP that an explicit entry starts claiming moves its host. The ConfigMap store runs a
+/// transaction's mutation again after reading back what it wrote, so the conflict must be logged
+/// and counted once, after the transaction, not by the mutation.
+#[test]
+fn a_vip_claimed_by_an_explicit_entry_is_counted_and_logged_once() {
+    let c = shared(1);
+    let a = c[0];
+    a.put_service_entry("mc6", "mover", &["mover.mc6.global"], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    a.ensure_namespace("mc6-dns");
+    let kc = kubeconfig(&[("a", a)], "a");
+    let args = ["--namespace", "mc6-dns", "--metrics", "127.0.0.1:0"];
+    let server = globaldns(dir.path(), &kc, &args);
+    assert!(eventually(WITHIN, || a_ips(&server, "mover.mc6.global.")
+        .len()
+        == 1));
+    let taken = a_ips(&server, "mover.mc6.global.").remove(0);
+    a.put_service_entry("mc6", "claimer", &["claimer.mc6.global"], &[&taken]);
+    assert!(eventually(WITHIN, || resolves_to(
+        &server,
+        "claimer.mc6.global.",
+        &taken
+    )));
+    assert!(eventually(WITHIN, || {
+        let now = a_ips(&server, "mover.mc6.global.");
+        now.len() == 1 && now[0] != taken
+    }));
+    // Let any later republish happen too: none may count the same conflict again.
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, metrics) = http_get(server.metrics.unwrap(), "/metrics");
+    assert_eq!(
+        sample(&metrics, "globaldns_allocation_conflicts_total"),
+        1.0,
+        "{metrics}"
+    );
+    let log = server.log_text();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("declared explicitly by another ServiceEntry"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+}
+
 /// ServiceEntries as users write them, `kubectl apply -f` in each served version, and the ones
 /// the real CRD refuses.
 #[test]

@@ -5,8 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::warn;
-
 use super::pool::Pool;
 use super::state::AllocState;
 
@@ -53,7 +51,17 @@ pub struct Allocator<'a> {
     now: u64,
     changed: bool,
     /// Allocated VIPs taken back because a ServiceEntry declared them explicitly.
-    pub conflicts: u64,
+    pub moved: Vec<Moved>,
+}
+
+/// A host's allocated VIP that a ServiceEntry now declares explicitly for another host: the host
+/// was given another address. Reported, not logged here, since a store may run a transaction
+/// more than once and only the run it stored counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub host: String,
+    pub address: IpAddr,
+    pub declared_by: String,
 }
 
 impl<'a> Allocator<'a> {
@@ -78,7 +86,7 @@ impl<'a> Allocator<'a> {
             used: vec![0; policy.pools.len()],
             now,
             changed,
-            conflicts: 0,
+            moved: Vec::new(),
         };
         let held: Vec<(IpAddr, String)> = this
             .state
@@ -117,8 +125,11 @@ impl<'a> Allocator<'a> {
                     owner: owner.to_string(),
                 });
             }
-            warn!(host, %address, declared_by = %owner, "allocated VIP is now declared explicitly by another ServiceEntry; moving the host");
-            self.conflicts += 1;
+            self.moved.push(Moved {
+                host: host.to_string(),
+                address,
+                declared_by: owner.to_string(),
+            });
             record.addresses.retain(|a| *a != address);
             self.release_address(address);
             self.changed = true;
@@ -287,7 +298,7 @@ pub struct Reconciled {
     pub changed: bool,
     /// Hosts that could not get an address, and why.
     pub failed: Vec<(String, AllocError)>,
-    pub conflicts: u64,
+    pub moved: Vec<Moved>,
 }
 
 /// Every host in `wanted` gets its VIPs (kept, revived or new). With `complete` (every source
@@ -314,7 +325,7 @@ pub fn reconcile(
     Reconciled {
         changed: alloc.changed(),
         failed,
-        conflicts: alloc.conflicts,
+        moved: alloc.moved,
     }
 }
 
@@ -461,7 +472,10 @@ mod tests {
             1,
             true,
         );
-        assert_eq!(r.conflicts, 1);
+        assert_eq!(r.moved.len(), 1);
+        assert_eq!(r.moved[0].host, "a.global");
+        assert_eq!(r.moved[0].address, taken);
+        assert_eq!(r.moved[0].declared_by, "explicit.global");
         let a = state.records["a.global"].addresses[0];
         let b = state.records["b.global"].addresses[0];
         assert!(a != taken && b != taken && a != b);

@@ -7,8 +7,8 @@ mod state;
 pub mod store;
 
 pub use allocator::{
-    AllocError, Allocator, Policy, PoolUsage, Reconciled, Reserved, check, reconcile, unix_now,
-    usage,
+    AllocError, Allocator, Moved, Policy, PoolUsage, Reconciled, Reserved, check, reconcile,
+    unix_now, usage,
 };
 pub use pool::{DEFAULT_POOL, Pool, PoolError, VM_POOL};
 pub use state::{

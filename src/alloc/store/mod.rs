@@ -30,8 +30,11 @@ pub enum StoreError {
     Alloc(#[from] AllocError),
 }
 
-/// A change to apply; returns whether it changed anything. It may run more than once when a
-/// store retries after a concurrent writer, so it must only depend on the state it is given.
+/// A change to apply; returns whether it changed anything. It may run more than once (a store
+/// retries after a concurrent writer, and the ConfigMap store decides once from its cache and
+/// again under its lease), so it must only depend on the state it is given and do nothing
+/// outside it: no logging or counting. What it decided goes to a slot that each run overwrites, read after the store
+/// returns (see `publish.rs`).
 pub type Mutation = Box<dyn FnMut(&mut AllocState) -> Result<bool, AllocError> + Send>;
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

@@ -15,11 +15,11 @@ use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use globaldns::catalog::HostEntry;
+use globaldns::dns::QueryMetrics;
 use globaldns::dns::request::{Parsed, Request, parse, parse_general, parse_simple};
 use globaldns::dns::response::{ReplyFlags, write};
 use globaldns::dns::{Action, Handler, Transport};
 use globaldns::forward::{AnswerCache, CacheKey};
-use globaldns::ops::Metrics;
 use globaldns::zone::{Lookup, NameTable, SoaSettings, ZoneSettings};
 
 const NAMES: u32 = 10_000;
@@ -141,7 +141,7 @@ fn bench_handle(c: &mut Criterion) {
         Arc::new(ArcSwap::from_pointee(table())),
         None,
         Vec::new(),
-        Arc::new(Metrics::new(&[])),
+        Arc::new(QueryMetrics::default()),
         false,
     );
     let client = IpAddr::V4(Ipv4Addr::LOCALHOST);

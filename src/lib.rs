@@ -13,6 +13,7 @@ pub mod config;
 pub mod ctl;
 pub mod dns;
 pub mod forward;
+pub mod metrics;
 pub mod ops;
 pub mod publish;
 pub mod server;

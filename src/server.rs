@@ -15,12 +15,12 @@ use tracing::{info, warn};
 use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
 use crate::dns::rate_limit::{RateLimitConfig, RateLimiter};
-use crate::dns::{Handler, TcpLimits, TcpSlots, serve_tcp, serve_udp};
-use crate::forward::{AnswerCache, CachingForwarder, Forward, UpstreamForwarder};
-use crate::ops::{Metrics, serve_http};
-use crate::publish::Publisher;
+use crate::dns::{Handler, QueryMetrics, TcpLimits, TcpSlots, serve_tcp, serve_udp};
+use crate::forward::{AnswerCache, CachingForwarder, Forward, ForwardMetrics, UpstreamForwarder};
+use crate::ops::{ReadyCheck, serve_http};
+use crate::publish::{PublishMetrics, Publisher};
 use crate::source::file;
-use crate::source::kube::{ClusterSet, watch_remote_secrets};
+use crate::source::kube::{ClusterMetrics, ClusterSet, watch_remote_secrets};
 use crate::source::readiness::Readiness;
 use crate::source::set::SourceSet;
 use crate::zone::{BuildError, ZoneSettings};
@@ -67,7 +67,10 @@ pub struct ForwardConfig {
 /// Queries upstream at once; beyond this, SERVFAIL at once instead of piling up.
 const MAX_INFLIGHT: usize = 4096;
 
-fn build_forwarder(config: &ForwardConfig, metrics: &Arc<Metrics>) -> Option<Arc<dyn Forward>> {
+fn build_forwarder(
+    config: &ForwardConfig,
+    metrics: &Arc<ForwardMetrics>,
+) -> Option<Arc<dyn Forward>> {
     if config.upstreams.is_empty() {
         return None;
     }
@@ -84,8 +87,11 @@ fn build_forwarder(config: &ForwardConfig, metrics: &Arc<Metrics>) -> Option<Arc
         return Some(upstream);
     }
     let cache = AnswerCache::new(config.cache_size, config.cache_max_ttl, config.serve_stale);
-    metrics.watch_cache(cache.clone());
-    Some(Arc::new(CachingForwarder::new(upstream, cache)))
+    Some(Arc::new(CachingForwarder::new(
+        upstream,
+        cache,
+        metrics.clone(),
+    )))
 }
 
 /// Kubernetes clusters to watch. The first is the primary: it holds the allocation ConfigMaps
@@ -153,7 +159,16 @@ impl Server {
         let mut tasks = JoinSet::new();
 
         let readiness = Readiness::new(config.clusters.sync_timeout);
-        let metrics = Arc::new(Metrics::new(&config.forward.upstreams));
+        // Each layer owns its metrics; they are all exposed through one registry.
+        let query_metrics = Arc::new(QueryMetrics::default());
+        let forward_metrics = Arc::new(ForwardMetrics::new(&config.forward.upstreams));
+        let publish_metrics = Arc::new(PublishMetrics::default());
+        let cluster_metrics = Arc::new(ClusterMetrics::default());
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(query_metrics.clone()));
+        registry.register_collector(Box::new(forward_metrics.clone()));
+        registry.register_collector(Box::new(publish_metrics.clone()));
+        registry.register_collector(Box::new(cluster_metrics.clone()));
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics {
             let err = |source| ServerError::Metrics { addr, source };
@@ -161,7 +176,17 @@ impl Server {
             let bound = listener.local_addr().map_err(err)?;
             info!(addr = %bound, "serving /metrics, /healthz and /readyz");
             metrics_addr = Some(bound);
-            tasks.spawn(serve_http(listener, metrics.clone(), readiness.clone()));
+            let (readiness, store) = (readiness.clone(), publish_metrics.clone());
+            let ready: ReadyCheck = Arc::new(move || {
+                if !readiness.is_ready() {
+                    Err("sources not synced yet\n")
+                } else if !store.store_reached() {
+                    Err("allocation store not reached yet\n")
+                } else {
+                    Ok(())
+                }
+            });
+            tasks.spawn(serve_http(listener, Arc::new(registry), ready));
         }
         let (sources, mut rx) = SourceSet::new();
         tasks.spawn(file::watch_dir(
@@ -191,7 +216,7 @@ impl Server {
             };
         info!(store = %store.describe(), "allocations");
         if !clusters.is_empty() {
-            let set = ClusterSet::new(sources.clone(), readiness.clone(), metrics.clone());
+            let set = ClusterSet::new(sources.clone(), readiness.clone(), cluster_metrics);
             for (id, client) in &clusters {
                 if let Some(client) = client {
                     set.add(id, &format!("context {id}"), "", client.clone());
@@ -217,14 +242,14 @@ impl Server {
             config.policy.clone(),
             store,
             readiness.clone(),
-            metrics.clone(),
+            publish_metrics,
             &first,
         )
         .await?;
         let table = publisher.table();
         tasks.spawn(publisher.run(rx));
 
-        let forwarder = build_forwarder(&config.forward, &metrics);
+        let forwarder = build_forwarder(&config.forward, &forward_metrics);
         if forwarder.is_none() {
             warn!("no upstream resolver: names outside the served zones get REFUSED");
         }
@@ -237,7 +262,7 @@ impl Server {
                 table.clone(),
                 forwarder,
                 config.forward.allow_recursion.clone(),
-                metrics,
+                query_metrics,
                 config.query_log,
             )
             .with_rate_limit(rate_limit),

@@ -30,11 +30,11 @@ use ipnet::IpNet;
 
 use globaldns::alloc::{DEFAULT_POOL, MemoryStore, Policy, Store, host_key};
 use globaldns::catalog::HostEntry;
+use globaldns::dns::QueryMetrics;
 use globaldns::dns::request::{Parsed, Request, parse, parse_general, parse_simple};
 use globaldns::dns::{Action, Handler, Transport};
 use globaldns::forward::{Forward, ForwardError, ForwardFuture};
-use globaldns::ops::Metrics;
-use globaldns::publish::Publisher;
+use globaldns::publish::{PublishMetrics, Publisher};
 use globaldns::source::file::scan;
 use globaldns::source::readiness::Readiness;
 use globaldns::source::set::Combined;
@@ -246,7 +246,7 @@ fn handler(table: &SharedTable, setup: Setup) -> Handler {
         table.clone(),
         forwarder,
         allowed(),
-        Arc::new(Metrics::new(&[])),
+        Arc::new(QueryMetrics::default()),
         false,
     )
 }
@@ -526,7 +526,7 @@ async fn publish_repo_zones() -> (SharedTable, IpAddr) {
         },
         store.clone(),
         Readiness::new(Duration::ZERO),
-        Arc::new(Metrics::new(&[])),
+        Arc::new(PublishMetrics::default()),
         &Combined::from(found.declarations),
     )
     .await

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use globaldns::catalog::HostEntry;
 use globaldns::dns::{Action, Handler, Transport};
-use globaldns::ops::Metrics;
+use globaldns::dns::QueryMetrics;
 use globaldns::zone::{NameTable, SoaSettings, ZoneSettings};
 use hickory_proto::op::Message;
 use hickory_proto::rr::Name;
@@ -47,7 +47,7 @@ fn handler() -> &'static Handler {
             Arc::new(ArcSwap::from_pointee(table)),
             None,
             Vec::new(),
-            Arc::new(Metrics::new(&[])),
+            Arc::new(QueryMetrics::default()),
             false,
         )
     })

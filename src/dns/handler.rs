@@ -10,13 +10,13 @@ use tracing::{debug, info, warn};
 
 use super::Transport;
 use super::client::unmapped;
+use super::metrics::{AnswerSource, QueryMetrics};
 use super::rate_limit::{RateLimiter, Verdict};
 use super::request::{Parsed, Request, is_internet_class, parse};
 use super::response::{
     MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error, write_truncated,
 };
 use crate::forward::{Forward, ForwardError};
-use crate::ops::{AnswerSource, Metrics};
 use crate::zone::{Lookup, SharedTable};
 
 pub enum Action {
@@ -33,7 +33,7 @@ pub struct Handler {
     forwarder: Option<Arc<dyn Forward>>,
     /// Clients that may use us as a recursive resolver; everyone gets our own zones.
     allow_recursion: Vec<IpNet>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<QueryMetrics>,
     /// Log every answered query (`--query-log`).
     query_log: bool,
     /// Response rate limiting for UDP (`--rate-limit`), when on.
@@ -45,7 +45,7 @@ impl Handler {
         table: SharedTable,
         forwarder: Option<Arc<dyn Forward>>,
         allow_recursion: Vec<IpNet>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<QueryMetrics>,
         query_log: bool,
     ) -> Self {
         Handler {
@@ -172,11 +172,7 @@ impl Handler {
                 Some(f) if f.loop_probe(q.name.lower()) => {
                     write_error(out, req, ResponseCode::Refused, false);
                 }
-                Some(f) => {
-                    let hit = f.cached(req, transport, out);
-                    self.metrics.cache_lookup(hit);
-                    return hit.then_some(AnswerSource::Cache);
-                }
+                Some(f) => return f.cached(req, transport, out).then_some(AnswerSource::Cache),
                 None => write_error(out, req, ResponseCode::Refused, false),
             },
         }

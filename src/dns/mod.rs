@@ -2,6 +2,7 @@
 
 mod client;
 mod handler;
+pub mod metrics;
 pub mod mmsg;
 pub mod rate_limit;
 pub mod request;
@@ -10,6 +11,7 @@ mod tcp;
 mod udp;
 
 pub use handler::{Action, Handler};
+pub use metrics::{AnswerSource, QueryMetrics};
 pub use tcp::{TcpLimits, TcpSlots, serve_tcp};
 pub use udp::serve_udp;
 

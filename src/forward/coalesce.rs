@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::cache::{AnswerCache, CacheKey, address_to};
+use super::metrics::ForwardMetrics;
 use super::{Forward, ForwardError, ForwardFuture};
 use crate::dns::Transport;
 use crate::dns::request::Request;
@@ -21,6 +22,7 @@ pub struct CachingForwarder {
     inner: Arc<dyn Forward>,
     cache: AnswerCache,
     inflight: Mutex<HashMap<CacheKey, watch::Receiver<Outcome>>>,
+    metrics: Arc<ForwardMetrics>,
 }
 
 /// Removes a question from the in-flight table however its leader ends.
@@ -44,11 +46,14 @@ fn suits(reply: &[u8], req: &Request, transport: Transport) -> bool {
 }
 
 impl CachingForwarder {
-    pub fn new(inner: Arc<dyn Forward>, cache: AnswerCache) -> Self {
+    /// A cache in front of `inner`; `metrics` counts its hits and misses and reports its size.
+    pub fn new(inner: Arc<dyn Forward>, cache: AnswerCache, metrics: Arc<ForwardMetrics>) -> Self {
+        metrics.watch_cache(cache.clone());
         CachingForwarder {
             inner,
             cache,
             inflight: Mutex::default(),
+            metrics,
         }
     }
 
@@ -139,7 +144,9 @@ impl Forward for CachingForwarder {
     }
 
     fn cached(&self, req: &Request, transport: Transport, out: &mut Vec<u8>) -> bool {
-        self.cache.get(req, out) && suits(out, req, transport)
+        let hit = self.cache.get(req, out) && suits(out, req, transport);
+        self.metrics.cache_lookup(hit);
+        hit
     }
 
     fn forward<'a>(

@@ -5,6 +5,7 @@
 
 mod cache;
 mod coalesce;
+pub mod metrics;
 mod resolv;
 mod upstream;
 
@@ -13,6 +14,7 @@ use std::pin::Pin;
 
 pub use cache::{AnswerCache, CacheKey};
 pub use coalesce::CachingForwarder;
+pub use metrics::{ForwardMetrics, UpstreamFailure};
 pub use resolv::{system_upstreams, without_self};
 pub use upstream::UpstreamForwarder;
 

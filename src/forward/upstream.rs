@@ -1,6 +1,6 @@
 //! Relaying to upstream resolvers: over UDP for UDP clients and over TCP for TCP clients.
 
-use crate::ops::{Metrics, UpstreamFailure};
+use super::metrics::{ForwardMetrics, UpstreamFailure};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +40,7 @@ pub struct UpstreamForwarder {
     slots: Semaphore,
     /// Lower-cased wire names of loop probes in flight, and the upstream each went to.
     probes: Mutex<HashMap<Vec<u8>, usize>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ForwardMetrics>,
 }
 
 impl UpstreamForwarder {
@@ -48,7 +48,7 @@ impl UpstreamForwarder {
         upstreams: Vec<SocketAddr>,
         budget: Duration,
         max_inflight: usize,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ForwardMetrics>,
     ) -> Self {
         let upstreams = upstreams
             .into_iter()

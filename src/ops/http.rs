@@ -1,5 +1,8 @@
-//! `--metrics ADDR`: `/metrics` (OpenMetrics text), `/healthz` (the process answers) and
-//! `/readyz` (every source synced once and the allocation store reached once).
+//! `--metrics ADDR`: `/metrics` (OpenMetrics text of the registry every layer registered its
+//! metrics in), `/healthz` (the process answers) and `/readyz` (what the server's readiness
+//! check says: every source synced once and the allocation store reached once).
+//!
+//! This module knows no layer: it serves what it is given.
 //!
 //! The listener is bounded (see `limits`): a cap on connections and on each one's lifetime.
 //!
@@ -15,24 +18,29 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use super::Metrics;
+use prometheus_client::registry::Registry;
+
 use super::limits::Bounded;
-use crate::source::readiness::Readiness;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, readiness: Readiness) {
-    let scrape = metrics.clone();
+/// Whether the server is ready, or why not (the body of a 503).
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+
+pub async fn serve_http(listener: TcpListener, registry: Arc<Registry>, ready: ReadyCheck) {
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || async move { ([(header::CONTENT_TYPE, OPENMETRICS)], scrape.render()) }),
+            get(move || async move { ([(header::CONTENT_TYPE, OPENMETRICS)], render(&registry)) }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(move || {
-                let answer = ready(&readiness, &metrics);
+                let answer = match ready() {
+                    Ok(()) => (StatusCode::OK, "ready\n"),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                };
                 async move { answer }
             }),
         );
@@ -41,13 +49,10 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, readiness:
     }
 }
 
-fn ready(readiness: &Readiness, metrics: &Metrics) -> (StatusCode, &'static str) {
-    match (readiness.is_ready(), metrics.store_reached()) {
-        (true, true) => (StatusCode::OK, "ready\n"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "sources not synced yet\n"),
-        (true, false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "allocation store not reached yet\n",
-        ),
-    }
+/// The Prometheus text exposition of `registry`.
+fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
 }

@@ -2,7 +2,5 @@
 
 mod http;
 mod limits;
-pub mod metrics;
 
-pub use http::serve_http;
-pub use metrics::{AnswerSource, Metrics, UpstreamFailure};
+pub use http::{ReadyCheck, serve_http};

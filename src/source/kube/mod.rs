@@ -1,6 +1,7 @@
 //! ServiceEntries from Kubernetes clusters: a set of clusters, each watched on its own, fed by
 //! kubeconfig contexts and by Istio remote secrets.
 
+pub mod metrics;
 mod secrets;
 mod watch;
 
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{error, info};
 
+pub use metrics::ClusterMetrics;
 pub use secrets::{
     REMOTE_SECRET_LABEL, RemoteCluster, clusters_in, owner_of, remote_secrets, watch_remote_secrets,
 };
@@ -16,13 +18,12 @@ pub use watch::list_cluster;
 
 use super::readiness::Readiness;
 use super::set::SourceSet;
-use crate::ops::Metrics;
 
 /// The clusters being watched, by cluster ID. The first registration of an ID wins.
 pub struct ClusterSet {
     sources: SourceSet,
     readiness: Readiness,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ClusterMetrics>,
     running: Mutex<BTreeMap<String, Running>>,
 }
 
@@ -46,7 +47,11 @@ pub fn source_name(id: &str) -> String {
 }
 
 impl ClusterSet {
-    pub fn new(sources: SourceSet, readiness: Readiness, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        sources: SourceSet,
+        readiness: Readiness,
+        metrics: Arc<ClusterMetrics>,
+    ) -> Arc<Self> {
         Arc::new(ClusterSet {
             sources,
             readiness,
@@ -72,7 +77,7 @@ impl ClusterSet {
         }
         let source = source_name(id);
         self.readiness.expect(&source);
-        self.metrics.cluster_synced(id, false);
+        self.metrics.synced(id, false);
         let task = tokio::spawn(watch::watch_cluster(
             id.to_string(),
             source,
@@ -100,7 +105,7 @@ impl ClusterSet {
             let source = source_name(id);
             self.sources.remove(&source);
             self.readiness.forget(&source);
-            self.metrics.cluster_removed(id);
+            self.metrics.removed(id);
             info!(cluster = id, %owner, "cluster removed");
         }
     }

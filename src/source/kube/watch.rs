@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::ops::Metrics;
+use super::metrics::ClusterMetrics;
 use crate::source::Declaration;
 use crate::source::readiness::Readiness;
 use crate::source::service_entry::{API_VERSIONS, ObjectMeta, ServiceEntry, ServiceEntrySpec};
@@ -71,7 +71,7 @@ pub async fn watch_cluster(
     client: kube::Client,
     sources: SourceSet,
     readiness: Readiness,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ClusterMetrics>,
 ) {
     let mut delay = Duration::from_millis(500);
     let version = loop {
@@ -132,7 +132,7 @@ enum Change {
 struct ClusterView<'a> {
     id: &'a str,
     origin: Arc<str>,
-    metrics: &'a Metrics,
+    metrics: &'a ClusterMetrics,
     current: BTreeMap<(String, String), Declaration>,
     relist: Option<BTreeMap<(String, String), Declaration>>,
     restarts: u64,
@@ -144,7 +144,7 @@ impl ClusterView<'_> {
     fn apply(&mut self, event: Result<watcher::Event<DynamicObject>, watcher::Error>) -> Change {
         let id = self.id;
         if event.is_ok() && self.listed {
-            self.metrics.cluster_synced(id, true);
+            self.metrics.synced(id, true);
         }
         match event {
             Ok(watcher::Event::Init) => {
@@ -162,7 +162,7 @@ impl ClusterView<'_> {
             Ok(watcher::Event::InitDone) => {
                 self.current = self.relist.take().unwrap_or_default();
                 self.listed = true;
-                self.metrics.cluster_synced(id, true);
+                self.metrics.synced(id, true);
                 info!(cluster = %id, entries = self.current.len(), "ServiceEntries synced");
                 Change::Synced
             }
@@ -180,7 +180,7 @@ impl ClusterView<'_> {
             }
             Err(error) => {
                 self.restarts += 1;
-                self.metrics.cluster_watch_restarted(id);
+                self.metrics.watch_restarted(id);
                 warn!(cluster = %id, %error, restarts = self.restarts, "ServiceEntry watch failed; retrying and serving the last-known entries");
                 Change::None
             }

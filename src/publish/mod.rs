@@ -15,10 +15,13 @@ use crate::alloc::{
     AllocState, Policy, Reconciled, Reserved, Store, host_key, reconcile, unix_now, usage,
 };
 use crate::catalog::{Catalog, HostEntry};
-use crate::ops::Metrics;
 use crate::source::readiness::Readiness;
 use crate::source::set::Combined;
 use crate::zone::{BuildError, NameTable, SharedTable, ZoneSettings};
+
+mod metrics;
+
+pub use metrics::PublishMetrics;
 
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -35,7 +38,7 @@ pub struct Publisher {
     /// Until every source has synced, what is declared is not the whole truth: nothing is
     /// released on the strength of it.
     readiness: Readiness,
-    metrics: Arc<Metrics>,
+    metrics: Arc<PublishMetrics>,
 }
 
 impl Publisher {
@@ -45,7 +48,7 @@ impl Publisher {
         policy: Policy,
         store: Arc<dyn Store>,
         readiness: Readiness,
-        metrics: Arc<Metrics>,
+        metrics: Arc<PublishMetrics>,
         declarations: &Combined,
     ) -> Result<Publisher, BuildError> {
         let loaded = store.load().await;

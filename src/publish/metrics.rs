@@ -1,0 +1,106 @@
+//! What the publisher counts: names served, VIPs moved by explicit entries, whether the
+//! allocation store works, and how full each VIP pool is.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType::{Counter, Gauge};
+
+use crate::alloc::PoolUsage;
+use crate::metrics::{family, single};
+
+#[derive(Default)]
+pub struct PublishMetrics {
+    names: AtomicU64,
+    conflicts: AtomicU64,
+    /// Whether the last read or write of the allocation store worked, and whether one ever did.
+    store_up: AtomicBool,
+    store_reached: AtomicBool,
+    pools: Mutex<Vec<PoolUsage>>,
+}
+
+impl std::fmt::Debug for PublishMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PublishMetrics")
+    }
+}
+
+impl PublishMetrics {
+    pub fn published(&self, names: usize, pools: Vec<PoolUsage>) {
+        self.names.store(names as u64, Relaxed);
+        *self.pools.lock().expect("metrics lock") = pools;
+    }
+
+    pub fn store_result(&self, ok: bool) {
+        self.store_up.store(ok, Relaxed);
+        if ok {
+            self.store_reached.store(true, Relaxed);
+        }
+    }
+
+    /// Whether the allocation store was ever read or written: part of readiness.
+    pub fn store_reached(&self) -> bool {
+        self.store_reached.load(Relaxed)
+    }
+
+    pub fn conflicts(&self, count: u64) {
+        self.conflicts.fetch_add(count, Relaxed);
+    }
+}
+
+impl Collector for PublishMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        single(
+            &mut encoder,
+            "globaldns_names",
+            "Host names in the served name table.",
+            Gauge,
+            self.names.load(Relaxed) as f64,
+        )?;
+        single(
+            &mut encoder,
+            "globaldns_allocation_conflicts",
+            "Allocated VIPs moved because a ServiceEntry declared them.",
+            Counter,
+            self.conflicts.load(Relaxed) as f64,
+        )?;
+        single(
+            &mut encoder,
+            "globaldns_store_up",
+            "1 if the last read or write of the allocation store worked.",
+            Gauge,
+            f64::from(u8::from(self.store_up.load(Relaxed))),
+        )?;
+        let pools = self.pools.lock().expect("metrics lock").clone();
+        for (metric, help, value) in [
+            (
+                "globaldns_vip_pool_size",
+                "Addresses a VIP pool can hand out.",
+                (|p: &PoolUsage| p.capacity as f64) as fn(&PoolUsage) -> f64,
+            ),
+            (
+                "globaldns_vip_pool_used",
+                "Addresses of a VIP pool held by hosts.",
+                |p| p.used as f64,
+            ),
+            (
+                "globaldns_vip_pool_free",
+                "Addresses of a VIP pool still free.",
+                |p| p.capacity.saturating_sub(p.used) as f64,
+            ),
+        ] {
+            family(
+                &mut encoder,
+                metric,
+                help,
+                Gauge,
+                pools
+                    .iter()
+                    .map(|p| (vec![("pool", p.pool.as_str())], value(p))),
+            )?;
+        }
+        Ok(())
+    }
+}

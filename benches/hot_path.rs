@@ -16,10 +16,11 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use globaldns::catalog::HostEntry;
 use globaldns::dns::QueryMetrics;
-use globaldns::dns::request::{Parsed, Request, parse, parse_general, parse_simple};
-use globaldns::dns::response::{ReplyFlags, write};
-use globaldns::dns::{Action, Handler, Transport};
+use globaldns::dns::{Action, Handler};
 use globaldns::forward::{AnswerCache, CacheKey};
+use globaldns::wire::Transport;
+use globaldns::wire::request::{Parsed, Request, parse, parse_general, parse_simple};
+use globaldns::wire::response::{ReplyFlags, write};
 use globaldns::zone::{Lookup, NameTable, SoaSettings, ZoneSettings};
 
 const NAMES: u32 = 10_000;

@@ -18,4 +18,5 @@ pub mod ops;
 pub mod publish;
 pub mod server;
 pub mod source;
+pub mod wire;
 pub mod zone;

@@ -31,13 +31,14 @@ use ipnet::IpNet;
 use globaldns::alloc::{DEFAULT_POOL, MemoryStore, Policy, Store, host_key};
 use globaldns::catalog::HostEntry;
 use globaldns::dns::QueryMetrics;
-use globaldns::dns::request::{Parsed, Request, parse, parse_general, parse_simple};
-use globaldns::dns::{Action, Handler, Transport};
+use globaldns::dns::{Action, Handler};
 use globaldns::forward::{Forward, ForwardError, ForwardFuture};
 use globaldns::publish::{PublishMetrics, Publisher};
 use globaldns::source::file::scan;
 use globaldns::source::readiness::Readiness;
 use globaldns::source::set::Combined;
+use globaldns::wire::Transport;
+use globaldns::wire::request::{Parsed, Request, parse, parse_general, parse_simple};
 use globaldns::zone::{NameTable, SharedTable, SoaSettings, ZoneSettings};
 
 const TTL: u32 = 30;

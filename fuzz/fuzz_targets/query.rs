@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use globaldns::catalog::HostEntry;
-use globaldns::dns::{Action, Handler, Transport};
+use globaldns::dns::{Action, Handler};
+use globaldns::wire::Transport;
 use globaldns::dns::QueryMetrics;
 use globaldns::zone::{NameTable, SoaSettings, ZoneSettings};
 use hickory_proto::op::Message;

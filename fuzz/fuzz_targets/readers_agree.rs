@@ -2,7 +2,7 @@
 //! one takes: same header bits, question (as written and lower-cased) and EDNS.
 #![no_main]
 
-use globaldns::dns::request::{Parsed, parse_general, parse_simple};
+use globaldns::wire::request::{Parsed, parse_general, parse_simple};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,15 +8,16 @@ use hickory_proto::op::ResponseCode;
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use super::Transport;
 use super::client::unmapped;
 use super::metrics::{AnswerSource, QueryMetrics};
 use super::rate_limit::{RateLimiter, Verdict};
-use super::request::{Parsed, Request, is_internet_class, parse};
-use super::response::{
+use crate::forward::{Forward, ForwardError};
+use crate::wire::header::rcode;
+use crate::wire::request::{Parsed, Request, is_internet_class, parse};
+use crate::wire::response::{
     MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error, write_truncated,
 };
-use crate::forward::{Forward, ForwardError};
+use crate::wire::{TYPE_OPT, Transport};
 use crate::zone::{Lookup, SharedTable};
 
 pub enum Action {
@@ -194,7 +195,7 @@ impl Handler {
         self.metrics.answered(qtype, reply, transport, source, took);
         if self.query_log {
             let name = req.question.as_ref().map(|q| q.name.to_string());
-            let rcode = reply.get(3).map_or(0, |b| b & 0x0F);
+            let rcode = rcode(reply).unwrap_or(0);
             info!(target: "globaldns::query", %client, ?transport, name, qtype, rcode, ?source, micros = took.as_micros() as u64, "query");
         }
     }
@@ -241,11 +242,10 @@ impl Handler {
 /// section (RFC 6891 §6.1.1, RFC 8945 §5.1), so such a question is malformed; TKEY is a
 /// transaction we do not implement (RFC 2930).
 fn meta_question(req: &Request) -> Option<ResponseCode> {
-    const OPT: u16 = 41;
     const TKEY: u16 = 249;
     const TSIG: u16 = 250;
     match req.question.as_ref()?.qtype {
-        OPT | TSIG => Some(ResponseCode::FormErr),
+        TYPE_OPT | TSIG => Some(ResponseCode::FormErr),
         TKEY => Some(ResponseCode::NotImp),
         _ => None,
     }

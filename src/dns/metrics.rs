@@ -9,8 +9,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType::{self, Counter};
 
-use super::Transport;
 use crate::metrics::{Histogram, family, single};
+use crate::wire::Transport;
+use crate::wire::header::rcode;
 
 /// Query types counted on their own; the rest are "other".
 const QTYPES: [(u16, &str); 12] = [
@@ -87,9 +88,7 @@ impl QueryMetrics {
         let t = qtype
             .and_then(|q| QTYPES.iter().position(|&(code, _)| code == q))
             .unwrap_or(QTYPES.len());
-        let r = reply
-            .get(3)
-            .map_or(RCODES.len(), |b| ((b & 0x0F) as usize).min(RCODES.len()));
+        let r = rcode(reply).map_or(RCODES.len(), |r| usize::from(r).min(RCODES.len()));
         self.queries[query_slot(t, r, transport as usize)].fetch_add(1, Relaxed);
         self.latency[source as usize].observe(took);
     }

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::client::network;
-use super::{Action, Handler, Transport};
+use super::{Action, Handler};
+use crate::wire::Transport;
 
 /// What every TCP listener of the server holds to together.
 #[derive(Clone, Copy, Debug)]

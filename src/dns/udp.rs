@@ -8,7 +8,8 @@ use tokio::net::UdpSocket;
 use tracing::debug;
 
 use super::mmsg::{RecvBatch, SendBatch};
-use super::{Action, Handler, Transport};
+use super::{Action, Handler};
+use crate::wire::Transport;
 
 pub async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
     let fd = socket.as_raw_fd();

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use crate::dns::request::Request;
+use crate::wire::TYPE_OPT;
+use crate::wire::header::{HEADER_LEN, is_truncated, rcode, u16_at, u32_at};
+use crate::wire::name::skip_name;
+use crate::wire::request::Request;
 
-const HEADER_LEN: usize = 12;
-const TYPE_OPT: u16 = 41;
 const TYPE_SOA: u16 = 6;
 
 /// The longest key: flags, type and class (5 bytes) and a name of at most 255.
@@ -183,34 +184,12 @@ pub fn address_to(reply: &mut [u8], req: &Request) {
     }
 }
 
-fn u16_at(p: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
-}
-
-fn u32_at(p: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(p.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Offset just past a (possibly compressed) name.
-fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
-    for _ in 0..128 {
-        let len = *p.get(at)?;
-        match len {
-            0 => return Some(at + 1),
-            l if l & 0xC0 == 0xC0 => return Some(at + 2),
-            l if l & 0xC0 == 0 => at += 1 + l as usize,
-            _ => return None,
-        }
-    }
-    None
-}
-
 /// How long `reply` may be cached, and where its TTLs are; `None` if it may not be.
 fn cacheable(reply: &[u8]) -> Option<(Duration, Vec<usize>)> {
-    if reply.len() < HEADER_LEN || reply[2] & 0x02 != 0 {
-        return None; // truncated
+    if reply.len() < HEADER_LEN || is_truncated(reply) {
+        return None;
     }
-    let rcode = reply[3] & 0x0F;
+    let rcode = rcode(reply)?;
     let counts = [
         u16_at(reply, 4)?,
         u16_at(reply, 6)?,
@@ -258,7 +237,8 @@ fn cacheable(reply: &[u8]) -> Option<(Duration, Vec<usize>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::request::{Parsed, parse};
+    use crate::wire::header::TC;
+    use crate::wire::request::{Parsed, parse};
     use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::rdata::SOA;
     use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -348,7 +328,7 @@ mod tests {
         );
         assert!(cacheable(&reply(&msg, ResponseCode::ServFail, &[], Some((60, 60)))).is_none());
         let mut truncated = reply(&msg, ResponseCode::NoError, &[(60, [1, 1, 1, 1])], None);
-        truncated[2] |= 0x02;
+        truncated[2] |= TC;
         assert!(cacheable(&truncated).is_none());
         assert!(cacheable(&truncated[..20]).is_none());
     }

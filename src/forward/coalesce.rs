@@ -11,9 +11,10 @@ use tracing::debug;
 use super::cache::{AnswerCache, CacheKey, address_to};
 use super::metrics::ForwardMetrics;
 use super::{Forward, ForwardError, ForwardFuture};
-use crate::dns::Transport;
-use crate::dns::request::Request;
-use crate::dns::response::udp_limit;
+use crate::wire::Transport;
+use crate::wire::header::{is_truncated, rcode};
+use crate::wire::request::Request;
+use crate::wire::response::udp_limit;
 
 /// A finished upstream exchange, shared with everyone who asked the same question meanwhile.
 type Outcome = Option<Result<Arc<[u8]>, Arc<str>>>;
@@ -41,7 +42,7 @@ impl Drop for InflightGuard<'_> {
 fn suits(reply: &[u8], req: &Request, transport: Transport) -> bool {
     match transport {
         Transport::Udp => reply.len() <= udp_limit(req.edns),
-        Transport::Tcp => reply.len() > 2 && reply[2] & 0x02 == 0,
+        Transport::Tcp => reply.len() > 2 && !is_truncated(reply),
     }
 }
 
@@ -67,7 +68,7 @@ impl CachingForwarder {
     ) -> Result<Vec<u8>, ForwardError> {
         let result = self.relay(req, query, transport).await;
         let failed = match &result {
-            Ok(reply) => (reply.get(3)).is_some_and(|b| b & 0x0F == ResponseCode::ServFail.low()),
+            Ok(reply) => rcode(reply) == Some(ResponseCode::ServFail.low()),
             Err(_) => true,
         };
         if failed {

@@ -18,8 +18,8 @@ pub use metrics::{ForwardMetrics, UpstreamFailure};
 pub use resolv::{system_upstreams, without_self};
 pub use upstream::UpstreamForwarder;
 
-use crate::dns::Transport;
-use crate::dns::request::Request;
+use crate::wire::Transport;
+use crate::wire::request::Request;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {

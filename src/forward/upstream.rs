@@ -1,6 +1,5 @@
 //! Relaying to upstream resolvers: over UDP for UDP clients and over TCP for TCP clients.
 
-use super::metrics::{ForwardMetrics, UpstreamFailure};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,11 +12,12 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, error, info, warn};
 
+use super::metrics::{ForwardMetrics, UpstreamFailure};
 use super::{Forward, ForwardError, ForwardFuture};
-use crate::dns::Transport;
-use crate::dns::request::Request;
-
-const HEADER_LEN: usize = 12;
+use crate::wire::Transport;
+use crate::wire::header::{HEADER_LEN, is_response};
+use crate::wire::name::skip_name;
+use crate::wire::request::Request;
 
 /// How often a dead upstream is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -208,19 +208,8 @@ impl Forward for UpstreamForwarder {
 
 /// Length of the question section of a one-question message.
 fn question_len(msg: &[u8]) -> Option<usize> {
-    let mut at = HEADER_LEN;
-    loop {
-        let label = *msg.get(at)? as usize;
-        if label & 0xC0 == 0xC0 {
-            at += 2;
-            break;
-        }
-        at += 1 + label;
-        if label == 0 {
-            break;
-        }
-    }
-    (at + 4 <= msg.len()).then_some(at + 4 - HEADER_LEN)
+    let end = skip_name(msg, HEADER_LEN)? + 4;
+    (end <= msg.len()).then_some(end - HEADER_LEN)
 }
 
 /// Whether `reply` answers `query`: same ID, a response, and the same question.
@@ -228,7 +217,7 @@ fn matches(query: &[u8], reply: &[u8], question: usize) -> bool {
     let end = HEADER_LEN + question;
     reply.len() >= end
         && reply[..2] == query[..2]
-        && reply[2] & 0x80 != 0
+        && is_response(reply)
         && reply[HEADER_LEN..end].eq_ignore_ascii_case(&query[HEADER_LEN..end])
 }
 

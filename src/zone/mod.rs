@@ -1,15 +1,12 @@
 //! The name table: what we answer for names inside the served zones.
 
-mod prepared;
 mod soa;
 mod table;
-pub mod wire;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
 pub use soa::SoaSettings;
 pub use table::{BuildError, Lookup, NameTable, ZoneSettings};
 

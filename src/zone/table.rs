@@ -13,10 +13,10 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, RecordType};
 use rayon::prelude::*;
 
-use super::prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
 use super::soa::SoaSettings;
-use super::wire::{is_wildcard, lower_wire, parent, suffix_offsets};
 use crate::catalog::HostEntry;
+use crate::wire::name::{is_wildcard, lower_wire, parent, suffix_offsets};
+use crate::wire::prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
 
 /// How the table is shaped: which zones, TTLs and SOA.
 #[derive(Clone, Debug)]

@@ -2,8 +2,9 @@
 
 use hickory_proto::op::ResponseCode;
 
+use super::header::TC;
+use super::prepared::{Body, Prepared};
 use super::request::{Edns, Request};
-use crate::zone::{Body, Prepared};
 
 /// Largest UDP response we send (DNS flag day 2020: avoids IP fragmentation).
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
@@ -94,7 +95,7 @@ fn write_header(
     let b2 = 0x80
         | (req.opcode << 3)
         | if flags.authoritative { 0x04 } else { 0 }
-        | if truncated { 0x02 } else { 0 }
+        | if truncated { TC } else { 0 }
         | u8::from(req.recursion_desired);
     let b3 = if flags.recursion_available { 0x80 } else { 0 }
         | if req.checking_disabled { 0x10 } else { 0 }

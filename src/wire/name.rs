@@ -36,6 +36,22 @@ pub fn is_wildcard(wire: &[u8]) -> bool {
     wire.len() >= 2 && wire[0] == 1 && wire[1] == b'*'
 }
 
+/// Offset just past the (possibly compressed) name starting at `at` in message `p`: after its
+/// root label, or after the pointer that ends it. `None` for a name running off the end, a
+/// reserved label type, or more labels than a name can have.
+pub fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
+    for _ in 0..=MAX_NAME_LEN / 2 {
+        let len = *p.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            l if l & 0xC0 == 0xC0 => return (at + 2 <= p.len()).then_some(at + 2),
+            l if l & 0xC0 == 0 => at += 1 + l as usize,
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// The wire name without its first label (`None` for the root).
 pub fn parent(wire: &[u8]) -> Option<&[u8]> {
     let len = *wire.first()? as usize;
@@ -57,6 +73,21 @@ mod tests {
         let wire = b"\x01a\x02bc\x00";
         let got: Vec<&[u8]> = suffix_offsets(wire).map(|o| &wire[o..]).collect();
         assert_eq!(got, vec![&wire[..], &b"\x02bc\x00"[..], &b"\x00"[..]]);
+    }
+
+    #[test]
+    fn skip_name_stops_after_the_root_or_a_pointer() {
+        let msg = b"\x01a\x02bc\x00\x01x\xC0\x00";
+        assert_eq!(skip_name(msg, 0), Some(6));
+        assert_eq!(skip_name(msg, 6), Some(10));
+        assert_eq!(skip_name(&msg[..9], 6), None, "half a pointer");
+        assert_eq!(skip_name(b"\x05ab", 0), None, "runs off the end");
+        assert_eq!(skip_name(b"\x41a\x00", 0), None, "reserved label type");
+        assert_eq!(
+            skip_name(&[1, b'a'].repeat(200), 0),
+            None,
+            "too many labels"
+        );
     }
 
     #[test]

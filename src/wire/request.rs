@@ -7,10 +7,9 @@
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, RecordType};
 
-use crate::zone::wire::MAX_NAME_LEN;
-
-const HEADER_LEN: usize = 12;
-const TYPE_OPT: u16 = 41;
+use super::TYPE_OPT;
+use super::header::{HEADER_LEN, is_response, u16_at};
+use super::name::MAX_NAME_LEN;
 
 /// A domain name in wire format, kept as received and lower-cased for lookups.
 #[derive(Clone)]
@@ -143,10 +142,6 @@ pub fn parse(packet: &[u8]) -> Parsed {
     }
 }
 
-fn u16_at(p: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
-}
-
 fn header_request(packet: &[u8]) -> Request {
     Request {
         id: u16::from_be_bytes([packet[0], packet[1]]),
@@ -229,7 +224,7 @@ pub fn parse_simple(packet: &[u8]) -> Option<Request> {
 /// Public only as a seam, so tests can force the general path for packets the fast one would
 /// take and check that both answer alike. The server calls [`parse`].
 pub fn parse_general(packet: &[u8]) -> Parsed {
-    if packet.len() < HEADER_LEN || packet[2] & 0x80 != 0 {
+    if packet.len() < HEADER_LEN || is_response(packet) {
         return Parsed::Drop;
     }
     let mut req = header_request(packet);

@@ -9,14 +9,16 @@ use hickory_proto::rr::Name;
 use ipnet::IpNet;
 use tracing::warn;
 
-use crate::alloc::{DEFAULT_POOL, Policy, Pool};
 use crate::dns::TcpLimits;
 use crate::dns::rate_limit::RateLimitConfig;
 use crate::forward::{system_upstreams, without_self};
 use crate::server::{ClusterConfig, ForwardConfig, ServerConfig};
 use crate::zone::{SoaSettings, ZoneSettings};
 
+mod alloc_args;
 mod file;
+
+pub use alloc_args::AllocArgs;
 
 /// Authoritative DNS for the `.global` names of an Istio multicluster mesh, read from
 /// ServiceEntry manifests; every other name is forwarded upstream.
@@ -127,19 +129,19 @@ pub struct ServerArgs {
     pub soa_rname: Option<Name>,
 
     /// SOA refresh.
-    #[arg(long, default_value_t = 7200, value_name = "SECONDS")]
+    #[arg(long, default_value_t = SoaSettings::DEFAULT.refresh, value_name = "SECONDS")]
     pub soa_refresh: i32,
 
     /// SOA retry.
-    #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
+    #[arg(long, default_value_t = SoaSettings::DEFAULT.retry, value_name = "SECONDS")]
     pub soa_retry: i32,
 
     /// SOA expire.
-    #[arg(long, default_value_t = 86400, value_name = "SECONDS")]
+    #[arg(long, default_value_t = SoaSettings::DEFAULT.expire, value_name = "SECONDS")]
     pub soa_expire: i32,
 
     /// SOA minimum: how long resolvers cache NXDOMAIN and NODATA (RFC 2308).
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = SoaSettings::DEFAULT.minimum, value_name = "SECONDS")]
     pub soa_minimum: u32,
 
     /// File keeping the VIP allocations, shared with `dnsctl`; with clusters, given only to keep
@@ -147,11 +149,6 @@ pub struct ServerArgs {
     /// [default: <zones>.state.json, next to the zones directory].
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
-
-    /// Pool for VIPs of hosts without spec.addresses (repeatable, in order of preference).
-    /// 127.255.0.0/16 suits VMs; an IPv6 pool such as 2001:2::/48 adds AAAA answers.
-    #[arg(long = "pool", default_value = DEFAULT_POOL, value_name = "CIDR")]
-    pub pools: Vec<Pool>,
 
     /// Kubeconfig of clusters whose ServiceEntries are served (repeatable); every context in
     /// each file is a cluster, its ID the context name. The first cluster is the primary: it
@@ -167,9 +164,8 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME")]
     pub store_context: Option<String>,
 
-    /// Namespace of the allocation ConfigMaps and of the remote secrets in the primary cluster.
-    #[arg(long, default_value = "istio-system", value_name = "NS")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub alloc: AllocArgs,
 
     /// ID of this cluster when running in a pod without --kubeconfig.
     #[arg(
@@ -183,10 +179,6 @@ pub struct ServerArgs {
     /// Ready once every cluster has synced, or after this long.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub sync_timeout: u64,
-
-    /// How long a VIP stays reserved for a host that is no longer declared.
-    #[arg(long, default_value_t = 86400, value_name = "SECONDS")]
-    pub grace: u64,
 
     /// Rescan the zones directory this often even without filesystem events.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
@@ -240,13 +232,10 @@ impl ServerArgs {
                 contexts: self.contexts,
                 in_cluster_id: std::env::var_os("KUBERNETES_SERVICE_HOST").map(|_| self.cluster_id),
                 store_context: self.store_context,
-                namespace: self.namespace,
+                namespace: self.alloc.namespace.clone(),
                 sync_timeout: Duration::from_secs(self.sync_timeout),
             },
-            policy: Policy {
-                pools: self.pools,
-                grace: Duration::from_secs(self.grace),
-            },
+            policy: self.alloc.policy(),
             listen: self.listen,
             zones_dir: self.zones,
             zone: ZoneSettings {

@@ -135,7 +135,6 @@ pub struct Server {
     local_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
-    readiness: Readiness,
 }
 
 impl Server {
@@ -279,7 +278,6 @@ impl Server {
             local_addrs,
             metrics_addr,
             tasks,
-            readiness,
         })
     }
 
@@ -290,11 +288,6 @@ impl Server {
     /// Where /metrics, /healthz and /readyz are served.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
-    }
-
-    /// Every cluster has synced once, or the sync timeout passed.
-    pub fn is_ready(&self) -> bool {
-        self.readiness.is_ready()
     }
 
     pub async fn shutdown(mut self) {

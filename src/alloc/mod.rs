@@ -10,7 +10,7 @@ pub use allocator::{
     AllocError, Allocator, Moved, Policy, PoolUsage, Reconciled, Reserved, check, reconcile,
     unix_now, usage,
 };
-pub use pool::{DEFAULT_POOL, Pool, PoolError, VM_POOL};
+pub use pool::{DEFAULT_POOL, Pool, PoolError};
 pub use state::{
     AllocState, DecodeError, FORMAT, Record, RecordState, host_key, host_key_from_str,
 };

@@ -8,8 +8,6 @@ use sha2::{Digest, Sha256};
 
 /// Class E, reserved and unroutable: what Istio's multicluster docs use for `.global` VIPs.
 pub const DEFAULT_POOL: &str = "240.0.0.0/4";
-/// For VMs, whose sidecar captures loopback addresses without a route to 240.0.0.0/4.
-pub const VM_POOL: &str = "127.255.0.0/16";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {

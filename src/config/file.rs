@@ -216,7 +216,7 @@ pool:
         assert!(args.query_log);
         assert_eq!(args.cache_size, 1000);
         assert_eq!(args.soa_mname, None);
-        assert_eq!(args.pools, vec!["127.255.0.0/16".parse().unwrap()]);
+        assert_eq!(args.alloc.pools, vec!["127.255.0.0/16".parse().unwrap()]);
         // Untouched flags keep their defaults.
         assert_eq!(args.ttl, 30);
     }
@@ -240,7 +240,7 @@ pool:
         assert!(!args.query_log);
         // What the command line does not name still comes from the file.
         assert_eq!(args.listen, ["0.0.0.0:5300".parse().unwrap()]);
-        assert_eq!(args.pools, vec!["127.255.0.0/16".parse().unwrap()]);
+        assert_eq!(args.alloc.pools, vec!["127.255.0.0/16".parse().unwrap()]);
     }
 
     #[test]

@@ -10,15 +10,15 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::alloc::{
-    AllocError, Allocator, ConfigMapStore, DEFAULT_POOL, FileStore, Policy, Pool, Reserved, Store,
-    StoreError, check, host_key_from_str, operate, unix_now, usage,
+    AllocError, Allocator, ConfigMapStore, FileStore, Reserved, Store, StoreError, check,
+    host_key_from_str, operate, unix_now, usage,
 };
 use crate::cluster::one_line;
+use crate::config::AllocArgs;
 use crate::source::Declaration;
 use crate::source::kube::{clusters_in, list_cluster, owner_of, remote_secrets};
 
@@ -39,23 +39,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
 
-    /// Namespace of the allocation ConfigMaps.
-    #[arg(
-        long,
-        short = 'n',
-        global = true,
-        default_value = "istio-system",
-        value_name = "NS"
-    )]
-    pub namespace: String,
-
-    /// VIP pools, in order (the server's --pool).
-    #[arg(long = "pool", global = true, default_value = DEFAULT_POOL, value_name = "CIDR")]
-    pub pools: Vec<Pool>,
-
-    /// Grace period of released VIPs, in seconds (the server's --grace).
-    #[arg(long, global = true, default_value_t = 86400, value_name = "SECONDS")]
-    pub grace: u64,
+    /// The server's allocation flags: give dnsctl the values the server runs with.
+    #[command(flatten)]
+    pub alloc: AllocArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -172,7 +158,7 @@ async fn open_store(cli: &Cli) -> Result<(Box<dyn Store>, Option<kube::Client>),
         None => {
             let client =
                 crate::cluster::connect(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
-            let store = ConfigMapStore::new(client.clone(), &cli.namespace);
+            let store = ConfigMapStore::new(client.clone(), &cli.alloc.namespace);
             (Box::new(store), Some(client))
         }
     })
@@ -214,15 +200,12 @@ async fn remote_declarations(client: kube::Client, namespace: &str) -> Vec<Decla
 fn state_location(cli: &Cli) -> String {
     match &cli.state {
         Some(path) => path.display().to_string(),
-        None => format!("ConfigMaps in namespace {}", cli.namespace),
+        None => format!("ConfigMaps in namespace {}", cli.alloc.namespace),
     }
 }
 
 async fn execute(cli: Cli) -> Result<String, CtlError> {
-    let policy = Arc::new(Policy {
-        pools: cli.pools.clone(),
-        grace: Duration::from_secs(cli.grace),
-    });
+    let policy = Arc::new(cli.alloc.policy());
     let (store, client) = open_store(&cli).await?;
     match cli.command {
         Command::Allocate {
@@ -319,7 +302,7 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                 let id = cli.context.as_deref().unwrap_or("cluster");
                 let listed = list_cluster(id, client.clone()).await;
                 declared.extend(listed.map_err(crate::cluster::ClusterError::Api)?);
-                declared.extend(remote_declarations(client, &cli.namespace).await);
+                declared.extend(remote_declarations(client, &cli.alloc.namespace).await);
             }
             let explicit = crate::catalog::Catalog::merge(&declared).hosts;
             let mut explicit: Vec<_> = explicit

@@ -18,18 +18,21 @@ pub struct SoaSettings {
 
 impl Default for SoaSettings {
     fn default() -> Self {
-        SoaSettings {
-            mname: None,
-            rname: None,
-            refresh: 7200,
-            retry: 1800,
-            expire: 86400,
-            minimum: 30,
-        }
+        SoaSettings::DEFAULT
     }
 }
 
 impl SoaSettings {
+    /// The defaults, also those of the `--soa-*` flags.
+    pub const DEFAULT: SoaSettings = SoaSettings {
+        mname: None,
+        rname: None,
+        refresh: 7200,
+        retry: 1800,
+        expire: 86400,
+        minimum: 30,
+    };
+
     /// Name of the primary server of `apex`, also served as its NS record.
     pub fn primary(&self, apex: &Name) -> Name {
         self.mname

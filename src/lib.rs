@@ -6,6 +6,7 @@
 //! Names outside the served zones go to [`forward`].
 
 pub mod alloc;
+pub mod backoff;
 pub mod bounded;
 pub mod catalog;
 pub mod cluster;

@@ -23,8 +23,6 @@ mod metrics;
 
 pub use metrics::PublishMetrics;
 
-const MAX_RETRY: Duration = Duration::from_secs(30);
-
 pub struct Publisher {
     zone: ZoneSettings,
     policy: Arc<Policy>,
@@ -33,8 +31,9 @@ pub struct Publisher {
     serial: u32,
     /// The allocations as last read from or written to the store.
     durable: AllocState,
-    /// Set after a failed store write; cleared by the next success.
-    retry: Option<Duration>,
+    /// Set after a failed store write: the wait before the next attempt, and the delays after
+    /// it. Cleared by the next success.
+    retry: Option<(Duration, backon::ExponentialBackoff)>,
     /// Until every source has synced, what is declared is not the whole truth: nothing is
     /// released on the strength of it.
     readiness: Readiness,
@@ -81,7 +80,7 @@ impl Publisher {
     /// Republishes whenever the sources or the store change, until the sources go away.
     pub async fn run(mut self, mut sources: watch::Receiver<Combined>) {
         loop {
-            let retry = self.retry;
+            let retry = self.retry.as_ref().map(|(wait, _)| *wait);
             tokio::select! {
                 changed = sources.changed() => if changed.is_err() { return },
                 _ = self.store.changed() => {}
@@ -169,11 +168,13 @@ impl Publisher {
                 }
             }
             Err(error) => {
-                let next = self
+                let (_, mut delays) = self
                     .retry
-                    .map_or(Duration::from_secs(1), |d| (d * 2).min(MAX_RETRY));
+                    .take()
+                    .unwrap_or_else(|| (Duration::ZERO, crate::backoff::store_retry()));
+                let next = delays.next().expect("store_retry never gives up");
                 warn!(store = %self.store.describe(), %error, retry_in = ?next, "cannot store allocations; new hosts stay unanswered");
-                self.retry = Some(next);
+                self.retry = Some((next, delays));
             }
         }
     }

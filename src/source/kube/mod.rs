@@ -1,6 +1,7 @@
 //! ServiceEntries from Kubernetes clusters: a set of clusters, each watched on its own, fed by
 //! kubeconfig contexts and by Istio remote secrets.
 
+mod listed;
 pub mod metrics;
 mod secrets;
 mod watch;

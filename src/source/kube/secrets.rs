@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::watcher;
 use sha2::{Digest, Sha256};
 use tracing::{error, warn};
@@ -24,28 +25,32 @@ pub async fn watch_remote_secrets(
     clusters: Arc<ClusterSet>,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
-    let mut events = crate::cluster::relisting_watcher(
-        api,
-        watcher::Config::default().labels(REMOTE_SECRET_LABEL),
-        format!("remote secrets in {namespace}"),
-    );
+    // The reflector keeps the secrets as listed, swapping in a relist whole: after one, the
+    // clusters of secrets it no longer holds (deleted while the watch was down) are removed.
+    let (listed, writer) = reflector::store();
+    let mut events = reflector(
+        writer,
+        crate::cluster::relisting_watcher(
+            api,
+            watcher::Config::default().labels(REMOTE_SECRET_LABEL),
+            format!("remote secrets in {namespace}"),
+        ),
+    )
+    .boxed();
     let mut known: BTreeSet<String> = BTreeSet::new();
-    let mut relisted: Option<BTreeSet<String>> = None;
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Init) => relisted = Some(BTreeSet::new()),
+            Ok(watcher::Event::Init) => {}
             Ok(watcher::Event::InitApply(secret) | watcher::Event::Apply(secret)) => {
                 let owner = owner_of(&namespace, &secret);
                 apply(&clusters, &owner, &secret).await;
-                known.insert(owner.clone());
-                if let Some(seen) = relisted.as_mut() {
-                    seen.insert(owner);
-                }
+                known.insert(owner);
             }
             Ok(watcher::Event::InitDone) => {
-                // Secrets deleted while the watch was down.
-                let seen = relisted.take().unwrap_or_default();
-                for gone in known.difference(&seen).cloned().collect::<Vec<_>>() {
+                let present: BTreeSet<String> = (listed.state().iter())
+                    .map(|secret| owner_of(&namespace, secret))
+                    .collect();
+                for gone in known.difference(&present).cloned().collect::<Vec<_>>() {
                     remove_all(&clusters, &gone);
                     known.remove(&gone);
                 }

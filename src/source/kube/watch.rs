@@ -5,9 +5,7 @@
 //! server is unreachable the last-known set stays published: names only go when the cluster
 //! says they are gone, or when the cluster is removed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use kube::api::{Api, DynamicObject};
@@ -16,6 +14,7 @@ use kube::runtime::watcher;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use super::listed::{Applied, Listed};
 use super::metrics::ClusterMetrics;
 use crate::source::Declaration;
 use crate::source::readiness::Readiness;
@@ -73,14 +72,14 @@ pub async fn watch_cluster(
     readiness: Readiness,
     metrics: Arc<ClusterMetrics>,
 ) {
-    let mut delay = Duration::from_millis(500);
+    let mut delays = crate::backoff::discovery();
     let version = loop {
         match served_version(&client).await {
             Ok(v) => break v,
             Err(error) => {
+                let delay = delays.next().expect("discovery never gives up");
                 warn!(cluster = %id, %error, retry_in = ?delay, "cannot discover the ServiceEntry API");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     };
@@ -95,8 +94,7 @@ pub async fn watch_cluster(
         id: &id,
         origin: source.as_str().into(),
         metrics: &metrics,
-        current: BTreeMap::new(),
-        relist: None,
+        entries: Listed::default(),
         restarts: 0,
         listed: false,
     };
@@ -111,7 +109,8 @@ pub async fn watch_cluster(
             change = change.max(view.apply(event));
         }
         if change >= Change::Changed {
-            sources.publish(&source, Arc::new(view.current.values().cloned().collect()));
+            let current = view.entries.current().values().cloned().collect();
+            sources.publish(&source, Arc::new(current));
         }
         if change == Change::Synced {
             readiness.synced(&source);
@@ -133,8 +132,7 @@ struct ClusterView<'a> {
     id: &'a str,
     origin: Arc<str>,
     metrics: &'a ClusterMetrics,
-    current: BTreeMap<(String, String), Declaration>,
-    relist: Option<BTreeMap<(String, String), Declaration>>,
+    entries: Listed<(String, String), Declaration>,
     restarts: u64,
     /// Listed at least once: from then on, the watch being up means we are in sync.
     listed: bool,
@@ -147,36 +145,20 @@ impl ClusterView<'_> {
             self.metrics.synced(id, true);
         }
         match event {
-            Ok(watcher::Event::Init) => {
-                self.relist = Some(BTreeMap::new());
-                Change::None
-            }
-            Ok(watcher::Event::InitApply(object)) => {
-                if let (Some(buffer), Some((key, decl))) =
-                    (self.relist.as_mut(), read(id, &self.origin, object))
-                {
-                    buffer.insert(key, decl);
+            Ok(event) => {
+                let origin = &self.origin;
+                let read = |object| read(id, origin, object).map(|(_, decl)| decl);
+                match self.entries.apply(event, key_of, read) {
+                    Applied::Nothing => Change::None,
+                    Applied::Changed => Change::Changed,
+                    Applied::Relisted => {
+                        self.listed = true;
+                        self.metrics.synced(id, true);
+                        let entries = self.entries.current().len();
+                        info!(cluster = %id, entries, "ServiceEntries synced");
+                        Change::Synced
+                    }
                 }
-                Change::None
-            }
-            Ok(watcher::Event::InitDone) => {
-                self.current = self.relist.take().unwrap_or_default();
-                self.listed = true;
-                self.metrics.synced(id, true);
-                info!(cluster = %id, entries = self.current.len(), "ServiceEntries synced");
-                Change::Synced
-            }
-            Ok(watcher::Event::Apply(object)) => {
-                let key = key_of(&object);
-                match read(id, &self.origin, object) {
-                    Some((_, decl)) => self.current.insert(key, decl),
-                    None => self.current.remove(&key),
-                };
-                Change::Changed
-            }
-            Ok(watcher::Event::Delete(object)) => {
-                self.current.remove(&key_of(&object));
-                Change::Changed
             }
             Err(error) => {
                 self.restarts += 1;

@@ -42,7 +42,7 @@ impl WriterLock {
     /// Takes the lease, waiting while someone else holds a live one.
     pub async fn acquire(&self) -> Result<(), LockError> {
         let deadline = tokio::time::Instant::now() + WAIT;
-        let mut delay = Duration::from_millis(20);
+        let mut delays = crate::backoff::lease_wait();
         loop {
             let holder = match self.try_acquire().await? {
                 None => return Ok(()),
@@ -51,8 +51,8 @@ impl WriterLock {
             if tokio::time::Instant::now() >= deadline {
                 return Err(LockError::Busy(holder));
             }
-            tokio::time::sleep(delay + Duration::from_millis(rand::random::<u64>() % 20)).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
+            let delay = delays.next().expect("lease_wait never gives up");
+            tokio::time::sleep(delay).await;
         }
     }
 

@@ -17,12 +17,13 @@ pub mod shard;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
@@ -44,7 +45,7 @@ pub struct ConfigMapStore {
     lock: WriterLock,
     namespace: String,
     changes: OnceLock<(watch::Receiver<u64>, tokio::task::JoinHandle<()>)>,
-    cache: Arc<Mutex<ShardCache>>,
+    cache: Arc<ShardCache>,
     seen: Mutex<u64>,
 }
 
@@ -100,8 +101,11 @@ impl ConfigMapStore {
 
     /// The allocations as the shard watch last saw them, while it is in sync.
     fn cached(&self) -> Option<AllocState> {
-        let cache = self.cache.lock().expect("shard cache lock");
-        cache.synced.then(|| self.decode(cache.shards.values()).1)
+        if !self.cache.synced.load(Ordering::Acquire) {
+            return None;
+        }
+        let shards = self.cache.shards.state();
+        Some(self.decode(shards.iter().map(AsRef::as_ref)).1)
     }
 
     fn decode<'a>(
@@ -146,7 +150,7 @@ impl ConfigMapStore {
     }
 
     async fn transaction(&self, mutate: &mut Mutation) -> Result<AllocState, StoreError> {
-        let mut delay = Duration::from_millis(50);
+        let mut delays = crate::backoff::shard_conflict(TRANSACTION_ATTEMPTS as usize - 1);
         for attempt in 1..=TRANSACTION_ATTEMPTS {
             // Most calls change nothing (a replica republishing after a ServiceEntry change):
             // decide that without the lease, and first from the watched shards, so that a busy
@@ -170,9 +174,9 @@ impl ConfigMapStore {
                 Err(WriteError::Failed(e)) => return Err(e),
                 Err(WriteError::Conflict) => {
                     debug!(attempt, "allocation shard changed underneath; retrying");
-                    tokio::time::sleep(delay + Duration::from_millis(rand::random::<u64>() % 50))
-                        .await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    if let Some(delay) = delays.next() {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
         }
@@ -282,19 +286,22 @@ impl ConfigMapStore {
         let (rx, _) = self.changes.get_or_init(|| {
             let (tx, rx) = watch::channel(0u64);
             let config = watcher::Config::default().labels(&Self::selector());
-            let mut events = crate::cluster::relisting_watcher(
-                self.api.clone(),
-                config,
-                "allocation ConfigMaps".to_string(),
-            );
+            let writer = (self.cache.writer.lock().expect("shard cache lock"))
+                .take()
+                .expect("the shard watch starts once");
+            let mut events = reflector(
+                writer,
+                crate::cluster::relisting_watcher(
+                    self.api.clone(),
+                    config,
+                    "allocation ConfigMaps".to_string(),
+                ),
+            )
+            .boxed();
             let cache = self.cache.clone();
             let task = tokio::spawn(async move {
                 while let Some(event) = events.next().await {
-                    let changed = {
-                        let mut cache = cache.lock().expect("shard cache lock");
-                        cache.apply(event)
-                    };
-                    if changed {
+                    if cache.applied(&event) {
                         tx.send_modify(|n| *n += 1);
                     }
                 }
@@ -305,46 +312,39 @@ impl ConfigMapStore {
     }
 }
 
-/// The shards as the watch sees them. Out of sync (not listed yet, or the watch failed and has
-/// not relisted) it is not used.
-#[derive(Default)]
+/// The shards as the watch sees them, kept by kube-runtime's reflector (which swaps in a relist
+/// whole). Out of sync (not listed yet, or the watch failed and has not relisted) it is not used.
 struct ShardCache {
-    synced: bool,
-    shards: BTreeMap<String, ConfigMap>,
-    relist: Option<BTreeMap<String, ConfigMap>>,
+    shards: reflector::Store<ConfigMap>,
+    /// Handed to the watch when it starts.
+    writer: Mutex<Option<reflector::store::Writer<ConfigMap>>>,
+    synced: AtomicBool,
+}
+
+impl Default for ShardCache {
+    fn default() -> Self {
+        let (shards, writer) = reflector::store();
+        ShardCache {
+            shards,
+            writer: Mutex::new(Some(writer)),
+            synced: AtomicBool::new(false),
+        }
+    }
 }
 
 impl ShardCache {
-    /// Whether readers should look again.
-    fn apply(&mut self, event: Result<watcher::Event<ConfigMap>, watcher::Error>) -> bool {
-        let name = |cm: &ConfigMap| cm.metadata.name.clone().unwrap_or_default();
+    /// Notes an event the reflector has applied; whether readers should look again.
+    fn applied(&self, event: &Result<watcher::Event<ConfigMap>, watcher::Error>) -> bool {
         match event {
-            Ok(watcher::Event::Init) => {
-                self.relist = Some(BTreeMap::new());
-                false
-            }
-            Ok(watcher::Event::InitApply(cm)) => {
-                if let Some(relist) = self.relist.as_mut() {
-                    relist.insert(name(&cm), cm);
-                }
-                false
-            }
             Ok(watcher::Event::InitDone) => {
-                self.shards = self.relist.take().unwrap_or_default();
-                self.synced = true;
+                self.synced.store(true, Ordering::Release);
                 true
             }
-            Ok(watcher::Event::Apply(cm)) => {
-                self.shards.insert(name(&cm), cm);
-                true
-            }
-            Ok(watcher::Event::Delete(cm)) => {
-                self.shards.remove(&name(&cm));
-                true
-            }
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
             Err(e) => {
                 warn!(error = %e, "watching allocation shards; retrying");
-                self.synced = false;
+                self.synced.store(false, Ordering::Release);
                 false
             }
         }

@@ -1,12 +1,9 @@
 //! Retrying Kubernetes API calls that failed for reasons that may pass.
 
 use std::future::Future;
-use std::time::Duration;
 
+use backon::Retryable;
 use tracing::debug;
-
-const ATTEMPTS: u32 = 7;
-const FIRST_DELAY: Duration = Duration::from_millis(100);
 
 /// Server errors, throttling and transport failures may pass; 4xx answers will not.
 pub fn is_transient(e: &kube::Error) -> bool {
@@ -35,22 +32,15 @@ pub fn api_message(e: &kube::Error) -> String {
     }
 }
 
-/// Runs `call` until it succeeds, fails for good, or about six seconds of backoff are spent.
-pub async fn with_retries<T, F, Fut>(what: &str, mut call: F) -> Result<T, kube::Error>
+/// Runs `call` until it succeeds, fails for good, or [`crate::backoff::api_call`] gives up.
+pub async fn with_retries<T, F, Fut>(what: &str, call: F) -> Result<T, kube::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
 {
-    let mut delay = FIRST_DELAY;
-    for attempt in 1.. {
-        match call().await {
-            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
-                debug!(what, attempt, error = %e, "retrying Kubernetes API call");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            result => return result,
-        }
-    }
-    unreachable!("the loop returns")
+    call.retry(crate::backoff::api_call())
+        .sleep(tokio::time::sleep)
+        .when(is_transient)
+        .notify(|error, retry_in| debug!(what, %error, ?retry_in, "retrying Kubernetes API call"))
+        .await
 }

@@ -1,0 +1,284 @@
+//! One manifest file's text to declarations.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rayon::prelude::*;
+use serde_saphyr::Spanned;
+
+use super::FileError;
+use crate::source::Declaration;
+use crate::source::manifest::Document;
+
+/// Below this size a file is parsed on one thread.
+const PARALLEL_FROM_BYTES: usize = 1 << 20;
+
+/// Parses one manifest file's text; `origin` names it in declarations and messages.
+///
+/// A large file is split at document markers and parsed on every core (YAML parsing is most of
+/// a big mesh's start-up). If any part fails, the file is parsed again in one piece so that the
+/// error carries its true line.
+pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, FileError> {
+    let parts = split_documents(text, rayon::current_num_threads());
+    if parts.len() > 1 {
+        let parsed: Result<Vec<Vec<Declaration>>, _> = (parts.par_iter())
+            .map(|part| parse_documents(origin, part))
+            .collect();
+        if let Ok(parts) = parsed {
+            return Ok(parts.into_iter().flatten().collect());
+        }
+    }
+    parse_documents(origin, text)
+}
+
+/// Up to `parts` pieces of `text` of similar size, each a run of whole documents. A line
+/// starting with `---` at column 0 always starts a document (YAML forbids it inside content);
+/// a split never separates a document from the `%` directives before it.
+fn split_documents(text: &str, parts: usize) -> Vec<&str> {
+    if parts < 2 || text.len() < PARALLEL_FROM_BYTES {
+        return vec![text];
+    }
+    let target = text.len() / parts;
+    let mut pieces = Vec::with_capacity(parts);
+    let mut start = 0;
+    let mut from = target;
+    while pieces.len() + 1 < parts && from < text.len() {
+        // Bytes, not str: `from` may fall inside a multi-byte character.
+        let Some(found) = text.as_bytes()[from..]
+            .windows(4)
+            .position(|w| w == b"\n---")
+        else {
+            break;
+        };
+        let at = from + found + 1;
+        let marker_ends = text[at + 3..]
+            .chars()
+            .next()
+            .is_none_or(char::is_whitespace);
+        let after_directive = text[start..at]
+            .trim_end()
+            .rsplit('\n')
+            .next()
+            .is_some_and(|l| l.starts_with('%'));
+        if marker_ends && !after_directive {
+            pieces.push(&text[start..at]);
+            start = at;
+            from = (at + target).max(at + 1);
+        } else {
+            from = at;
+        }
+    }
+    pieces.push(&text[start..]);
+    pieces
+}
+
+fn parse_documents(origin: &str, text: &str) -> Result<Vec<Declaration>, FileError> {
+    let entries = serde_saphyr::from_str_multiple_with_options::<Spanned<Document>, Entries>(
+        text,
+        options_for(text),
+    )
+    .map_err(|e| FileError::Yaml(first_line(&e.to_string())))?;
+    entries.finish(origin)
+}
+
+/// The parser's message without the excerpt of the file it appends: one log line, and no
+/// manifest content (which may hold anything) in the logs.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// The parser's default budget is for one configuration file and refuses a mesh's manifests
+/// (over 1,024 documents). Counts that grow with the text are scaled to its size: at most one
+/// node per byte bounds what aliases can expand to by what an honest file of that size holds.
+/// The limits on aliases and anchors themselves are kept.
+fn options_for(text: &str) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    let len = text.len();
+    budget.max_documents = budget.max_documents.max(len / 4);
+    budget.max_nodes = budget.max_nodes.max(len);
+    budget.max_events = budget.max_events.max(2 * len);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(len);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// The ServiceEntries of a stream, turned into declarations as each document is parsed, so
+/// that no parsed document outlives its turn.
+#[derive(Default)]
+struct Entries {
+    /// Stands in until [`Entries::finish`] names the file.
+    unnamed: Arc<str>,
+    declarations: Vec<Declaration>,
+    /// Index into `declarations`, and that entry's CIDRs left out.
+    cidrs: Vec<(usize, Vec<IpNet>)>,
+    error: Option<FileError>,
+}
+
+impl Extend<Spanned<Document>> for Entries {
+    fn extend<I: IntoIterator<Item = Spanned<Document>>>(&mut self, documents: I) {
+        for document in documents {
+            let Document::ServiceEntry(se) = document.value else {
+                continue;
+            };
+            if self.error.is_some() {
+                continue;
+            }
+            let name = se.metadata.name.clone();
+            match Declaration::from_entry(self.unnamed.clone(), se) {
+                Ok((declaration, cidrs)) => {
+                    if !cidrs.is_empty() {
+                        self.cidrs.push((self.declarations.len(), cidrs));
+                    }
+                    self.declarations.push(declaration);
+                }
+                Err(reason) => {
+                    self.error = Some(FileError::Entry {
+                        line: document.defined.line(),
+                        name,
+                        reason,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Entries {
+    fn finish(mut self, origin: &str) -> Result<Vec<Declaration>, FileError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let origin: Arc<str> = origin.into();
+        for declaration in &mut self.declarations {
+            declaration.origin = origin.clone();
+        }
+        for (at, cidrs) in &self.cidrs {
+            self.declarations[*at].warn_ignored(cidrs);
+        }
+        self.declarations.shrink_to_fit();
+        Ok(self.declarations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::file::GOOD;
+
+    #[test]
+    fn keeps_only_istio_service_entries() {
+        let decls = parse_manifest("f.yaml", GOOD).unwrap();
+        let names: Vec<_> = decls
+            .iter()
+            .map(|d| (d.namespace.as_str(), d.name.as_str()))
+            .collect();
+        assert_eq!(names, [("default", "reviews"), ("default", "httpbin")]);
+        assert_eq!(
+            decls[1].addresses,
+            vec!["127.255.0.3".parse::<std::net::IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_names_its_line() {
+        let text = format!(
+            "{GOOD}---\napiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {{name: broken}}\nspec: {{hosts: [a.global], addresses: [not-an-ip]}}\n"
+        );
+        let err = parse_manifest("f.yaml", &text).unwrap_err().to_string();
+        let line = GOOD.lines().count() + 2;
+        assert!(
+            err.contains(&format!("line {line}:"))
+                && err.contains("broken")
+                && err.contains("not-an-ip"),
+            "{err}"
+        );
+        assert!(matches!(
+            parse_manifest("f.yaml", "a: [b"),
+            Err(FileError::Yaml(_))
+        ));
+        // One line, naming the place, and none of the file's content.
+        let text =
+            "kind: ServiceEntry\nspec:\n  hosts: [a.global\n  addresses: [\"secret-token\"]\n";
+        let err = parse_manifest("f.yaml", text).unwrap_err().to_string();
+        assert!(
+            !err.contains('\n') && !err.contains("secret-token"),
+            "{err}"
+        );
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn a_host_with_more_addresses_than_one_message_holds_is_refused() {
+        let entry = |count: u32| {
+            let addresses: Vec<String> = (0..count)
+                .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
+                .collect();
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: huge, namespace: ns}}\nspec:\n  hosts: [huge.global]\n  addresses: [{}]\n",
+                addresses.join(", ")
+            )
+        };
+        assert!(parse_manifest("f.yaml", &entry(4000)).is_ok());
+        let err = parse_manifest("f.yaml", &entry(5000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"huge\"") && err.contains("do not fit in one DNS message"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_of_many_entries_is_read_whole() {
+        let text: String = (0..3000)
+            .map(|i| format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: ns}}\nspec: {{hosts: [s{i}.global], addresses: [240.0.{}.{}]}}\n", i / 250, i % 250 + 1))
+            .collect();
+        assert_eq!(parse_manifest("big.yaml", &text).unwrap().len(), 3000);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        // Nine levels of ten aliases each: a billion nodes if expanded.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..10 {
+            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+            text.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+        }
+        // In a document of another kind, whose fields are skipped unread.
+        let other = format!("kind: ConfigMap\n{text}");
+        let err = parse_manifest("bomb.yaml", &other).unwrap_err().to_string();
+        assert!(err.contains("budget breached"), "{err}");
+    }
+
+    #[test]
+    fn big_files_split_only_at_document_markers() {
+        let doc = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: é, namespace: ns}\nspec:\n  hosts: [a.global]\n  addresses: [240.0.0.1]\n  # ---not a marker\n";
+        let text = doc.repeat(PARALLEL_FROM_BYTES / doc.len() + 10);
+        let parts = split_documents(&text, 3);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.concat(), text);
+        assert!(parts.iter().all(|p| p.starts_with("---\napiVersion")));
+        assert_eq!(split_documents(&text[..100], 3), [&text[..100]]);
+        let with_directive = format!("{text}%YAML 1.2\n---\nkind: Other\n");
+        let parts = split_documents(&with_directive, 64);
+        assert!(parts.iter().all(|p| !p.starts_with("---\nkind: Other")));
+    }
+
+    #[test]
+    fn a_big_file_reports_the_true_line_of_an_error() {
+        let entry = |i: usize, address: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: ns}}\nspec: {{hosts: [s{i}.global], addresses: [{address}]}}\n"
+            )
+        };
+        let count = 2 * PARALLEL_FROM_BYTES / entry(0, "240.0.0.1").len();
+        let mut text: String = (0..count).map(|i| entry(i, "240.0.0.1")).collect();
+        assert_eq!(parse_manifest("big.yaml", &text).unwrap().len(), count);
+        text.push_str(&entry(count, "not-an-ip"));
+        let err = parse_manifest("big.yaml", &text).unwrap_err().to_string();
+        let line = 5 * count + 2;
+        assert!(err.contains(&format!("line {line}:")), "{err}");
+    }
+}

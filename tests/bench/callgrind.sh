@@ -50,10 +50,10 @@ count() { # file args...
     if [ "${WARM:-0}" = 1 ]; then
         dnsperf -s 127.0.0.1 -p "$port" -d "$file" -n 1 -Q "$rate" -t 5 >/dev/null 2>&1
     fi
-    callgrind_control -i on "$pid" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null 2>&1
     answered=$(dnsperf -s 127.0.0.1 -p "$port" -d "$file" -n 1 -Q "$rate" -t 5 2>/dev/null \
         | awk '/Queries completed:/ {print $3}')
-    callgrind_control -i off "$pid" >/dev/null
+    callgrind_control -i off "$pid" >/dev/null 2>&1
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     local total

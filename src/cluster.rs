@@ -8,18 +8,33 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 /// Fail fast on an unreachable API server instead of hanging a CLI or a startup.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a cluster cannot be used. Each keeps the error it comes from as its source; the message
+/// names it on one line already (kube's errors nest several levels deep), so log lines print
+/// just the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("kubeconfig {path}: {detail}")]
-    Kubeconfig { path: String, detail: String },
+    #[error("kubeconfig {path}: {}", one_line(source))]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
     #[error(
-        "no kubeconfig found (--kubeconfig, KUBECONFIG, ~/.kube/config) and not running in a pod: {0}"
+        "no kubeconfig found (--kubeconfig, KUBECONFIG, ~/.kube/config) and not running in a pod: {}",
+        one_line(.0)
     )]
-    NoConfig(String),
-    #[error("cannot build a client: {0}")]
-    Client(String),
-    #[error("cluster API: {0}")]
-    Api(String),
+    NoConfig(#[source] kube::config::InClusterError),
+    #[error("kubeconfig {path}: the value is not UTF-8 text")]
+    NotText { path: String },
+    #[error("cannot build a client: {}", one_line(.0))]
+    Client(#[source] kube::Error),
+    #[error("cluster API: {}", one_line(.0))]
+    Api(#[source] kube::Error),
+    #[error("{group} serves none of {} (only {served:?})", wanted.join(", "))]
+    NoVersion {
+        group: &'static str,
+        wanted: Vec<&'static str>,
+        served: Vec<String>,
+    },
 }
 
 /// A client from, in order: `kubeconfig` if given, then `KUBECONFIG`, then `~/.kube/config`,
@@ -38,16 +53,16 @@ pub async fn connect(
     };
     let config = match file {
         Some((path, kc)) => {
-            let bad = |detail| ClusterError::Kubeconfig {
+            let bad = |source| ClusterError::Kubeconfig {
                 path: path.display().to_string(),
-                detail,
+                source,
             };
-            let kc = kc.map_err(|e| bad(one_line(&e)))?;
+            let kc = kc.map_err(bad)?;
             kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
-                .map_err(|e| bad(one_line(&e)))?
+                .map_err(bad)?
         }
-        None => kube::Config::incluster().map_err(|e| ClusterError::NoConfig(one_line(&e)))?,
+        None => kube::Config::incluster().map_err(ClusterError::NoConfig)?,
     };
     client(config)
 }
@@ -60,29 +75,29 @@ fn client(mut config: kube::Config) -> Result<kube::Client, ClusterError> {
         http::header::USER_AGENT,
         http::HeaderValue::from_static(USER_AGENT),
     ));
-    kube::Client::try_from(config).map_err(|e| ClusterError::Client(one_line(&e)))
+    kube::Client::try_from(config).map_err(ClusterError::Client)
 }
 
 const USER_AGENT: &str = concat!("globaldns/", env!("CARGO_PKG_VERSION"));
 
 /// A client from kubeconfig text, as held in an Istio remote secret.
 pub async fn connect_yaml(yaml: &str, what: &str) -> Result<kube::Client, ClusterError> {
-    let bad = |detail| ClusterError::Kubeconfig {
+    let bad = |source| ClusterError::Kubeconfig {
         path: what.to_string(),
-        detail,
+        source,
     };
-    let kc = Kubeconfig::from_yaml(yaml).map_err(|e| bad(one_line(&e)))?;
+    let kc = Kubeconfig::from_yaml(yaml).map_err(bad)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .map_err(|e| bad(one_line(&e)))?;
+        .map_err(bad)?;
     client(config)
 }
 
 /// Context names of a kubeconfig file, in file order.
 pub fn contexts(path: &Path) -> Result<Vec<String>, ClusterError> {
-    let kc = Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+    let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
         path: path.display().to_string(),
-        detail: one_line(&e),
+        source,
     })?;
     Ok(kc.contexts.into_iter().map(|c| c.name).collect())
 }

@@ -14,4 +14,6 @@ pub use pool::{DEFAULT_POOL, Pool, PoolError};
 pub use state::{
     AllocState, DecodeError, FORMAT, Record, RecordState, host_key, host_key_from_str,
 };
-pub use store::{ConfigMapStore, FileStore, MemoryStore, Mutation, Store, StoreError, operate};
+pub use store::{
+    ConfigMapStore, FileStore, MemoryStore, Mutation, Store, StoreError, Unavailable, operate,
+};

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::alloc::{
-    AllocError, Allocator, ConfigMapStore, FileStore, Reserved, Store, StoreError, check,
-    host_key_from_str, operate, unix_now, usage,
+    AllocError, Allocator, ConfigMapStore, FileStore, Reserved, Store, StoreError, Unavailable,
+    check, host_key_from_str, operate, unix_now, usage,
 };
 use crate::cluster::one_line;
 use crate::config::AllocArgs;
@@ -257,11 +257,9 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                     .filter(|h| !state.records.contains_key(*h))
                     .collect();
                 if !missing.is_empty() {
-                    let list: Vec<&str> = missing.iter().map(|h| h.as_str()).collect();
-                    let detail = format!("not stored (see the errors above): {}", list.join(" "));
                     return Err(CtlError::Store(StoreError::Unavailable {
                         store: store.describe(),
-                        detail,
+                        source: Unavailable::NotStored(missing.into_iter().cloned().collect()),
                     }));
                 }
                 out.push_str(&output::host_lines(&state, batch));
@@ -301,7 +299,7 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             if let Some(client) = client {
                 let id = cli.context.as_deref().unwrap_or("cluster");
                 let listed = list_cluster(id, client.clone()).await;
-                declared.extend(listed.map_err(crate::cluster::ClusterError::Api)?);
+                declared.extend(listed?);
                 declared.extend(remote_declarations(client, &cli.alloc.namespace).await);
             }
             let explicit = crate::catalog::Catalog::merge(&declared).hosts;

@@ -17,7 +17,7 @@ use crate::wire::request::Request;
 use crate::wire::response::udp_limit;
 
 /// A finished upstream exchange, shared with everyone who asked the same question meanwhile.
-type Outcome = Option<Result<Arc<[u8]>, Arc<str>>>;
+type Outcome = Option<Result<Arc<[u8]>, Arc<ForwardError>>>;
 
 pub struct CachingForwarder {
     inner: Arc<dyn Forward>,
@@ -107,16 +107,21 @@ impl CachingForwarder {
                     table: &self.inflight,
                     key: key.clone(),
                 };
-                let result = self.inner.forward(req, query, transport).await;
+                // The error is shared with the followers: one Arc, its cause kept.
+                let result = self
+                    .inner
+                    .forward(req, query, transport)
+                    .await
+                    .map_err(Arc::new);
                 if let Ok(reply) = &result {
                     self.cache.insert(key, reply);
                 }
                 let shared = result
                     .as_ref()
                     .map(|r| Arc::from(&r[..]))
-                    .map_err(|e| Arc::from(e.to_string()));
+                    .map_err(Arc::clone);
                 let _ = tx.send(Some(shared));
-                result
+                result.map_err(ForwardError::Shared)
             }
             Err(mut rx) => {
                 let outcome = rx
@@ -130,7 +135,7 @@ impl CachingForwarder {
                         address_to(&mut out, req);
                         Ok(out)
                     }
-                    Some(Err(message)) => Err(ForwardError::Shared(message.to_string())),
+                    Some(Err(error)) => Err(ForwardError::Shared(error)),
                     // The leader's reply does not fit this client, or the leader gave up.
                     _ => self.inner.forward(req, query, transport).await,
                 }

@@ -38,8 +38,9 @@ pub enum ForwardError {
     BadReply(std::net::SocketAddr),
     #[error("too many queries in flight upstream")]
     Busy,
-    #[error("{0}")]
-    Shared(String),
+    /// The error of the identical query this one waited for (coalesced).
+    #[error(transparent)]
+    Shared(std::sync::Arc<ForwardError>),
 }
 
 pub type ForwardFuture<'a> =

@@ -15,7 +15,7 @@ use hickory_proto::rr::Name;
 use ipnet::IpNet;
 use tracing::warn;
 
-use service_entry::ServiceEntry;
+use service_entry::{EntryError, ServiceEntry};
 
 /// "These hosts are declared by this ServiceEntry, with these explicit addresses."
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,9 +38,9 @@ impl Declaration {
     pub fn from_entry(
         origin: Arc<str>,
         se: ServiceEntry,
-    ) -> Result<(Declaration, Vec<IpNet>), String> {
-        let mut hosts = se.host_names().map_err(|e| e.to_string())?;
-        let mut addresses = se.addresses().map_err(|e| e.to_string())?;
+    ) -> Result<(Declaration, Vec<IpNet>), EntryError> {
+        let mut hosts = se.host_names()?;
+        let mut addresses = se.addresses()?;
         fits_one_message(&addresses.ips)?;
         // Kept for the life of the source: no spare capacity (a mesh has many entries).
         hosts.shrink_to_fit();
@@ -83,18 +83,18 @@ const ANSWER_ROOM: usize = 65_535 - 12 - (255 + 4) - 11;
 /// A host's addresses must fit in one answer (an ANY answer carries both families; over TCP too,
 /// no message is bigger): with the name compressed, an A record takes 16 bytes, an AAAA 28.
 /// More cannot be served, so the entry is refused like any other invalid one, by name.
-fn fits_one_message(ips: &[IpAddr]) -> Result<(), String> {
+fn fits_one_message(ips: &[IpAddr]) -> Result<(), EntryError> {
     let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
     let v6 = ips.len() - v4;
     if v4 * 16 + v6 * 28 <= ANSWER_ROOM {
         return Ok(());
     }
-    Err(format!(
-        "{} addresses ({v4} IPv4, {v6} IPv6) do not fit in one DNS message (at most {} IPv4, or {} IPv6)",
-        ips.len(),
-        ANSWER_ROOM / 16,
-        ANSWER_ROOM / 28
-    ))
+    Err(EntryError::TooManyAddresses {
+        v4,
+        v6,
+        max_v4: ANSWER_ROOM / 16,
+        max_v6: ANSWER_ROOM / 28,
+    })
 }
 
 /// Everything one source declares right now.

@@ -90,6 +90,16 @@ pub enum EntryError {
     BadAddress(String),
     #[error("resolution STATIC needs endpoints or addresses")]
     StaticWithoutEndpoints,
+    #[error(
+        "{} addresses ({v4} IPv4, {v6} IPv6) do not fit in one DNS message (at most {max_v4} IPv4, or {max_v6} IPv6)",
+        v4 + v6
+    )]
+    TooManyAddresses {
+        v4: usize,
+        v6: usize,
+        max_v4: usize,
+        max_v6: usize,
+    },
 }
 
 /// The addresses of an entry, split into what can be served and the CIDRs that cannot.

@@ -24,10 +24,30 @@ pub enum StoreError {
     },
     #[error("{store} is unreadable, refusing to use or overwrite it: {detail}")]
     Corrupt { store: String, detail: String },
-    #[error("{store} is unavailable: {detail}")]
-    Unavailable { store: String, detail: String },
+    #[error("{store} is unavailable: {source}")]
+    Unavailable { store: String, source: Unavailable },
     #[error(transparent)]
     Alloc(#[from] AllocError),
+}
+
+/// Why a store cannot be used now; it may come back. The variants let a caller tell a busy
+/// writer lease from an API error.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The API server refused or failed (the message is kube's, on one line).
+    #[error("{}", configmap::api_message(.0))]
+    Api(#[source] kube::Error),
+    #[error("lease {lease} is held by {holder} (waited {waited:?})")]
+    LeaseBusy {
+        lease: &'static str,
+        holder: String,
+        waited: std::time::Duration,
+    },
+    #[error("gave up after {0} conflicting attempts")]
+    Conflicts(u32),
+    /// Hosts a transaction could not store (why was logged as it happened).
+    #[error("not stored (see the errors above): {}", .0.join(" "))]
+    NotStored(Vec<String>),
 }
 
 /// A change to apply; returns whether it changed anything. It may run more than once (a store

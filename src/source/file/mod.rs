@@ -22,11 +22,11 @@ pub enum FileError {
     Read(#[from] std::io::Error),
     #[error("YAML: {0}")]
     Yaml(String),
-    #[error("line {line}: ServiceEntry {name:?}: {reason}")]
+    #[error("line {line}: ServiceEntry {name:?}: {source}")]
     Entry {
         line: u64,
         name: String,
-        reason: String,
+        source: crate::source::service_entry::EntryError,
     },
 }
 

@@ -133,11 +133,11 @@ impl Extend<Spanned<Document>> for Entries {
                     }
                     self.declarations.push(declaration);
                 }
-                Err(reason) => {
+                Err(source) => {
                     self.error = Some(FileError::Entry {
                         line: document.defined.line(),
                         name,
-                        reason,
+                        source,
                     })
                 }
             }

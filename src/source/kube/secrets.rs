@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tracing::{error, warn};
 
 use super::ClusterSet;
-use crate::cluster::connect_yaml;
+use crate::cluster::{ClusterError, connect_yaml};
 
 pub const REMOTE_SECRET_LABEL: &str = "istio/multiCluster=true";
 
@@ -104,7 +104,7 @@ pub struct RemoteCluster {
     pub id: String,
     /// Of the kubeconfig, so that an unchanged one is not reconnected.
     pub fingerprint: String,
-    pub client: Result<kube::Client, String>,
+    pub client: Result<kube::Client, ClusterError>,
 }
 
 /// The clusters `secret` holds, each with a client or why there is none.
@@ -113,8 +113,8 @@ pub async fn clusters_in(owner: &str, secret: &Secret) -> Vec<RemoteCluster> {
     for (id, bytes) in secret.data.iter().flatten() {
         let what = format!("{owner} key {id}");
         let client = match std::str::from_utf8(&bytes.0) {
-            Ok(yaml) => connect_yaml(yaml, &what).await.map_err(|e| e.to_string()),
-            Err(_) => Err("the value is not UTF-8 text".to_string()),
+            Ok(yaml) => connect_yaml(yaml, &what).await,
+            Err(_) => Err(ClusterError::NotText { path: what }),
         };
         out.push(RemoteCluster {
             id: id.clone(),

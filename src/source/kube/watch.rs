@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::listed::{Applied, Listed};
 use super::metrics::ClusterMetrics;
+use crate::cluster::ClusterError;
 use crate::source::Declaration;
 use crate::source::readiness::Readiness;
 use crate::source::service_entry::{API_VERSIONS, ObjectMeta, ServiceEntry, ServiceEntrySpec};
@@ -27,16 +28,20 @@ const GROUP: &str = "networking.istio.io";
 const MAX_BURST: usize = 4096;
 
 /// The newest ServiceEntry version the cluster serves.
-async fn served_version(client: &kube::Client) -> Result<&'static str, String> {
+async fn served_version(client: &kube::Client) -> Result<&'static str, ClusterError> {
     let group = kube::discovery::group(client, GROUP)
         .await
-        .map_err(|e| crate::cluster::one_line(&e))?;
+        .map_err(ClusterError::Api)?;
     let served: Vec<&str> = group.versions().collect();
-    API_VERSIONS
-        .iter()
-        .map(|v| v.trim_start_matches("networking.istio.io/"))
+    let wanted = API_VERSIONS.map(|v| v.trim_start_matches("networking.istio.io/"));
+    wanted
+        .into_iter()
         .find(|v| served.contains(v))
-        .ok_or_else(|| format!("{GROUP} serves none of v1, v1beta1, v1alpha3 (only {served:?})"))
+        .ok_or_else(|| ClusterError::NoVersion {
+            group: GROUP,
+            wanted: wanted.to_vec(),
+            served: served.iter().map(|v| v.to_string()).collect(),
+        })
 }
 
 /// ServiceEntries of every namespace, in API version `version`.
@@ -49,12 +54,15 @@ fn service_entries(client: kube::Client, version: &str) -> Api<DynamicObject> {
 }
 
 /// Cluster `id`'s ServiceEntries as they are now (one list; malformed entries skipped).
-pub async fn list_cluster(id: &str, client: kube::Client) -> Result<Vec<Declaration>, String> {
+pub async fn list_cluster(
+    id: &str,
+    client: kube::Client,
+) -> Result<Vec<Declaration>, ClusterError> {
     let version = served_version(&client).await?;
     let list = service_entries(client, version)
         .list(&kube::api::ListParams::default())
         .await
-        .map_err(|e| crate::cluster::one_line(&e))?;
+        .map_err(ClusterError::Api)?;
     let origin: Arc<str> = super::source_name(id).into();
     Ok(list
         .items
@@ -196,6 +204,7 @@ fn read(
             namespace: object.metadata.namespace,
         };
         Declaration::from_entry(origin.clone(), ServiceEntry { metadata, spec })
+            .map_err(|e| e.to_string())
     });
     match entry {
         Ok((decl, cidrs)) => {

@@ -19,7 +19,7 @@ pub const LEASE_NAME: &str = "globaldns-allocator";
 /// Longer than any transaction; a crashed holder blocks writers at most this long.
 const LEASE_SECONDS: i32 = 30;
 /// How long to wait for a busy lease before giving up.
-const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 pub struct WriterLock {
     api: Api<Lease>,

@@ -28,13 +28,14 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
-use self::lease::{LockError, WriterLock};
-use self::retry::{api_code, api_message, with_retries};
+use self::lease::{LEASE_NAME, LockError, WAIT as LEASE_WAIT, WriterLock};
+pub(super) use self::retry::api_message;
+use self::retry::{api_code, with_retries};
 use self::shard::{
     FORMAT_ANNOTATION, FORMAT_VERSION, MANAGED_BY, MAX_SHARD_BYTES, SHARD_LABEL, SHARDS, data_size,
     decode_shard, encode_key, encode_value, salvage, shard_name, shard_of,
 };
-use super::{Mutation, Store, StoreError, StoreFuture};
+use super::{Mutation, Store, StoreError, StoreFuture, Unavailable};
 use crate::alloc::state::{AllocState, Record};
 
 /// Attempts of a whole transaction when other writers keep getting in the way.
@@ -79,10 +80,10 @@ impl ConfigMapStore {
         }
     }
 
-    fn unavailable(&self, detail: impl std::fmt::Display) -> StoreError {
+    fn unavailable(&self, source: Unavailable) -> StoreError {
         StoreError::Unavailable {
             store: self.describe(),
-            detail: detail.to_string(),
+            source,
         }
     }
 
@@ -95,7 +96,7 @@ impl ConfigMapStore {
         let params = ListParams::default().labels(&Self::selector());
         let list = with_retries("list shards", || self.api.list(&params))
             .await
-            .map_err(|e| self.unavailable(api_message(&e)))?;
+            .map_err(|e| self.unavailable(Unavailable::Api(e)))?;
         Ok(self.decode(&list.items))
     }
 
@@ -164,8 +165,12 @@ impl ConfigMapStore {
                 return Ok(state);
             }
             self.lock.acquire().await.map_err(|e| match e {
-                LockError::Busy(_) => self.unavailable(e),
-                LockError::Api(e) => self.unavailable(api_message(&e)),
+                LockError::Busy(holder) => self.unavailable(Unavailable::LeaseBusy {
+                    lease: LEASE_NAME,
+                    holder,
+                    waited: LEASE_WAIT,
+                }),
+                LockError::Api(e) => self.unavailable(Unavailable::Api(e)),
             })?;
             let result = self.write_locked(mutate).await;
             self.lock.release().await;
@@ -180,9 +185,7 @@ impl ConfigMapStore {
                 }
             }
         }
-        Err(self.unavailable(format!(
-            "gave up after {TRANSACTION_ATTEMPTS} conflicting attempts"
-        )))
+        Err(self.unavailable(Unavailable::Conflicts(TRANSACTION_ATTEMPTS)))
     }
 
     /// Under the lease: re-read, re-decide, write each touched shard once.
@@ -277,7 +280,7 @@ impl ConfigMapStore {
         match result {
             Ok(_) => Ok(()),
             Err(e) if api_code(&e) == Some(409) => Err(WriteError::Conflict),
-            Err(e) => Err(WriteError::Failed(self.unavailable(api_message(&e)))),
+            Err(e) => Err(WriteError::Failed(self.unavailable(Unavailable::Api(e)))),
         }
     }
 

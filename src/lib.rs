@@ -1,9 +1,15 @@
 //! globaldns: an authoritative DNS server for the `.global` names of a multicluster Istio mesh,
 //! forwarding every other name upstream.
 //!
-//! Data flows one way: [`source`] (ServiceEntry manifests) → [`catalog`] (one entry per host) →
-//! [`zone`] (immutable name table with precomputed answers) → [`dns`] (sockets and wire format).
-//! Names outside the served zones go to [`forward`].
+//! Data flows one way: [`source`] (ServiceEntry manifests and clusters) → [`catalog`] (one entry
+//! per host) → [`alloc`] (VIPs, stored) → [`zone`] (immutable name table with precomputed
+//! answers) → [`dns`] (sockets and the handler). Names outside the served zones go to
+//! [`forward`]. [`publish`] runs that pipeline on every change; [`server`] only wires the layers.
+//!
+//! At the bottom, importing nothing of ours: [`wire`] (the DNS wire format), [`metrics`] (the
+//! helpers every layer's metrics are written with), [`backoff`] (every retry's pacing) and
+//! [`bounded`] (reading operators' files). [`ops`] serves the metrics registry and readiness it
+//! is given. `tests/layering.rs` keeps it that way.
 
 pub mod alloc;
 pub mod backoff;

@@ -46,9 +46,7 @@ mod tests {
         let ups = system_upstreams(&path).unwrap();
         assert!(system_upstreams(Path::new("/dev/null")).unwrap().is_empty());
         let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        crate::bounded::mkfifo(&fifo);
         let err = system_upstreams(&fifo).unwrap_err();
         assert_eq!(err.to_string(), "not a regular file");
         assert_eq!(

@@ -221,25 +221,26 @@ fn matches(query: &[u8], reply: &[u8], question: usize) -> bool {
         && reply[HEADER_LEN..end].eq_ignore_ascii_case(&query[HEADER_LEN..end])
 }
 
+/// Wraps an I/O error of the exchange with `upstream`.
+fn io_error(upstream: SocketAddr) -> impl Fn(std::io::Error) -> ForwardError + Copy {
+    move |source| ForwardError::Io { upstream, source }
+}
+
 async fn udp_exchange(
     up: SocketAddr,
     query: &[u8],
     question: usize,
     deadline: Instant,
 ) -> Result<Vec<u8>, ForwardError> {
-    let io = |source| ForwardError::Io {
-        upstream: up,
-        source,
-    };
     let bind: SocketAddr = if up.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         ([0u16; 8], 0).into()
     };
-    let socket = UdpSocket::bind(bind).await.map_err(io)?;
+    let socket = UdpSocket::bind(bind).await.map_err(io_error(up))?;
     // A connected socket only accepts datagrams from the upstream and surfaces ICMP errors.
-    socket.connect(up).await.map_err(io)?;
-    socket.send(query).await.map_err(io)?;
+    socket.connect(up).await.map_err(io_error(up))?;
+    socket.send(query).await.map_err(io_error(up))?;
     // Uninitialized capacity: zeroing 64 KiB per query would cost more than the exchange.
     let mut buf = Vec::with_capacity(u16::MAX as usize);
     loop {
@@ -247,7 +248,7 @@ async fn udp_exchange(
         timeout_at(deadline, socket.recv_buf(&mut buf))
             .await
             .map_err(|_| ForwardError::Timeout(up))?
-            .map_err(io)?;
+            .map_err(io_error(up))?;
         if matches(query, &buf, question) {
             return Ok(buf);
         }
@@ -260,19 +261,15 @@ async fn tcp_exchange(
     question: usize,
     deadline: Instant,
 ) -> Result<Vec<u8>, ForwardError> {
-    let io = |source| ForwardError::Io {
-        upstream: up,
-        source,
-    };
     let exchange = async {
-        let mut stream = TcpStream::connect(up).await.map_err(io)?;
+        let mut stream = TcpStream::connect(up).await.map_err(io_error(up))?;
         let mut framed = Vec::with_capacity(query.len() + 2);
         framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
         framed.extend_from_slice(query);
-        stream.write_all(&framed).await.map_err(io)?;
-        let len = stream.read_u16().await.map_err(io)? as usize;
+        stream.write_all(&framed).await.map_err(io_error(up))?;
+        let len = stream.read_u16().await.map_err(io_error(up))? as usize;
         let mut reply = vec![0u8; len];
-        stream.read_exact(&mut reply).await.map_err(io)?;
+        stream.read_exact(&mut reply).await.map_err(io_error(up))?;
         if matches(query, &reply, question) {
             Ok(reply)
         } else {

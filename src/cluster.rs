@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use tracing::warn;
 
 /// Fail fast on an unreachable API server instead of hanging a CLI or a startup.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,6 +92,43 @@ pub async fn connect_yaml(yaml: &str, what: &str) -> Result<kube::Client, Cluste
         .await
         .map_err(bad)?;
     client(config)
+}
+
+/// Clients for every context of `kubeconfigs` (only those in `contexts`, when given), in order;
+/// a duplicate ID keeps the first. The first cluster must connect: it is the primary. A later
+/// one that cannot is kept without a client, and logged. Without kubeconfigs, the in-cluster
+/// service account as `in_cluster_id`. An error names the cluster (or file) that failed.
+pub async fn connect_all(
+    kubeconfigs: &[PathBuf],
+    contexts: &[String],
+    in_cluster_id: Option<&str>,
+) -> Result<Vec<(String, Option<kube::Client>)>, (String, ClusterError)> {
+    let mut out: Vec<(String, Option<kube::Client>)> = Vec::new();
+    for path in kubeconfigs {
+        let found = self::contexts(path).map_err(|e| (path.display().to_string(), e))?;
+        for ctx in found
+            .into_iter()
+            .filter(|c| contexts.is_empty() || contexts.contains(c))
+        {
+            if out.iter().any(|(id, _)| *id == ctx) {
+                warn!(cluster = %ctx, kubeconfig = %path.display(), "duplicate cluster ID; keeping the first");
+                continue;
+            }
+            match connect(Some(path), Some(&ctx)).await {
+                Ok(client) => out.push((ctx, Some(client))),
+                Err(source) if out.is_empty() => return Err((ctx, source)),
+                Err(error) => {
+                    warn!(cluster = %ctx, %error, "cannot use cluster; skipped");
+                    out.push((ctx, None));
+                }
+            }
+        }
+    }
+    if let (true, Some(id)) = (out.is_empty(), in_cluster_id) {
+        let client = connect(None, None).await.map_err(|e| (id.to_string(), e))?;
+        out.push((id.to_string(), Some(client)));
+    }
+    Ok(out)
 }
 
 /// Context names of a kubeconfig file, in file order.

@@ -11,8 +11,8 @@ use tracing::warn;
 
 use crate::dns::TcpLimits;
 use crate::dns::rate_limit::RateLimitConfig;
-use crate::forward::{system_upstreams, without_self};
-use crate::server::{ClusterConfig, ForwardConfig, ServerConfig};
+use crate::forward::{ForwardConfig, system_upstreams, without_self};
+use crate::server::{ClusterConfig, ServerConfig};
 use crate::zone::{SoaSettings, ZoneSettings};
 
 mod alloc_args;

@@ -6,17 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
 use crate::dns::rate_limit::{RateLimitConfig, RateLimiter};
-use crate::dns::{Handler, QueryMetrics, TcpLimits, TcpSlots, serve_tcp, serve_udp};
-use crate::forward::{AnswerCache, CachingForwarder, Forward, ForwardMetrics, UpstreamForwarder};
+use crate::dns::{self, Handler, QueryMetrics, TcpLimits, TcpSlots, serve_tcp, serve_udp};
+use crate::forward::{self, ForwardConfig, ForwardMetrics};
 use crate::ops::{ReadyCheck, serve_http};
 use crate::publish::{PublishMetrics, Publisher};
 use crate::source::file;
@@ -46,52 +44,6 @@ pub struct ServerConfig {
     pub tcp: TcpLimits,
     /// Response rate limiting for UDP; off when its rate is 0.
     pub rate_limit: RateLimitConfig,
-}
-
-/// How names outside the served zones are resolved.
-#[derive(Clone, Debug)]
-pub struct ForwardConfig {
-    /// Already stripped of this server's own address.
-    pub upstreams: Vec<SocketAddr>,
-    /// Time for one forwarded query across all upstreams.
-    pub budget: Duration,
-    /// Cached answers (entries of up to 1 KiB); 0 turns the cache off.
-    pub cache_size: u64,
-    pub cache_max_ttl: Duration,
-    /// How long past their TTL answers are kept, to serve when the upstreams fail (RFC 8767).
-    pub serve_stale: Duration,
-    /// Clients that may use us as a recursive resolver.
-    pub allow_recursion: Vec<IpNet>,
-}
-
-/// Queries upstream at once; beyond this, SERVFAIL at once instead of piling up.
-const MAX_INFLIGHT: usize = 4096;
-
-fn build_forwarder(
-    config: &ForwardConfig,
-    metrics: &Arc<ForwardMetrics>,
-) -> Option<Arc<dyn Forward>> {
-    if config.upstreams.is_empty() {
-        return None;
-    }
-    let relay = Arc::new(UpstreamForwarder::new(
-        config.upstreams.clone(),
-        config.budget,
-        MAX_INFLIGHT,
-        metrics.clone(),
-    ));
-    let check = relay.clone();
-    tokio::spawn(async move { check.check_loops().await });
-    let upstream: Arc<dyn Forward> = relay;
-    if config.cache_size == 0 {
-        return Some(upstream);
-    }
-    let cache = AnswerCache::new(config.cache_size, config.cache_max_ttl, config.serve_stale);
-    Some(Arc::new(CachingForwarder::new(
-        upstream,
-        cache,
-        metrics.clone(),
-    )))
 }
 
 /// Kubernetes clusters to watch. The first is the primary: it holds the allocation ConfigMaps
@@ -143,7 +95,11 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
-            listeners.push(bind(*addr, config.workers)?);
+            let bound = dns::bind(*addr, config.workers);
+            listeners.push(bound.map_err(|source| ServerError::Bind {
+                addr: *addr,
+                source,
+            })?);
         }
         let local_addrs = listeners
             .iter()
@@ -195,7 +151,11 @@ impl Server {
         ));
         sources.published(file::SOURCE).await;
 
-        let clusters = connect_clusters(&config.clusters).await?;
+        let c = &config.clusters;
+        let clusters =
+            cluster::connect_all(&c.kubeconfigs, &c.contexts, c.in_cluster_id.as_deref())
+                .await
+                .map_err(|(id, source)| ServerError::Cluster { id, source })?;
         let primary = match &config.clusters.store_context {
             Some(ctx) => Some(
                 clusters
@@ -248,7 +208,7 @@ impl Server {
         let table = publisher.table();
         tasks.spawn(publisher.run(rx));
 
-        let forwarder = build_forwarder(&config.forward, &forward_metrics);
+        let forwarder = forward::build(&config.forward, &forward_metrics);
         if forwarder.is_none() {
             warn!("no upstream resolver: names outside the served zones get REFUSED");
         }
@@ -293,82 +253,4 @@ impl Server {
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
     }
-}
-
-/// Clients for the configured clusters, by ID, in order. A cluster whose kubeconfig is broken
-/// is reported and left out (`None`) unless it would be the primary.
-async fn connect_clusters(
-    config: &ClusterConfig,
-) -> Result<Vec<(String, Option<kube::Client>)>, ServerError> {
-    let mut out: Vec<(String, Option<kube::Client>)> = Vec::new();
-    for path in &config.kubeconfigs {
-        let contexts = cluster::contexts(path).map_err(|source| ServerError::Cluster {
-            id: path.display().to_string(),
-            source,
-        })?;
-        for ctx in contexts
-            .into_iter()
-            .filter(|c| config.contexts.is_empty() || config.contexts.contains(c))
-        {
-            if out.iter().any(|(id, _)| *id == ctx) {
-                warn!(cluster = %ctx, kubeconfig = %path.display(), "duplicate cluster ID; keeping the first");
-                continue;
-            }
-            match cluster::connect(Some(path), Some(&ctx)).await {
-                Ok(client) => out.push((ctx, Some(client))),
-                Err(source) if out.is_empty() => {
-                    return Err(ServerError::Cluster { id: ctx, source });
-                }
-                Err(error) => {
-                    warn!(cluster = %ctx, %error, "cannot use cluster; skipped");
-                    out.push((ctx, None));
-                }
-            }
-        }
-    }
-    if let (true, Some(id)) = (out.is_empty(), &config.in_cluster_id) {
-        let client = cluster::connect(None, None)
-            .await
-            .map_err(|source| ServerError::Cluster {
-                id: id.clone(),
-                source,
-            })?;
-        out.push((id.clone(), Some(client)));
-    }
-    Ok(out)
-}
-
-/// One TCP listener and `workers` UDP sockets sharing its port through SO_REUSEPORT.
-///
-/// TCP is bound first without SO_REUSEPORT, so a second server on the same port fails here
-/// instead of silently receiving a share of the UDP queries.
-fn bind(addr: SocketAddr, workers: usize) -> Result<(TcpListener, Vec<UdpSocket>), ServerError> {
-    let mut attempts = if addr.port() == 0 { 8 } else { 1 };
-    loop {
-        let err = |source| ServerError::Bind { addr, source };
-        let tcp = std::net::TcpListener::bind(addr).map_err(err)?;
-        tcp.set_nonblocking(true).map_err(err)?;
-        let port = tcp.local_addr().map_err(err)?.port();
-        let udp: std::io::Result<Vec<UdpSocket>> = (0..workers.max(1))
-            .map(|_| udp_socket(SocketAddr::new(addr.ip(), port)))
-            .collect();
-        match udp {
-            Ok(udp) => return Ok((TcpListener::from_std(tcp).map_err(err)?, udp)),
-            Err(e) if attempts > 1 && e.kind() == std::io::ErrorKind::AddrInUse => attempts -= 1,
-            Err(e) => return Err(err(e)),
-        }
-    }
-}
-
-fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    // Room for bursts while a worker is busy; the kernel caps this at rmem_max.
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
 }

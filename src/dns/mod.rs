@@ -1,5 +1,6 @@
 //! The DNS layer: sockets, reading queries, and writing answers from the name table.
 
+mod bind;
 mod client;
 mod handler;
 pub mod metrics;
@@ -8,6 +9,7 @@ pub mod rate_limit;
 mod tcp;
 mod udp;
 
+pub use bind::bind;
 pub use handler::{Action, Handler};
 pub use metrics::{AnswerSource, QueryMetrics};
 pub use tcp::{TcpLimits, TcpSlots, serve_tcp};

@@ -3,6 +3,7 @@
 //! [`Forward`] is the seam: the DNS layer hands over the client's message as received and gets
 //! the upstream's reply back, ID and question restored. A cache wraps the same trait.
 
+mod build;
 mod cache;
 mod coalesce;
 pub mod metrics;
@@ -12,6 +13,7 @@ mod upstream;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use build::{ForwardConfig, build};
 pub use cache::{AnswerCache, CacheKey};
 pub use coalesce::CachingForwarder;
 pub use metrics::{ForwardMetrics, UpstreamFailure};

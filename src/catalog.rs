@@ -106,6 +106,8 @@ mod tests {
             hosts: hosts.iter().map(|h| Name::from_ascii(h).unwrap()).collect(),
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             needs_vip: addrs.is_empty(),
+            resolution: None,
+            ports: Box::default(),
         }
     }
 

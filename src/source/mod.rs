@@ -15,7 +15,7 @@ use hickory_proto::rr::Name;
 use ipnet::IpNet;
 use tracing::warn;
 
-use service_entry::{EntryError, ServiceEntry};
+use service_entry::{EntryError, Port, Resolution, ServiceEntry};
 
 /// "These hosts are declared by this ServiceEntry, with these explicit addresses."
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +30,11 @@ pub struct Declaration {
     pub addresses: Vec<IpAddr>,
     /// The entry has no `spec.addresses` at all, so its hosts need an allocated VIP.
     pub needs_vip: bool,
+    /// `spec.resolution`, carried for the data-plane work (what Istio's sidecar does with the
+    /// entry depends on it).
+    pub resolution: Option<Resolution>,
+    /// `spec.ports`, carried for SRV records; boxed so an entry without ports costs 16 bytes.
+    pub ports: Box<[Port]>,
 }
 
 impl Declaration {
@@ -37,7 +42,7 @@ impl Declaration {
     /// single address to answer with, for the caller to report.
     pub fn from_entry(
         origin: Arc<str>,
-        se: ServiceEntry,
+        mut se: ServiceEntry,
     ) -> Result<(Declaration, Vec<IpNet>), EntryError> {
         let mut hosts = se.host_names()?;
         let mut addresses = se.addresses()?;
@@ -46,6 +51,8 @@ impl Declaration {
         hosts.shrink_to_fit();
         addresses.ips.shrink_to_fit();
         let needs_vip = se.spec.addresses.is_empty();
+        let resolution = se.spec.resolution;
+        let ports = std::mem::take(&mut se.spec.ports).into_boxed_slice();
         let namespace = se.namespace().to_string();
         let mut name = se.metadata.name;
         name.shrink_to_fit();
@@ -56,6 +63,8 @@ impl Declaration {
             hosts,
             needs_vip,
             addresses: addresses.ips,
+            resolution,
+            ports,
         };
         Ok((declaration, addresses.cidrs))
     }

@@ -46,7 +46,7 @@ pub struct ServiceEntrySpec {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Port {
     pub number: u16,

@@ -122,6 +122,8 @@ mod tests {
             hosts: vec![],
             addresses: vec![],
             needs_vip: true,
+            resolution: None,
+            ports: Box::default(),
         }
     }
 

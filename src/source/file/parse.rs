@@ -182,6 +182,24 @@ mod tests {
     }
 
     #[test]
+    fn ports_and_resolution_are_carried() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: r, namespace: ns}\nspec:\n  hosts: [r.global]\n  resolution: DNS\n  ports:\n  - {number: 9080, name: http, protocol: HTTP}\n  - {number: 15443, name: tls, protocol: TLS, targetPort: 443}\n";
+        let decl = &parse_manifest("f.yaml", text).unwrap()[0];
+        use crate::source::service_entry::Resolution;
+        assert_eq!(decl.resolution, Some(Resolution::Dns));
+        let ports: Vec<_> = decl
+            .ports
+            .iter()
+            .map(|p| (p.number, p.name.as_deref(), p.target_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [(9080, Some("http"), None), (15443, Some("tls"), Some(443))]
+        );
+        assert!(parse_manifest("f.yaml", GOOD).unwrap()[0].ports.is_empty());
+    }
+
+    #[test]
     fn a_bad_entry_names_its_line() {
         let text = format!(
             "{GOOD}---\napiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {{name: broken}}\nspec: {{hosts: [a.global], addresses: [not-an-ip]}}\n"

@@ -108,6 +108,7 @@ mod tests {
             needs_vip: addrs.is_empty(),
             resolution: None,
             ports: Box::default(),
+            labels: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod readiness;
 pub mod service_entry;
 pub mod set;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -35,6 +36,8 @@ pub struct Declaration {
     pub resolution: Option<Resolution>,
     /// `spec.ports`, carried for SRV records; boxed so an entry without ports costs 16 bytes.
     pub ports: Box<[Port]>,
+    /// `metadata.labels`, carried for the data-plane work (no allocation when there are none).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Declaration {
@@ -54,6 +57,7 @@ impl Declaration {
         let resolution = se.spec.resolution;
         let ports = std::mem::take(&mut se.spec.ports).into_boxed_slice();
         let namespace = se.namespace().to_string();
+        let labels = std::mem::take(&mut se.metadata.labels);
         let mut name = se.metadata.name;
         name.shrink_to_fit();
         let declaration = Declaration {
@@ -65,6 +69,7 @@ impl Declaration {
             addresses: addresses.ips,
             resolution,
             ports,
+            labels,
         };
         Ok((declaration, addresses.cidrs))
     }

@@ -29,6 +29,8 @@ pub struct ServiceEntry {
 pub struct ObjectMeta {
     pub name: String,
     pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -124,6 +124,7 @@ mod tests {
             needs_vip: true,
             resolution: None,
             ports: Box::default(),
+            labels: Default::default(),
         }
     }
 

@@ -182,8 +182,8 @@ mod tests {
     }
 
     #[test]
-    fn ports_and_resolution_are_carried() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: r, namespace: ns}\nspec:\n  hosts: [r.global]\n  resolution: DNS\n  ports:\n  - {number: 9080, name: http, protocol: HTTP}\n  - {number: 15443, name: tls, protocol: TLS, targetPort: 443}\n";
+    fn ports_resolution_and_labels_are_carried() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: r, namespace: ns, labels: {app: r, tier: web}}\nspec:\n  hosts: [r.global]\n  resolution: DNS\n  ports:\n  - {number: 9080, name: http, protocol: HTTP}\n  - {number: 15443, name: tls, protocol: TLS, targetPort: 443}\n";
         let decl = &parse_manifest("f.yaml", text).unwrap()[0];
         use crate::source::service_entry::Resolution;
         assert_eq!(decl.resolution, Some(Resolution::Dns));
@@ -196,7 +196,14 @@ mod tests {
             ports,
             [(9080, Some("http"), None), (15443, Some("tls"), Some(443))]
         );
-        assert!(parse_manifest("f.yaml", GOOD).unwrap()[0].ports.is_empty());
+        let labels: Vec<_> = decl
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(labels, [("app", "r"), ("tier", "web")]);
+        let plain = &parse_manifest("f.yaml", GOOD).unwrap()[0];
+        assert!(plain.ports.is_empty() && plain.labels.is_empty());
     }
 
     #[test]

@@ -202,6 +202,7 @@ fn read(
         let metadata = ObjectMeta {
             name: key.1.clone(),
             namespace: object.metadata.namespace,
+            labels: object.metadata.labels.unwrap_or_default(),
         };
         Declaration::from_entry(origin.clone(), ServiceEntry { metadata, spec })
             .map_err(|e| e.to_string())

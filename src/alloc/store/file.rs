@@ -244,15 +244,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn writes_keep_the_mode_and_clear_a_dead_writers_leftovers() {
-        use std::os::unix::fs::PermissionsExt;
+    /// A state file in a fresh directory, written once (a.global holds 240.0.0.1).
+    fn holding_one_host() -> (
+        tempfile::TempDir,
+        PathBuf,
+        FileStore,
+        tokio::runtime::Runtime,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let store = FileStore::new(&path);
         let rt = rt();
         rt.block_on(store.update(add("a.global", "240.0.0.1")))
             .unwrap();
+        (dir, path, store, rt)
+    }
+
+    #[test]
+    fn writes_keep_the_mode_and_clear_a_dead_writers_leftovers() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, path, store, rt) = holding_one_host();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         // A writer killed with -9 between creating its temporary file and the rename.
         let leftover = dir.path().join("state.json.tmp.99999999");
@@ -266,12 +277,7 @@ mod tests {
 
     #[test]
     fn corrupt_files_are_refused_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let store = FileStore::new(&path);
-        let rt = rt();
-        rt.block_on(store.update(add("a.global", "240.0.0.1")))
-            .unwrap();
+        let (_dir, path, store, rt) = holding_one_host();
         let good = std::fs::read_to_string(&path).unwrap();
         for broken in [&good[..good.len() / 2], "", "{}"] {
             std::fs::write(&path, broken).unwrap();

@@ -192,6 +192,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 
+    /// Text answered for `version.bind`, `version.server`, `hostname.bind` and `id.server` in
+    /// class CH (TXT) [default: none; those queries get REFUSED, so nothing leaks].
+    #[arg(long, value_name = "TEXT", value_parser = parse_identity)]
+    pub identity: Option<String>,
+
     /// Log every answered query (client, name, type, rcode, source, time) at info level.
     /// `--query-log=false` turns off what a config file turned on.
     #[arg(
@@ -265,6 +270,7 @@ impl ServerArgs {
             workers: workers.max(1),
             metrics: self.metrics,
             query_log: self.query_log,
+            identity: self.identity,
             rescan_every: Duration::from_secs(self.rescan_interval.max(1)),
             tcp: TcpLimits {
                 connections: self.tcp_connections.max(1),
@@ -312,6 +318,14 @@ fn parse_zone(s: &str) -> Result<Name, String> {
         return Err("the root zone cannot be served".into());
     }
     Ok(name.to_lowercase())
+}
+
+/// One TXT string: at most 255 bytes.
+fn parse_identity(s: &str) -> Result<String, String> {
+    if s.len() > 255 {
+        return Err(format!("{} bytes; at most 255 fit one TXT string", s.len()));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_upstream(s: &str) -> Result<SocketAddr, String> {

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
+use crate::dns::chaos::Chaos;
 use crate::dns::rate_limit::{RateLimitConfig, RateLimiter};
 use crate::dns::{self, Handler, QueryMetrics, TcpLimits, TcpSlots, serve_tcp, serve_udp};
 use crate::forward::{self, ForwardConfig, ForwardMetrics};
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     /// Where /metrics, /healthz and /readyz are served, if anywhere.
     pub metrics: Option<SocketAddr>,
     pub query_log: bool,
+    /// Text answered for `version.bind` and the other identity names of class CH.
+    pub identity: Option<String>,
     pub tcp: TcpLimits,
     /// Response rate limiting for UDP; off when its rate is 0.
     pub rate_limit: RateLimitConfig,
@@ -78,6 +81,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--identity: {0}")]
+    Identity(#[source] hickory_proto::ProtoError),
     #[error("building the name table: {0}")]
     Table(#[from] BuildError),
 }
@@ -224,7 +229,8 @@ impl Server {
                 query_metrics,
                 config.query_log,
             )
-            .with_rate_limit(rate_limit),
+            .with_rate_limit(rate_limit)
+            .with_chaos(Chaos::new(config.identity.as_deref()).map_err(ServerError::Identity)?),
         );
         let tcp_slots = TcpSlots::new(config.tcp);
         for (tcp, udp) in listeners {

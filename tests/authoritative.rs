@@ -311,6 +311,53 @@ fn unsupported_opcodes_get_notimp() {
     }
 }
 
+/// `version.bind` and friends (class CH) are ours: the `--identity` text, or REFUSED; never
+/// forwarded to the upstream, whose identity they would report. QCLASS ANY gets the IN data
+/// without AA, as NSD, BIND and Knot answer it.
+#[test]
+fn identity_names_in_class_ch_are_ours_and_qclass_any_is_not_authoritative() {
+    let upstream_dir = tempfile::tempdir().unwrap();
+    let up = GlobalDns::start(
+        upstream_dir.path(),
+        &["--identity", "the-upstream", "--query-log"],
+    );
+    let up_flag = up.addr.to_string();
+    let named = GlobalDns::start(
+        &repo_zones(),
+        &["--identity", "globaldns test", "--upstream", &up_flag],
+    );
+    for name in [
+        "version.bind",
+        "version.server",
+        "hostname.bind",
+        "id.server",
+    ] {
+        let out = kdig(named.addr, &["CH", "TXT", name]);
+        assert!(out.contains("NOERROR") && out.contains(" aa"), "{out}");
+        assert!(out.contains("\"globaldns test\""), "{name}: {out}");
+        assert!(!out.contains("the-upstream"), "{out}");
+    }
+    let quiet = GlobalDns::start(&repo_zones(), &["--upstream", &up_flag]);
+    for name in ["version.bind", "id.server", "www.example"] {
+        let out = kdig(quiet.addr, &["CH", "TXT", name]);
+        assert!(out.contains("status: REFUSED"), "{name}: {out}");
+    }
+    let upstream_log = up.log_text();
+    assert!(
+        !upstream_log.contains("version") && !upstream_log.contains("id.server"),
+        "class CH reached the upstream:\n{upstream_log}"
+    );
+
+    let any_class = kdig(named.addr, &["-c", "ANY", "reviews.default.global", "A"]);
+    assert!(any_class.contains("240.0.0.3"), "{any_class}");
+    assert!(
+        !any_class.contains(" aa"),
+        "AA set for QCLASS ANY: {any_class}"
+    );
+    let in_class = kdig(named.addr, &["reviews.default.global", "A"]);
+    assert!(in_class.contains(" aa"), "{in_class}");
+}
+
 #[test]
 fn other_classes_inside_the_zone_are_refused() {
     let server = GlobalDns::start(&repo_zones(), &[]);

@@ -329,3 +329,86 @@ fn a_forwarding_loop_is_detected_and_broken() {
         ["240.0.0.3"]
     );
 }
+
+/// A query for `name` with the client's RD and CD bits, over UDP.
+fn ask_with(addr: std::net::SocketAddr, name: &str, rd: bool, cd: bool) -> Message {
+    let mut msg = query_message(name, RecordType::A, Some(1232));
+    msg.metadata.recursion_desired = rd;
+    msg.metadata.checking_disabled = cd;
+    exchange(addr, &msg, Proto::Udp)
+}
+
+/// Forwarded and cached replies carry the asking client's RD and CD, AA cleared and RA set,
+/// whatever the authoritative upstream or the client that filled the cache sent. RD=0 is
+/// answered from the cache or REFUSED, never sent upstream. CD is part of the cache key.
+#[test]
+fn forwarded_replies_carry_the_clients_header_bits_and_cd_is_cached_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |wild: &str| {
+        let entries = service_entry("web", &["web.example"], &["192.0.2.80"])
+            + &service_entry("any", &["*.wild.example"], &[wild]);
+        std::fs::write(dir.path().join("example.yaml"), entries).unwrap();
+    };
+    write("192.0.2.81");
+    let up = GlobalDns::start(
+        dir.path(),
+        &["--zone", "example", "--ttl", "300", "--query-log"],
+    );
+    let front = GlobalDns::start(&repo_zones(), &["--upstream", &up.addr.to_string()]);
+
+    // The upstream is authoritative: its own reply has AA=1.
+    let direct = ask_with(up.addr, "web.example.", true, false);
+    assert!(direct.metadata.authoritative);
+
+    let relayed = ask_with(front.addr, "web.example.", true, false);
+    assert_eq!(answer_ips(&relayed), ["192.0.2.80"]);
+    let md = &relayed.metadata;
+    assert!(!md.authoritative, "AA cleared on a relayed reply");
+    assert!(md.recursion_available && md.recursion_desired && !md.checking_disabled);
+
+    // A cache hit for a client with RD=0 and CD=1 carries that client's bits... with CD=1 it is
+    // another cache entry, so first a CD=0, RD=0 hit.
+    let hit = ask_with(front.addr, "web.example.", false, false);
+    assert_eq!(
+        answer_ips(&hit),
+        ["192.0.2.80"],
+        "RD=0 answered from the cache"
+    );
+    let md = &hit.metadata;
+    assert!(!md.authoritative && md.recursion_available && !md.recursion_desired);
+
+    // RD=0 for a name not in the cache: REFUSED, and the upstream never hears of it.
+    let refused = ask_with(front.addr, "never.example.", false, false);
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    assert!(
+        !up.log_text().contains("never.example"),
+        "{}",
+        up.log_text()
+    );
+
+    // CD=1 fills its own entry, with CD=1 in the reply.
+    let cd = ask_with(front.addr, "a.wild.example.", true, true);
+    assert_eq!(answer_ips(&cd), ["192.0.2.81"]);
+    assert!(cd.metadata.checking_disabled && !cd.metadata.authoritative);
+    // The upstream's data changes; a CD=0 client must not get the CD=1 client's cached answer.
+    write("192.0.2.91");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            answer_ips(&ask_with(up.addr, "a.wild.example.", true, false)) == ["192.0.2.91"]
+        }),
+        "upstream reloaded"
+    );
+    let validating = ask_with(front.addr, "a.wild.example.", true, false);
+    assert_eq!(
+        answer_ips(&validating),
+        ["192.0.2.91"],
+        "CD=0 asked upstream"
+    );
+    assert!(!validating.metadata.checking_disabled);
+    let again = ask_with(front.addr, "a.wild.example.", true, true);
+    assert_eq!(
+        answer_ips(&again),
+        ["192.0.2.81"],
+        "CD=1 still cached apart"
+    );
+}

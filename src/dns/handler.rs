@@ -8,6 +8,7 @@ use hickory_proto::op::ResponseCode;
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
+use super::chaos::{CLASS_CH, Chaos};
 use super::client::unmapped;
 use super::metrics::{AnswerSource, QueryMetrics};
 use super::rate_limit::{RateLimiter, Verdict};
@@ -19,6 +20,7 @@ use crate::wire::response::{
 };
 use crate::wire::{TYPE_OPT, Transport};
 use crate::zone::{Lookup, SharedTable};
+use hickory_proto::rr::DNSClass;
 
 pub enum Action {
     /// The response is in the output buffer.
@@ -39,6 +41,8 @@ pub struct Handler {
     query_log: bool,
     /// Response rate limiting for UDP (`--rate-limit`), when on.
     rate_limit: Option<RateLimiter>,
+    /// Answers for the server-identity names of class CH.
+    chaos: Chaos,
 }
 
 impl Handler {
@@ -56,7 +60,14 @@ impl Handler {
             metrics,
             query_log,
             rate_limit: None,
+            chaos: Chaos::new(None).expect("no record to encode"),
         }
+    }
+
+    /// Answers `version.bind` and the other identity names of class CH (see [`Chaos`]).
+    pub fn with_chaos(mut self, chaos: Chaos) -> Self {
+        self.chaos = chaos;
+        self
     }
 
     /// Limits UDP responses per client network (see [`RateLimiter`]); `None` leaves them free.
@@ -144,24 +155,34 @@ impl Handler {
             .question
             .as_ref()
             .expect("parsed queries have a question");
+        let limit = match transport {
+            Transport::Udp => udp_limit(req.edns),
+            Transport::Tcp => MAX_TCP_MESSAGE,
+        };
+        let ra = self.recursion_available(client);
+        if !is_internet_class(q.qclass) {
+            // Other classes are never forwarded; of them we answer only our own identity.
+            match self.chaos.answer(q.name.lower(), q.qtype) {
+                Some(body) if q.qclass == CLASS_CH => {
+                    let flags = ReplyFlags {
+                        authoritative: true,
+                        recursion_available: ra,
+                    };
+                    write(out, req, body.view(), flags, limit);
+                }
+                _ => write_error(out, req, ResponseCode::Refused, ra),
+            }
+            return Some(AnswerSource::Local);
+        }
         let table = self.table.load();
         match table.lookup(q.name.lower(), q.qtype) {
-            Lookup::Authoritative(_) if !is_internet_class(q.qclass) => {
-                write_error(
-                    out,
-                    req,
-                    ResponseCode::Refused,
-                    self.recursion_available(client),
-                );
-            }
             Lookup::Authoritative(body) => {
-                let limit = match transport {
-                    Transport::Udp => udp_limit(req.edns),
-                    Transport::Tcp => MAX_TCP_MESSAGE,
-                };
                 let flags = ReplyFlags {
-                    authoritative: body.rcode != ResponseCode::ServFail,
-                    recursion_available: self.recursion_available(client),
+                    // QCLASS ANY is answered without AA, as NSD, BIND and Knot do: we are
+                    // authoritative for class IN only (RFC 1035 §6.2 leaves it to the server).
+                    authoritative: body.rcode != ResponseCode::ServFail
+                        && q.qclass == u16::from(DNSClass::IN),
+                    recursion_available: ra,
                 };
                 write(out, req, body, flags, limit);
             }
@@ -172,6 +193,14 @@ impl Handler {
                 }
                 Some(f) if f.loop_probe(q.name.lower()) => {
                     write_error(out, req, ResponseCode::Refused, false);
+                }
+                // RD=0 asks for what we hold, not for recursion: the cache or REFUSED, never an
+                // upstream (as BIND and unbound answer a non-recursive query).
+                Some(f) if !req.recursion_desired => {
+                    if f.cached(req, transport, out) {
+                        return Some(AnswerSource::Cache);
+                    }
+                    write_error(out, req, ResponseCode::Refused, ra);
                 }
                 Some(f) => return f.cached(req, transport, out).then_some(AnswerSource::Cache),
                 None => write_error(out, req, ResponseCode::Refused, false),

@@ -1,6 +1,7 @@
 //! The DNS layer: sockets, reading queries, and writing answers from the name table.
 
 mod bind;
+pub mod chaos;
 mod client;
 mod handler;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! Answers from upstreams, kept for their TTL.
 //!
-//! Keyed by the lower-cased question, the DO bit and whether the client spoke EDNS (a reply with
-//! OPT must not reach a client that sent none). Positive answers live for their smallest TTL,
+//! Keyed by the lower-cased question, the DO bit, whether the client spoke EDNS (a reply with
+//! OPT must not reach a client that sent none) and the CD bit (data a validating upstream
+//! refuses must not reach a client that wants validation because another asked with CD=1). Positive answers live for their smallest TTL,
 //! negative ones (NXDOMAIN, NODATA) for the SOA minimum (RFC 2308 §5), both capped by
 //! `max_ttl`. What is returned counts the TTLs down. SERVFAIL, truncated and unsigned-negative
 //! replies without an SOA are not kept. The cache is bounded: an entry weighs one unit per KiB.
@@ -19,13 +20,14 @@ use crate::wire::TYPE_OPT;
 use crate::wire::header::{HEADER_LEN, is_truncated, rcode, u16_at, u32_at};
 use crate::wire::name::skip_name;
 use crate::wire::request::Request;
+use crate::wire::response::readdress;
 
 const TYPE_SOA: u16 = 6;
 
 /// The longest key: flags, type and class (5 bytes) and a name of at most 255.
 const MAX_KEY: usize = 5 + 255;
 
-/// A question packed into bytes: flags (DO, EDNS), type, class, lower-cased wire name.
+/// A question packed into bytes: flags (EDNS, DO, CD), type, class, lower-cased wire name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct CacheKey(Box<[u8]>);
 
@@ -52,7 +54,9 @@ fn pack(req: &Request) -> Option<([u8; MAX_KEY], usize)> {
         return None;
     }
     let dnssec_ok = req.edns.is_some_and(|e| e.dnssec_ok);
-    buf[0] = u8::from(req.edns.is_some()) | u8::from(dnssec_ok) << 1;
+    buf[0] = u8::from(req.edns.is_some())
+        | u8::from(dnssec_ok) << 1
+        | u8::from(req.checking_disabled) << 2;
     buf[1..3].copy_from_slice(&q.qtype.to_be_bytes());
     buf[3..5].copy_from_slice(&q.qclass.to_be_bytes());
     buf[5..len].copy_from_slice(name);
@@ -141,7 +145,7 @@ impl AnswerCache {
         }
         out.clear();
         out.extend_from_slice(&entry.reply);
-        address_to(out, req);
+        readdress(out, req);
         let spent = elapsed.as_secs() as u32;
         for &at in entry.ttl_offsets.iter() {
             let ttl = u32::from_be_bytes(out[at..at + 4].try_into().expect("4 bytes"));
@@ -171,16 +175,6 @@ impl AnswerCache {
             ttl,
         });
         self.entries.insert(key, entry);
-    }
-}
-
-/// Makes a reply to the same question (any letter case) a reply to `req`: its ID, and its
-/// question name as the client wrote it.
-pub fn address_to(reply: &mut [u8], req: &Request) {
-    reply[..2].copy_from_slice(&req.id.to_be_bytes());
-    if let Some(q) = &req.question {
-        let name = q.name.wire();
-        reply[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
     }
 }
 

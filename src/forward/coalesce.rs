@@ -8,13 +8,13 @@ use hickory_proto::op::ResponseCode;
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::cache::{AnswerCache, CacheKey, address_to};
+use super::cache::{AnswerCache, CacheKey};
 use super::metrics::ForwardMetrics;
 use super::{Forward, ForwardError, ForwardFuture};
 use crate::wire::Transport;
 use crate::wire::header::{is_truncated, rcode};
 use crate::wire::request::Request;
-use crate::wire::response::udp_limit;
+use crate::wire::response::{readdress, udp_limit};
 
 /// A finished upstream exchange, shared with everyone who asked the same question meanwhile.
 type Outcome = Option<Result<Arc<[u8]>, Arc<ForwardError>>>;
@@ -132,7 +132,7 @@ impl CachingForwarder {
                 match outcome {
                     Some(Ok(reply)) if suits(&reply, req, transport) => {
                         let mut out = reply.to_vec();
-                        address_to(&mut out, req);
+                        readdress(&mut out, req);
                         Ok(out)
                     }
                     Some(Err(error)) => Err(ForwardError::Shared(error)),

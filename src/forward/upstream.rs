@@ -18,6 +18,7 @@ use crate::wire::Transport;
 use crate::wire::header::{HEADER_LEN, is_response};
 use crate::wire::name::skip_name;
 use crate::wire::request::Request;
+use crate::wire::response::readdress;
 
 /// How often a dead upstream is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -130,12 +131,8 @@ impl UpstreamForwarder {
             };
             self.metrics.upstream_query(upstream.addr, failure);
             match result {
-                Ok(mut reply) => {
+                Ok(reply) => {
                     upstream.down.store(false, Ordering::Relaxed);
-                    // Give the client back its own ID and question, letter case included.
-                    reply[..2].copy_from_slice(&query[..2]);
-                    reply[HEADER_LEN..HEADER_LEN + question]
-                        .copy_from_slice(&query[HEADER_LEN..HEADER_LEN + question]);
                     return Ok(reply);
                 }
                 Err(e) => {
@@ -198,11 +195,16 @@ impl Forward for UpstreamForwarder {
 
     fn forward<'a>(
         &'a self,
-        _req: &'a Request,
+        req: &'a Request,
         query: &'a [u8],
         transport: Transport,
     ) -> ForwardFuture<'a> {
-        Box::pin(self.relay(query, transport))
+        Box::pin(async move {
+            let mut reply = self.relay(query, transport).await?;
+            // The client's own ID and question (letter case included) and header bits.
+            readdress(&mut reply, req);
+            Ok(reply)
+        })
     }
 }
 

@@ -6,8 +6,16 @@ pub const HEADER_LEN: usize = 12;
 
 /// QR in byte 2: the message is a response.
 pub const QR: u8 = 0x80;
+/// AA in byte 2: the answer comes from an authority for the name.
+pub const AA: u8 = 0x04;
 /// TC in byte 2: the message was truncated to fit its transport.
 pub const TC: u8 = 0x02;
+/// RD in byte 2: the client asks for recursion.
+pub const RD: u8 = 0x01;
+/// RA in byte 3: the server recurses for this client.
+pub const RA: u8 = 0x80;
+/// CD in byte 3: the client does its own DNSSEC checking (RFC 4035 §3.2.2).
+pub const CD: u8 = 0x10;
 /// RCODE, the low four bits of byte 3.
 const RCODE_MASK: u8 = 0x0F;
 

@@ -117,9 +117,19 @@ pub struct BodyBuilder {
     body: Vec<u8>,
     answers: u16,
     authorities: u16,
+    /// The records' class; `None` is IN, the class of everything but server identity.
+    class: Option<DNSClass>,
 }
 
 impl BodyBuilder {
+    /// A builder whose records are of `class` instead of IN.
+    pub fn in_class(class: DNSClass) -> Self {
+        BodyBuilder {
+            class: Some(class),
+            ..Default::default()
+        }
+    }
+
     pub fn answer(
         &mut self,
         owner: Owner<'_>,
@@ -162,7 +172,7 @@ impl BodyBuilder {
                 Owner::Named(name) => name.emit(&mut enc)?,
             }
             rdata.record_type().emit(&mut enc)?;
-            DNSClass::IN.emit(&mut enc)?;
+            self.class.unwrap_or(DNSClass::IN).emit(&mut enc)?;
             enc.emit_u32(ttl)?;
             let place = enc.place::<u16>()?;
             rdata.emit(&mut enc)?;

@@ -2,7 +2,7 @@
 
 use hickory_proto::op::ResponseCode;
 
-use super::header::TC;
+use super::header::{AA, CD, HEADER_LEN, QR, RA, RD, TC};
 use super::prepared::{Body, Prepared};
 use super::request::{Edns, Request};
 
@@ -92,13 +92,13 @@ fn write_header(
     answers: u16,
     authorities: u16,
 ) {
-    let b2 = 0x80
+    let b2 = QR
         | (req.opcode << 3)
-        | if flags.authoritative { 0x04 } else { 0 }
+        | if flags.authoritative { AA } else { 0 }
         | if truncated { TC } else { 0 }
-        | u8::from(req.recursion_desired);
-    let b3 = if flags.recursion_available { 0x80 } else { 0 }
-        | if req.checking_disabled { 0x10 } else { 0 }
+        | if req.recursion_desired { RD } else { 0 };
+    let b3 = if flags.recursion_available { RA } else { 0 }
+        | if req.checking_disabled { CD } else { 0 }
         | rcode.low();
     out.extend_from_slice(&req.id.to_be_bytes());
     out.extend_from_slice(&[b2, b3]);
@@ -109,6 +109,25 @@ fn write_header(
         u16::from(req.edns.is_some()),
     ] {
         out.extend_from_slice(&count.to_be_bytes());
+    }
+}
+
+/// Makes a reply that came from elsewhere (an upstream, or the cache) the reply to `req`: the
+/// client's ID and question name as it wrote them, its RD and CD bits, AA cleared (the answer is
+/// not ours) and RA set (we recursed for it). Whoever filled the cache, and whatever an
+/// authoritative upstream set, the client sees one consistent header.
+pub fn readdress(reply: &mut [u8], req: &Request) {
+    if reply.len() < HEADER_LEN {
+        return;
+    }
+    reply[..2].copy_from_slice(&req.id.to_be_bytes());
+    reply[2] = (reply[2] & !(AA | RD)) | if req.recursion_desired { RD } else { 0 };
+    reply[3] = (reply[3] & !CD) | RA | if req.checking_disabled { CD } else { 0 };
+    if let Some(q) = &req.question {
+        let name = q.name.wire();
+        if let Some(dest) = reply.get_mut(HEADER_LEN..HEADER_LEN + name.len()) {
+            dest.copy_from_slice(name);
+        }
     }
 }
 

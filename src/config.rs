@@ -124,6 +124,13 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_zone)]
     pub soa_mname: Option<Name>,
 
+    /// Address clients reach this server on, port 53 implied (repeatable; IPv4 and IPv6): the
+    /// A/AAAA of the apex NS name, so resolvers that prime a stub zone (BIND `type stub`,
+    /// unbound `stub-prime`) find us. In a cluster, the Service IP CoreDNS and VMs use
+    /// [default: the --listen addresses when all are loopback; otherwise none, with a warning].
+    #[arg(long = "ns-address", value_name = "IP")]
+    pub ns_addresses: Vec<IpAddr>,
+
     /// SOA responsible mailbox, as a name [default: hostmaster.<zone>].
     #[arg(long, value_name = "NAME", value_parser = parse_zone)]
     pub soa_rname: Option<Name>,
@@ -224,6 +231,7 @@ impl ServerArgs {
             self.upstreams
         };
         let upstreams = without_self(upstreams, &self.listen);
+        let ns_addresses = ns_addresses(self.ns_addresses, &self.listen);
         let workers = self
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -253,6 +261,7 @@ impl ServerArgs {
                     retry: self.soa_retry,
                     expire: self.soa_expire,
                     minimum: self.soa_minimum,
+                    ns_addresses,
                 },
             },
             forward: ForwardConfig {
@@ -318,6 +327,26 @@ fn parse_zone(s: &str) -> Result<Name, String> {
         return Err("the root zone cannot be served".into());
     }
     Ok(name.to_lowercase())
+}
+
+/// The name server's addresses: as given, or the listen addresses when every one is loopback
+/// (a server only this machine reaches). Otherwise there is no telling which address clients
+/// use (NAT, a Service IP): say so.
+fn ns_addresses(given: Vec<IpAddr>, listen: &[SocketAddr]) -> Vec<IpAddr> {
+    if !given.is_empty() {
+        return given;
+    }
+    if listen.iter().all(|a| a.ip().is_loopback()) {
+        let mut ips: Vec<IpAddr> = listen.iter().map(SocketAddr::ip).collect();
+        ips.sort();
+        ips.dedup();
+        return ips;
+    }
+    warn!(
+        "the apex NS name has no address (no --ns-address): resolvers that prime the zone \
+         (BIND type stub, unbound stub-prime) cannot find this server"
+    );
+    Vec::new()
 }
 
 /// One TXT string: at most 255 bytes.

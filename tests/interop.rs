@@ -1,12 +1,13 @@
 //! Interop with real resolvers installed from Debian: `unbound` with a `stub-zone` for `global.`
-//! pointing at globaldns, and the glibc resolver of a "VM" (`getent` in private mount and network
-//! namespaces whose `/etc/resolv.conf` names globaldns on 127.0.0.1:53).
+//! pointing at globaldns; unbound (`stub-prime`) and BIND (`type stub`) priming the zone from our
+//! NS record; and the glibc resolver of a "VM" (`getent`). The last two run in private mount,
+//! network and PID namespaces (tests/support/netns.rs), where globaldns listens on 127.0.0.1:53.
 //!
-//! Needs the Debian packages `unbound`, `util-linux` (unshare, mount) and preferably `iproute2`.
+//! Needs the Debian packages `unbound`, `bind9`, `knot-dnsutils`, `util-linux` (unshare, mount)
+//! and preferably `iproute2`.
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -249,51 +250,18 @@ fn unbound_stub_zone_resolves_global_names() {
     }
 }
 
-/// Runs in private mount, network and PID namespaces: brings up `lo` with VM addresses, starts
-/// globaldns on 127.0.0.1:53, covers /etc/resolv.conf (and nsswitch.conf) with our own, then runs
-/// each lookup as `== COMMAND` / its output / `rc=N`. Killing the namespace's first process (this
-/// shell) kills globaldns with it.
+/// A VM in private namespaces: globaldns on 127.0.0.1:53, /etc/resolv.conf (and nsswitch.conf)
+/// covered with our own, then each lookup as a section.
 const VM_SCRIPT: &str = r#"
 dir=$1
-bin=$2
-pid=
-trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null' EXIT
-# Up goes lo, with "VM addresses" (documentation prefixes) beside 127.0.0.1 and ::1: getaddrinfo's
-# AI_ADDRCONFIG, used by getent ahosts*, asks for no A (no AAAA) on a host without an IPv4 (IPv6)
-# address other than loopback. IPv6 is best effort: without it, ahosts asks for A only.
-if command -v ip >/dev/null 2>&1; then
-    ip link set lo up && ip addr add 192.0.2.10/32 dev lo || exit 1
-    ip addr add 2001:db8::10/128 dev lo 2>/dev/null
-else
-    # No iproute2: SIOCGIFFLAGS, SIOCSIFFLAGS (IFF_UP) and SIOCSIFADDR through perl-base.
-    perl -e 'socket(my $s, 2, 2, 0) or die "socket: $!";
-        my $r = pack("a16 x24", "lo"); ioctl($s, 0x8913, $r) or die "get flags: $!";
-        $r = pack("a16 s x22", "lo", unpack("x16 s", $r) | 1);
-        ioctl($s, 0x8914, $r) or die "set flags: $!";
-        $r = pack("a16 S n C4 x16", "lo:vm", 2, 0, 192, 0, 2, 10);
-        ioctl($s, 0x8916, $r) or die "set address: $!";
-        socket(my $s6, 10, 2, 0) or exit 0;
-        $r = pack("n8 L l", 0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10, 128, 1);
-        ioctl($s6, 0x8916, $r)' || exit 1
-fi
-"$bin" --listen 127.0.0.1:53 --zones "$dir/zones" --state "$dir/state.json" \
-    --resolv-conf /dev/null --workers 2 >"$dir/globaldns.out" 2>"$dir/globaldns.log" &
-pid=$!
-i=0
-until grep -q '^listening on ' "$dir/globaldns.out"; do
-    kill -0 "$pid" 2>/dev/null || { echo "globaldns exited"; cat "$dir/globaldns.log"; exit 1; }
-    i=$((i + 1))
-    [ "$i" -lt 300 ] || { echo "globaldns did not start"; cat "$dir/globaldns.log"; exit 1; }
-    sleep 0.05
-done
+lo_up || exit 1
+start_globaldns "$2" "$dir" || exit 1
 mount --bind "$dir/resolv.conf" /etc/resolv.conf || exit 1
 mount --bind "$dir/nsswitch.conf" /etc/nsswitch.conf || exit 1
 # A host's nscd would answer from outside the namespaces.
 if [ -e /run/nscd/socket ]; then mount -t tmpfs tmpfs /run/nscd || exit 1; fi
 for cmd in "hosts $3" "ahostsv4 $3" "ahosts $3" "hosts $4"; do
-    echo "== getent $cmd"
-    getent $cmd
-    echo "rc=$?"
+    section "getent $cmd" getent $cmd
 done
 "#;
 
@@ -309,68 +277,17 @@ fn glibc_resolver_of_a_vm_resolves_global_names() {
     .unwrap();
     // Whatever the host's own (systemd-resolved, mdns...): a VM's plain `files dns`.
     std::fs::write(dir.path().join("nsswitch.conf"), "hosts: files dns\n").unwrap();
-    let script = dir.path().join("vm.sh");
-    std::fs::write(&script, VM_SCRIPT).unwrap();
-
-    let uid = Command::new("id").arg("-u").output().expect("run id -u");
-    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
-    let mut cmd = Command::new("unshare");
-    if !root {
-        cmd.args(["--user", "--map-root-user"]);
-    }
-    let out_path = dir.path().join("vm.out");
-    cmd.args(["--mount", "--net", "--pid", "--fork", "--kill-child"])
-        .arg("sh")
-        .arg(&script)
-        .arg(dir.path())
-        .arg(env!("CARGO_BIN_EXE_globaldns"))
-        .args([HOST, "nope.bar.global"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("vm.err")).unwrap());
-    let mut child = Reaped(cmd.spawn().expect("unshare (Debian package util-linux)"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            eprintln!("timed out: killing unshare and with it the namespaces' processes");
-            child.0.kill().unwrap();
-            break child.0.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
-    let out = read("vm.out");
-    let context = format!(
-        "{status}\n--- stdout:\n{out}\n--- stderr:\n{}\n--- globaldns:\n{}",
-        read("vm.err"),
-        read("globaldns.log")
-    );
-    assert!(status.success(), "{context}");
-
-    // `== getent ARGS` → (output lines, exit code)
-    let mut runs: HashMap<String, (Vec<String>, String)> = HashMap::new();
-    let mut current = None;
-    for line in out.lines() {
-        if let Some(cmd) = line.strip_prefix("== ") {
-            current = Some(cmd.to_string());
-            runs.insert(cmd.to_string(), Default::default());
-        } else if let Some(cmd) = &current {
-            let run = runs.get_mut(cmd).unwrap();
-            match line.strip_prefix("rc=") {
-                Some(rc) => run.1 = rc.to_string(),
-                None => run.0.push(line.to_string()),
-            }
-        }
-    }
-    let run = |cmd: &str| {
-        runs.get(cmd)
-            .cloned()
-            .unwrap_or_else(|| panic!("`{cmd}` not run\n{context}"))
-    };
+    let bin = env!("CARGO_BIN_EXE_globaldns");
+    let args = [
+        dir.path().as_os_str(),
+        bin.as_ref(),
+        HOST.as_ref(),
+        "nope.bar.global".as_ref(),
+    ];
+    let vm = netns::run_isolated(dir.path(), VM_SCRIPT, &args, Duration::from_secs(60));
+    let context = &vm.context;
+    assert!(vm.status.success(), "{context}");
+    let run = |cmd: &str| vm.section(cmd);
 
     // gethostbyname: `127.255.0.3     httpbin.bar.global`
     let (lines, rc) = run(&format!("getent hosts {HOST}"));
@@ -404,4 +321,147 @@ fn glibc_resolver_of_a_vm_resolves_global_names() {
     // NXDOMAIN: getent's "key not found".
     let (lines, rc) = run("getent hosts nope.bar.global");
     assert_eq!((lines.len(), rc.as_str()), (0, "2"), "{context}");
+}
+
+/// A resolver that primes its stub zone for `global.` (asks globaldns for the apex NS, then
+/// reaches the name server at the address the NS name resolves to, port 53) runs beside
+/// globaldns on 127.0.0.1:53 in private namespaces, and is asked through port 5300: a `.global`
+/// name when it starts, and again after the NS record (TTL 1 s) has expired.
+const PRIMING_SCRIPT: &str = r#"
+dir=$1
+lo_up || exit 1
+start_globaldns "$2" "$dir" --ttl 1 --soa-minimum 1 || exit 1
+shift 2
+"$@" >"$dir/resolver.log" 2>&1 &
+pids="$pids $!"
+i=0
+until kdig @127.0.0.1 -p 5300 +time=1 +retry=0 localhost A 2>/dev/null | grep -q 'status: '; do
+    i=$((i + 1))
+    [ "$i" -lt 100 ] || { echo "the resolver does not answer"; exit 1; }
+    sleep 0.1
+done
+ask() { kdig @127.0.0.1 -p 5300 +time=3 +retry=1 httpbin.bar.global A; }
+section first ask
+sleep 3
+section "after the NS expired" ask
+section "the apex NS" kdig @127.0.0.1 -p 53 +norec global NS
+"#;
+
+fn unbound_priming_conf(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"server:
+    verbosity: 1
+    use-syslog: no
+    logfile: ""
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "{dir}"
+    pidfile: "{dir}/unbound.pid"
+    interface: 127.0.0.1
+    port: 5300
+    so-reuseport: no
+    num-threads: 1
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "iterator"
+    domain-insecure: "global"
+
+stub-zone:
+    name: "global."
+    stub-addr: 127.0.0.1
+    stub-prime: yes
+
+remote-control:
+    control-enable: no
+"#
+    )
+}
+
+fn named_stub_conf(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"options {{
+    directory "{dir}";
+    pid-file "{dir}/named.pid";
+    session-keyfile "{dir}/session.key";
+    managed-keys-directory "{dir}";
+    listen-on port 5300 {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion yes;
+    allow-query {{ any; }};
+    allow-recursion {{ any; }};
+    dnssec-validation no;
+}};
+controls {{ }};
+zone "global" {{
+    type stub;
+    primaries {{ 127.0.0.1; }};
+}};
+"#
+    )
+}
+
+/// Runs a priming resolver (`command`, its configuration already in `dir`) against globaldns
+/// serving the VM example, and checks both lookups and the apex NS with its address.
+fn primes_and_resolves(dir: &Path, command: &[&str]) {
+    std::fs::create_dir(dir.join("zones")).unwrap();
+    write_vm_zones(&dir.join("zones"));
+    let bin = env!("CARGO_BIN_EXE_globaldns");
+    let mut args: Vec<&std::ffi::OsStr> = vec![dir.as_os_str(), bin.as_ref()];
+    args.extend(command.iter().map(|a| std::ffi::OsStr::new(*a)));
+    let run = netns::run_isolated(dir, PRIMING_SCRIPT, &args, Duration::from_secs(60));
+    let context = &run.context;
+    assert!(run.status.success(), "{context}");
+    for ask in ["first", "after the NS expired"] {
+        let (lines, rc) = run.section(ask);
+        let text = lines.join("\n");
+        assert_eq!(rc, "0", "{ask}\n{context}");
+        assert!(text.contains("status: NOERROR"), "{ask}: {text}\n{context}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("httpbin.bar.global.") && l.ends_with(VIP)),
+            "{ask}: {text}\n{context}"
+        );
+    }
+    // The NS answer carries the name server's address (the loopback listener's, by default).
+    let (lines, _) = run.section("the apex NS");
+    let text = lines.join("\n");
+    assert!(text.contains("ADDITIONAL SECTION"), "{text}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("ns.dns.global.")
+            && l.contains("\tA\t")
+            && l.ends_with("127.0.0.1")),
+        "{text}"
+    );
+}
+
+/// unbound with `stub-prime: yes` (issue 15): it takes the zone's NS set from us and keeps
+/// resolving once the NS record expires, because the NS name resolves.
+#[test]
+fn unbound_primes_the_stub_zone_from_our_ns_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("unbound.conf");
+    std::fs::write(&conf, unbound_priming_conf(dir.path())).unwrap();
+    primes_and_resolves(
+        dir.path(),
+        &["/usr/sbin/unbound", "-d", "-c", conf.to_str().unwrap()],
+    );
+}
+
+/// BIND with `type stub` (issue 15): it loads the zone's NS set (and its address) from us and
+/// resolves `.global` names through it; without an address for the NS name it reports "loop
+/// detected resolving ns.dns.global/A" for every name.
+#[test]
+fn bind_stub_zone_resolves_through_our_name_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("named.conf");
+    std::fs::write(&conf, named_stub_conf(dir.path())).unwrap();
+    primes_and_resolves(
+        dir.path(),
+        &["/usr/sbin/named", "-g", "-c", conf.to_str().unwrap()],
+    );
 }

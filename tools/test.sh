@@ -16,13 +16,14 @@ if [[ -z "$go_minor" || "$go_minor" -lt 26 ]]; then
     exit 2
 fi
 
-# Debian packages: kdig (knot-dnsutils), unbound, ip (iproute2), unshare (util-linux), sshfs and
+# Debian packages: kdig (knot-dnsutils), unbound, named (bind9), ip (iproute2), unshare (util-linux), sshfs and
 # sftp-server (a network mount the hung-mount test can freeze), and the venv module for the
 # manifest validator.
 export PATH="$PWD/target/ci-venv/bin:$PATH"
 need=()
 command -v kdig >/dev/null || need+=(knot-dnsutils)
 [ -x /usr/sbin/unbound ] || need+=(unbound)
+[ -x /usr/sbin/named ] || need+=(bind9)
 command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v sshfs >/dev/null || need+=(sshfs)

@@ -19,6 +19,8 @@ pub struct Prepared {
     pub rcode: ResponseCode,
     pub answers: u16,
     pub authorities: u16,
+    /// Additional records, before any OPT the response writer appends.
+    pub additionals: u16,
     pub body: Box<[u8]>,
 }
 
@@ -29,6 +31,7 @@ impl Prepared {
             rcode,
             answers: 0,
             authorities: 0,
+            additionals: 0,
             body: Box::new([]),
         }
     }
@@ -38,6 +41,7 @@ impl Prepared {
             rcode: self.rcode,
             answers: self.answers,
             authorities: self.authorities,
+            additionals: self.additionals,
             body: &self.body,
         }
     }
@@ -49,6 +53,7 @@ pub struct Body<'a> {
     pub rcode: ResponseCode,
     pub answers: u16,
     pub authorities: u16,
+    pub additionals: u16,
     pub body: &'a [u8],
 }
 
@@ -66,6 +71,7 @@ struct Slot {
     rcode: ResponseCode,
     answers: u16,
     authorities: u16,
+    additionals: u16,
     end: u32,
 }
 
@@ -81,6 +87,7 @@ impl Answers {
                     rcode: p.rcode,
                     answers: p.answers,
                     authorities: p.authorities,
+                    additionals: p.additionals,
                     end: bytes.len() as u32,
                 }
             })
@@ -99,6 +106,7 @@ impl Answers {
             rcode: slot.rcode,
             answers: slot.answers,
             authorities: slot.authorities,
+            additionals: slot.additionals,
             body: &self.bytes[start..slot.end as usize],
         })
     }
@@ -111,12 +119,13 @@ pub enum Owner<'a> {
     Named(&'a Name),
 }
 
-/// Builds a [`Prepared`]: all answer records first, then authority records.
+/// Builds a [`Prepared`]: all answer records first, then authority, then additional records.
 #[derive(Default)]
 pub struct BodyBuilder {
     body: Vec<u8>,
     answers: u16,
     authorities: u16,
+    additionals: u16,
     /// The records' class; `None` is IN, the class of everything but server identity.
     class: Option<DNSClass>,
 }
@@ -136,7 +145,7 @@ impl BodyBuilder {
         ttl: u32,
         rdata: &RData,
     ) -> Result<&mut Self, ProtoError> {
-        debug_assert_eq!(self.authorities, 0, "answers precede authorities");
+        debug_assert_eq!(self.authorities + self.additionals, 0, "answers come first");
         self.push(owner, ttl, rdata)?;
         self.answers += 1;
         Ok(self)
@@ -148,8 +157,20 @@ impl BodyBuilder {
         ttl: u32,
         rdata: &RData,
     ) -> Result<&mut Self, ProtoError> {
+        debug_assert_eq!(self.additionals, 0, "authorities precede additionals");
         self.push(owner, ttl, rdata)?;
         self.authorities += 1;
+        Ok(self)
+    }
+
+    pub fn additional(
+        &mut self,
+        owner: Owner<'_>,
+        ttl: u32,
+        rdata: &RData,
+    ) -> Result<&mut Self, ProtoError> {
+        self.push(owner, ttl, rdata)?;
+        self.additionals += 1;
         Ok(self)
     }
 
@@ -158,6 +179,7 @@ impl BodyBuilder {
             rcode,
             answers: self.answers,
             authorities: self.authorities,
+            additionals: self.additionals,
             body: self.body.into_boxed_slice(),
         }
     }
@@ -197,6 +219,7 @@ mod tests {
             rcode,
             answers: bytes.len() as u16,
             authorities: 0,
+            additionals: 0,
             body: bytes.into(),
         };
         let answers = Answers::new(vec![

@@ -38,15 +38,14 @@ pub fn write(out: &mut Vec<u8>, req: &Request, body: Body<'_>, flags: ReplyFlags
         body.rcode,
         flags,
         false,
-        body.answers,
-        body.authorities,
+        [body.answers, body.authorities, body.additionals],
     );
     write_question(out, req);
     out.extend_from_slice(body.body);
     write_opt(out, req, body.rcode);
     if out.len() > limit {
         out.clear();
-        write_header(out, req, body.rcode, flags, true, 0, 0);
+        write_header(out, req, body.rcode, flags, true, [0; 3]);
         write_question(out, req);
         write_opt(out, req, body.rcode);
     }
@@ -89,8 +88,7 @@ fn write_header(
     rcode: ResponseCode,
     flags: ReplyFlags,
     truncated: bool,
-    answers: u16,
-    authorities: u16,
+    [answers, authorities, additionals]: [u16; 3],
 ) {
     let b2 = QR
         | (req.opcode << 3)
@@ -106,7 +104,7 @@ fn write_header(
         u16::from(req.question.is_some()),
         answers,
         authorities,
-        u16::from(req.edns.is_some()),
+        additionals + u16::from(req.edns.is_some()),
     ] {
         out.extend_from_slice(&count.to_be_bytes());
     }

@@ -1,4 +1,7 @@
-//! Start-of-authority settings shared by every served zone.
+//! Start-of-authority settings shared by every served zone: the SOA fields, and the name server
+//! the apex NS record names.
+
+use std::net::IpAddr;
 
 use hickory_proto::rr::Name;
 use hickory_proto::rr::rdata::SOA;
@@ -14,6 +17,10 @@ pub struct SoaSettings {
     pub expire: i32,
     /// Negative-caching TTL (RFC 2308).
     pub minimum: u32,
+    /// Where clients reach the primary name server (port 53 implied): its A/AAAA records when
+    /// its name is inside the zone, also given as additional data with the apex NS. Resolvers
+    /// that prime a stub zone (BIND `type stub`, unbound `stub-prime`) need them.
+    pub ns_addresses: Vec<IpAddr>,
 }
 
 impl Default for SoaSettings {
@@ -31,6 +38,7 @@ impl SoaSettings {
         retry: 1800,
         expire: 86400,
         minimum: 30,
+        ns_addresses: Vec::new(),
     };
 
     /// Name of the primary server of `apex`, also served as its NS record.

@@ -92,29 +92,42 @@ impl NameTable {
             zones.push((key, apex));
         }
 
+        // The deepest zone containing a name owns it.
+        let owner = |key: &[u8]| {
+            suffix_offsets(key).find_map(|off| zones.iter().position(|(k, _)| k[..] == key[off..]))
+        };
         let mut draft = Draft::default();
         for (zone, (key, _)) in zones.iter().enumerate() {
             draft.node(key, zone as u16).apex = true;
         }
+        // Each apex NS names a server; when that name is ours and its addresses are known, it
+        // resolves (to them alone: a ServiceEntry cannot take our name server's name over).
+        let mut glue = vec![false; zones.len()];
+        if !settings.soa.ns_addresses.is_empty() {
+            for (zone, (_, apex)) in zones.iter().enumerate() {
+                let ns = lower_wire(&settings.soa.primary(apex));
+                let Some(ns_zone) = owner(&ns) else { continue };
+                glue[zone] = true;
+                draft.place(&ns, ns_zone as u16, &zones[ns_zone].0);
+                let node = draft.node(&ns, ns_zone as u16);
+                node.name_server = true;
+                node.addresses = settings.soa.ns_addresses.clone();
+            }
+        }
         let mut host_count = 0;
         for host in hosts {
             let key = lower_wire(&host.name);
-            // The deepest zone containing the host owns it.
-            let Some(zone) = suffix_offsets(&key)
-                .find_map(|off| zones.iter().position(|(k, _)| k[..] == key[off..]))
-            else {
+            let Some(zone) = owner(&key) else {
                 continue;
             };
             host_count += 1;
+            draft.place(&key, zone as u16, &zones[zone].0);
             let node = draft.node(&key, zone as u16);
+            if node.name_server {
+                continue;
+            }
             node.addresses.extend(&host.addresses);
             node.pending = node.addresses.is_empty() && !node.apex;
-            let apex_key = &zones[zone].0[..];
-            let mut up = if key == apex_key { None } else { parent(&key) };
-            while let Some(name) = up.filter(|n| *n != apex_key) {
-                draft.node(name, zone as u16);
-                up = parent(name);
-            }
         }
 
         let mut table = NameTable {
@@ -132,8 +145,9 @@ impl NameTable {
         let answers: Vec<Answers> = (draft.keys.par_iter())
             .zip(&draft.nodes)
             .map(|(key, node)| {
-                let apex = zones[node.zone as usize].1;
-                (node.answers(settings, serial, apex)).map_err(|e| encode_err(key, e))
+                let zone = node.zone as usize;
+                let apex = zones[zone].1;
+                (node.answers(settings, serial, apex, glue[zone])).map_err(|e| encode_err(key, e))
             })
             .collect::<Result<_, _>>()?;
         for (node, answers) in draft.nodes.iter().zip(answers) {
@@ -224,6 +238,8 @@ fn negatives(
 struct DraftNode {
     zone: u16,
     apex: bool,
+    /// The name the apex NS names, with `--ns-address`es: no ServiceEntry changes it.
+    name_server: bool,
     pending: bool,
     addresses: Vec<IpAddr>,
 }
@@ -252,6 +268,16 @@ impl Draft {
         };
         &mut self.nodes[idx as usize]
     }
+
+    /// Adds `key` and every name between it and its zone's apex (empty non-terminals).
+    fn place(&mut self, key: &[u8], zone: u16, apex_key: &[u8]) {
+        self.node(key, zone);
+        let mut up = if key == apex_key { None } else { parent(key) };
+        while let Some(name) = up.filter(|n| *n != apex_key) {
+            self.node(name, zone);
+            up = parent(name);
+        }
+    }
 }
 
 impl DraftNode {
@@ -260,15 +286,17 @@ impl DraftNode {
         settings: &ZoneSettings,
         serial: u32,
         apex: &Name,
+        glue: bool,
     ) -> Result<Answers, ProtoError> {
         let ttl = settings.ttl;
         let mut rrsets: Vec<(RecordType, Vec<RData>)> = Vec::new();
+        let name_server = settings.soa.primary(apex);
         if self.apex {
             rrsets.push((
                 RecordType::SOA,
                 vec![RData::SOA(settings.soa.record(apex, serial))],
             ));
-            let ns = hickory_proto::rr::rdata::NS(settings.soa.primary(apex));
+            let ns = hickory_proto::rr::rdata::NS(name_server.clone());
             rrsets.push((RecordType::NS, vec![RData::NS(ns)]));
         }
         let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = self.addresses.iter().partition(|a| a.is_ipv4());
@@ -287,6 +315,13 @@ impl DraftNode {
             for rdata in rdatas {
                 b.answer(Owner::QueryName, ttl, rdata)?;
                 any.answer(Owner::QueryName, ttl, rdata)?;
+            }
+            // The name server's addresses travel with the NS answer (RFC 1034 §4.3.2 step 6),
+            // so a resolver priming the zone needs no second query.
+            if *rtype == RecordType::NS && glue {
+                for address in &settings.soa.ns_addresses {
+                    b.additional(Owner::Named(&name_server), ttl, &RData::from(*address))?;
+                }
             }
             out.push((u16::from(*rtype), b.finish(ResponseCode::NoError)));
         }
@@ -341,7 +376,7 @@ mod tests {
             return None;
         };
         let mut msg = vec![0, 1, 0x84, p.rcode.low()];
-        for count in [1, p.answers, p.authorities, 0] {
+        for count in [1, p.answers, p.authorities, p.additionals] {
             msg.extend_from_slice(&count.to_be_bytes());
         }
         msg.extend_from_slice(&wire);
@@ -482,6 +517,66 @@ mod tests {
                 .response_code,
             ResponseCode::NoError
         );
+    }
+
+    #[test]
+    fn the_name_server_resolves_and_comes_with_the_apex_ns() {
+        let settings = |mname: Option<&str>| ZoneSettings {
+            zones: vec![name("global.")],
+            ttl: 30,
+            soa: SoaSettings {
+                mname: mname.map(name),
+                ns_addresses: vec!["10.96.0.53".parse().unwrap(), "fd00::53".parse().unwrap()],
+                ..SoaSettings::default()
+            },
+        };
+        // A ServiceEntry cannot take the name server's name over.
+        let hosts = [HostEntry {
+            name: name("ns.dns.global."),
+            addresses: vec!["240.0.0.9".parse().unwrap()],
+        }];
+        let t = NameTable::build(&settings(None), 1, &hosts).unwrap();
+        assert_eq!(
+            ips(&ask(&t, "ns.dns.global.", RecordType::A).unwrap()),
+            ["10.96.0.53"]
+        );
+        assert_eq!(
+            ips(&ask(&t, "NS.dns.global.", RecordType::AAAA).unwrap()),
+            ["fd00::53"]
+        );
+        let ent = ask(&t, "dns.global.", RecordType::A).unwrap();
+        assert_eq!(ent.metadata.response_code, ResponseCode::NoError);
+        let ns = ask(&t, "global.", RecordType::NS).unwrap();
+        let glue: Vec<(String, String)> = ns
+            .additionals
+            .iter()
+            .map(|r| (r.name.to_ascii(), r.data.ip_addr().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            glue,
+            [
+                ("ns.dns.global.".to_string(), "10.96.0.53".to_string()),
+                ("ns.dns.global.".to_string(), "fd00::53".to_string())
+            ]
+        );
+        // Other answers carry no additional records.
+        assert!(
+            ask(&t, "global.", RecordType::SOA)
+                .unwrap()
+                .additionals
+                .is_empty()
+        );
+
+        // A name server outside the zone: nothing to add, nothing created.
+        let t = NameTable::build(&settings(Some("ns1.example.")), 1, &[]).unwrap();
+        assert!(
+            ask(&t, "global.", RecordType::NS)
+                .unwrap()
+                .additionals
+                .is_empty()
+        );
+        let nx = ask(&t, "ns.dns.global.", RecordType::A).unwrap();
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use hickory_proto::rr::{Name, RecordType};
 
 pub mod apiserver;
 pub mod kube;
+pub mod netns;
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 

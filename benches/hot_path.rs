@@ -35,6 +35,7 @@ fn table() -> NameTable {
         zones: vec![Name::from_ascii("global.").unwrap()],
         ttl: 30,
         soa: SoaSettings::default(),
+        reverse: Vec::new(),
     };
     let hosts: Vec<HostEntry> = (0..NAMES)
         .map(|i| {

@@ -263,6 +263,7 @@ impl ServerArgs {
                     minimum: self.soa_minimum,
                     ns_addresses,
                 },
+                reverse: self.alloc.pools.iter().map(|p| p.net()).collect(),
             },
             forward: ForwardConfig {
                 upstreams,

@@ -515,6 +515,7 @@ fn global_zone() -> ZoneSettings {
         zones: vec![Name::from_ascii("global.").unwrap()],
         ttl: TTL,
         soa: SoaSettings::default(),
+        reverse: Vec::new(),
     }
 }
 

@@ -217,3 +217,51 @@ fn a_question_pointing_into_the_header_is_formerr_not_forwarded() {
     );
     assert!(eventually(Duration::from_secs(2), || count() == 1));
 }
+
+/// PTR names of pool addresses are ours (issue 15): answered with the hosts on the address, or
+/// NXDOMAIN with our SOA, and never forwarded; reverse names outside the pools still are, even
+/// right next to a pool.
+#[test]
+fn reverse_names_of_the_pools_are_ours_and_others_forwarded() {
+    let upstream_dir = tempfile::tempdir().unwrap();
+    let up = GlobalDns::start(upstream_dir.path(), &["--query-log"]);
+    let front = GlobalDns::start(
+        &repo_zones(),
+        &["--upstream", &up.addr.to_string(), "--pool", "240.0.0.0/4"],
+    );
+    let ours = kdig(front.addr, &["-x", "240.0.0.3"]);
+    assert!(
+        ours.contains("status: NOERROR") && ours.contains(" aa"),
+        "{ours}"
+    );
+    assert!(
+        ours.contains("3.0.0.240.in-addr.arpa.") && ours.contains("PTR\treviews.default.global."),
+        "{ours}"
+    );
+    let unused = kdig(front.addr, &["-x", "240.9.9.9"]);
+    assert!(
+        unused.contains("status: NXDOMAIN") && unused.contains(" aa"),
+        "{unused}"
+    );
+    assert!(
+        unused.contains("240.in-addr.arpa.") && unused.contains("SOA\tns.dns.global."),
+        "{unused}"
+    );
+    let log = up.log_text();
+    assert!(
+        !log.contains("240.in-addr"),
+        "a pool's PTR name was forwarded:\n{log}"
+    );
+
+    for outside in ["10.1.2.3", "239.255.255.255"] {
+        let reply = kdig(front.addr, &["-x", outside]);
+        assert!(!reply.contains(" aa"), "{outside}: {reply}");
+        let reversed: Vec<&str> = outside.split('.').rev().collect();
+        let name = format!("{}.in-addr.arpa", reversed.join("."));
+        assert!(
+            eventually(Duration::from_secs(5), || up.log_text().contains(&name)),
+            "{name} not forwarded:\n{}",
+            up.log_text()
+        );
+    }
+}

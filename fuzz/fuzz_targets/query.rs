@@ -36,6 +36,8 @@ fn table() -> &'static SharedTable {
             zones: vec![Name::from_ascii("global.").unwrap()],
             ttl: 30,
             soa: SoaSettings::default(),
+            // PTR names of the pools go through the reverse zones' own reader.
+            reverse: vec!["240.0.0.0/4".parse().unwrap(), "2001:2::/48".parse().unwrap()],
         };
         let host = |name: &str, addresses: Vec<IpAddr>| HostEntry {
             name: Name::from_ascii(name).unwrap(),

@@ -1,5 +1,6 @@
 //! The name table: what we answer for names inside the served zones.
 
+mod reverse;
 mod soa;
 mod table;
 

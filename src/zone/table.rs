@@ -11,8 +11,10 @@ use foldhash::fast::RandomState;
 use hickory_proto::ProtoError;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, RecordType};
+use ipnet::IpNet;
 use rayon::prelude::*;
 
+use super::reverse::ReverseZones;
 use super::soa::SoaSettings;
 use crate::catalog::HostEntry;
 use crate::wire::name::{is_wildcard, lower_wire, parent, suffix_offsets};
@@ -24,6 +26,8 @@ pub struct ZoneSettings {
     pub zones: Vec<Name>,
     pub ttl: u32,
     pub soa: SoaSettings,
+    /// The VIP pools: their reverse names (PTR) are ours too.
+    pub reverse: Vec<IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +57,9 @@ struct Node {
     answers: Answers,
 }
 
-struct ZoneNegatives {
-    nodata: Prepared,
-    nxdomain: Prepared,
+pub(super) struct ZoneNegatives {
+    pub(super) nodata: Prepared,
+    pub(super) nxdomain: Prepared,
     servfail: Prepared,
 }
 
@@ -63,6 +67,7 @@ pub struct NameTable {
     index: HashMap<Box<[u8]>, u32, RandomState>,
     nodes: Vec<Node>,
     zones: Vec<ZoneNegatives>,
+    reverse: ReverseZones,
     hosts: usize,
 }
 
@@ -115,6 +120,8 @@ impl NameTable {
             }
         }
         let mut host_count = 0;
+        // Hosts whose addresses get PTR records: a wildcard names no one host.
+        let mut named = Vec::new();
         for host in hosts {
             let key = lower_wire(&host.name);
             let Some(zone) = owner(&key) else {
@@ -128,12 +135,18 @@ impl NameTable {
             }
             node.addresses.extend(&host.addresses);
             node.pending = node.addresses.is_empty() && !node.apex;
+            if !is_wildcard(&key) {
+                named.push((&host.name, &host.addresses[..]));
+            }
         }
+        let reverse = ReverseZones::build(settings, serial, glue.first() == Some(&true), named)
+            .map_err(|e| encode_err(b"reverse zones", e))?;
 
         let mut table = NameTable {
             index: HashMap::default(),
             nodes: Vec::with_capacity(draft.keys.len()),
             zones: Vec::with_capacity(zones.len()),
+            reverse,
             hosts: host_count,
         };
         for (key, apex) in &zones {
@@ -188,7 +201,10 @@ impl NameTable {
             };
             return Lookup::Authoritative(answer);
         }
-        Lookup::NotOurs
+        match self.reverse.lookup(qname, qtype) {
+            Some(answer) => Lookup::Authoritative(answer),
+            None => Lookup::NotOurs,
+        }
     }
 
     /// Hosts answered (not counting apexes and empty non-terminals).
@@ -213,7 +229,7 @@ fn encode_err(key: &[u8], source: ProtoError) -> BuildError {
     }
 }
 
-fn negatives(
+pub(super) fn negatives(
     settings: &ZoneSettings,
     serial: u32,
     apex: &Name,
@@ -231,6 +247,21 @@ fn negatives(
         nxdomain: with_soa(ResponseCode::NXDomain)?,
         servfail: Prepared::empty(ResponseCode::ServFail),
     })
+}
+
+/// The answers at a zone apex (SOA, NS, ANY), with the name server's addresses beside the NS
+/// when `glue`.
+pub(super) fn apex_answers(
+    settings: &ZoneSettings,
+    serial: u32,
+    apex: &Name,
+    glue: bool,
+) -> Result<Answers, ProtoError> {
+    let node = DraftNode {
+        apex: true,
+        ..Default::default()
+    };
+    node.answers(settings, serial, apex, glue)
 }
 
 /// Mutable form of a node while the table is assembled.
@@ -348,6 +379,7 @@ mod tests {
             zones: vec![name("global."), name("mesh.example.")],
             ttl: 30,
             soa: SoaSettings::default(),
+            reverse: Vec::new(),
         };
         let entries: Vec<HostEntry> = hosts
             .iter()
@@ -529,6 +561,7 @@ mod tests {
                 ns_addresses: vec!["10.96.0.53".parse().unwrap(), "fd00::53".parse().unwrap()],
                 ..SoaSettings::default()
             },
+            reverse: Vec::new(),
         };
         // A ServiceEntry cannot take the name server's name over.
         let hosts = [HostEntry {
@@ -580,11 +613,98 @@ mod tests {
     }
 
     #[test]
+    fn pool_addresses_have_ptr_records_and_neighbours_stay_foreign() {
+        let settings = ZoneSettings {
+            zones: vec![name("global.")],
+            ttl: 30,
+            soa: SoaSettings::default(),
+            reverse: vec![
+                "240.0.0.0/4".parse().unwrap(),
+                "2001:2::/48".parse().unwrap(),
+            ],
+        };
+        let hosts: Vec<HostEntry> = [
+            ("a.global.", &["240.0.0.1", "2001:2::1"][..]),
+            ("b.global.", &["240.0.0.1"]),
+            ("*.w.global.", &["240.0.0.2"]),
+            ("outside.global.", &["10.1.2.3"]),
+            ("pending.global.", &[]),
+        ]
+        .iter()
+        .map(|(h, a)| HostEntry {
+            name: name(h),
+            addresses: a.iter().map(|a| a.parse().unwrap()).collect(),
+        })
+        .collect();
+        let t = NameTable::build(&settings, 3, &hosts).unwrap();
+        let ptrs = |m: &Message| -> Vec<String> {
+            m.answers
+                .iter()
+                .map(|r| match &r.data {
+                    RData::PTR(p) => p.0.to_ascii(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        let v4 = ask(&t, "1.0.0.240.IN-ADDR.arpa.", RecordType::PTR).unwrap();
+        assert_eq!(
+            ptrs(&v4),
+            ["a.global.", "b.global."],
+            "shared address: both"
+        );
+        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa.";
+        assert_eq!(ptrs(&ask(&t, v6, RecordType::PTR).unwrap()), ["a.global."]);
+        // A wildcard names no host; an unused pool address does not exist.
+        for unused in ["2.0.0.240.in-addr.arpa.", "9.0.0.240.in-addr.arpa."] {
+            let nx = ask(&t, unused, RecordType::PTR).unwrap();
+            assert_eq!(
+                nx.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{unused}"
+            );
+            assert_eq!(nx.authorities[0].name.to_ascii(), "240.in-addr.arpa.");
+            let RData::SOA(soa) = &nx.authorities[0].data else {
+                panic!()
+            };
+            assert_eq!(soa.mname.to_ascii(), "ns.dns.global.");
+        }
+        // Names on the way to an address exist; other types at an address get NODATA.
+        for (q, qtype) in [
+            ("0.0.240.in-addr.arpa.", RecordType::PTR),
+            ("1.0.0.240.in-addr.arpa.", RecordType::A),
+        ] {
+            let m = ask(&t, q, qtype).unwrap();
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{q}");
+            assert!(m.answers.is_empty(), "{q}");
+        }
+        for q in [
+            "1.0.0.241.in-addr.arpa.",
+            "x.1.0.0.240.in-addr.arpa.",
+            "01.0.0.240.in-addr.arpa.",
+        ] {
+            let m = ask(&t, q, RecordType::PTR).unwrap();
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{q}");
+        }
+        let apex = ask(&t, "240.in-addr.arpa.", RecordType::NS).unwrap();
+        assert_eq!(apex.answers.len(), 1);
+        // Outside the pools: not ours (forwarded), even right next to one.
+        for q in [
+            "3.2.1.10.in-addr.arpa.",
+            "1.0.0.239.in-addr.arpa.",
+            "in-addr.arpa.",
+            "arpa.",
+        ] {
+            assert!(ask(&t, q, RecordType::PTR).is_none(), "{q}");
+        }
+    }
+
+    #[test]
     fn settings_errors_are_reported() {
         let settings = ZoneSettings {
             zones: vec![name("global."), name("GLOBAL.")],
             ttl: 30,
             soa: SoaSettings::default(),
+            reverse: Vec::new(),
         };
         assert!(matches!(
             NameTable::build(&settings, 1, &[]),

@@ -1,0 +1,320 @@
+//! Reverse names (RFC 1035 §3.5, RFC 3596 §2.5) of the VIP pools: ours to answer, never
+//! forwarded, since no other server knows which host holds a VIP.
+//!
+//! A pool is split into the zones a reverse tree can have: IPv4 on octet boundaries
+//! (`240.0.0.0/4` is the sixteen zones `240.in-addr.arpa.` … `255.in-addr.arpa.`), IPv6 on nibble
+//! boundaries. Inside those zones an address gets the PTR records of the hosts on it (several
+//! when hosts share an explicit address), a name leading to one gets NODATA, and anything else
+//! NXDOMAIN, with the zone's SOA. Names outside them stay [`None`] and are forwarded as before,
+//! so a pool that is not on a boundary claims no neighbour's names.
+//!
+//! The addresses live in an ordered map, not as name-table nodes: an IPv6 reverse name has 32
+//! labels, and a node per label would multiply a big mesh's table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hickory_proto::ProtoError;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::PTR;
+use hickory_proto::rr::{Name, RData};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::table::{ZoneNegatives, apex_answers, negatives};
+use super::{SoaSettings, ZoneSettings};
+use crate::wire::prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
+
+const TYPE_PTR: u16 = 12;
+const TYPE_ANY: u16 = 255;
+
+/// The reverse zones of the pools and the PTR answer of every address in them.
+#[derive(Default)]
+pub struct ReverseZones {
+    zones: Vec<ReverseZone>,
+    /// Zone index by its network (as written in the tree: IPv4 /8, /16…, IPv6 /4, /8…).
+    by_net: HashMap<IpNet, usize>,
+    ptrs: BTreeMap<IpAddr, Prepared>,
+}
+
+struct ReverseZone {
+    apex: Answers,
+    negatives: ZoneNegatives,
+}
+
+/// How a family's reverse names are written.
+#[derive(Clone, Copy)]
+struct Family {
+    /// Bits per label: 8 (decimal octets) or 4 (hex nibbles).
+    bits: u8,
+    /// Address bits.
+    width: u8,
+}
+
+const V4: Family = Family { bits: 8, width: 32 };
+const V6: Family = Family {
+    bits: 4,
+    width: 128,
+};
+
+impl Family {
+    fn labels(self) -> usize {
+        (self.width / self.bits) as usize
+    }
+
+    /// The value of one label, if it is a canonical octet or nibble.
+    fn parse(self, label: &[u8]) -> Option<u128> {
+        if self.bits == 4 {
+            return match label {
+                [c] => (*c as char).to_digit(16).map(u128::from),
+                _ => None,
+            };
+        }
+        let canonical =
+            !label.is_empty() && label.len() <= 3 && (label[0] != b'0' || label.len() == 1);
+        if !canonical || !label.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let value: u128 = std::str::from_utf8(label).ok()?.parse().ok()?;
+        (value <= 255).then_some(value)
+    }
+
+    /// The network of the first `depth` labels, whose value is `value`.
+    fn net(self, value: u128, depth: usize) -> IpNet {
+        let len = depth as u8 * self.bits;
+        let addr = value.checked_shl(u32::from(self.width - len)).unwrap_or(0);
+        match self.width {
+            32 => Ipv4Net::new(Ipv4Addr::from(addr as u32), len)
+                .expect("length fits")
+                .into(),
+            _ => Ipv6Net::new(Ipv6Addr::from(addr), len)
+                .expect("length fits")
+                .into(),
+        }
+    }
+}
+
+/// The zones of `pools`: each split on its family's label boundary, nested ones dropped.
+fn zone_nets(pools: &[IpNet]) -> Vec<IpNet> {
+    let mut nets: Vec<IpNet> = Vec::new();
+    for pool in pools {
+        let bits = if pool.addr().is_ipv4() { 8 } else { 4 };
+        let len = pool.prefix_len().div_ceil(bits) * bits;
+        nets.extend(pool.trunc().subnets(len).expect("a longer prefix"));
+    }
+    nets.sort();
+    nets.dedup();
+    let all = nets.clone();
+    nets.retain(|n| !all.iter().any(|o| o != n && o.contains(n)));
+    nets
+}
+
+/// The reverse name of a network on a label boundary (`240.in-addr.arpa.`).
+fn reverse_name(net: &IpNet) -> Result<Name, ProtoError> {
+    let mut labels: Vec<String> = match net {
+        IpNet::V4(n) => {
+            let octets = n.addr().octets();
+            (octets[..n.prefix_len() as usize / 8])
+                .iter()
+                .rev()
+                .map(u8::to_string)
+                .collect()
+        }
+        IpNet::V6(n) => {
+            let bits = u128::from(n.addr());
+            (0..n.prefix_len() as u32 / 4)
+                .rev()
+                .map(|i| format!("{:x}", (bits >> (124 - 4 * i)) & 0xF))
+                .collect()
+        }
+    };
+    labels.extend(
+        match net {
+            IpNet::V4(_) => ["in-addr", "arpa"],
+            IpNet::V6(_) => ["ip6", "arpa"],
+        }
+        .map(String::from),
+    );
+    Name::from_labels(labels)
+}
+
+impl ReverseZones {
+    /// The zones of `settings.reverse` (the pools) and the PTR answers of `hosts` (name and
+    /// addresses) on addresses inside them. `glue`: the name server's addresses are known and
+    /// its name is ours, so the NS answer carries them.
+    pub fn build<'a>(
+        settings: &ZoneSettings,
+        serial: u32,
+        glue: bool,
+        hosts: impl IntoIterator<Item = (&'a Name, &'a [IpAddr])>,
+    ) -> Result<Self, ProtoError> {
+        let Some(forward) = settings.zones.first() else {
+            return Ok(Self::default());
+        };
+        let nets = zone_nets(&settings.reverse);
+        if nets.is_empty() {
+            return Ok(Self::default());
+        }
+        // The SOA and NS of a reverse zone name the forward zone's server and mailbox.
+        let soa = settings.soa.record(forward, serial);
+        let reverse_settings = ZoneSettings {
+            soa: SoaSettings {
+                mname: Some(soa.mname),
+                rname: Some(soa.rname),
+                ..settings.soa.clone()
+            },
+            ..settings.clone()
+        };
+        let mut zones = Vec::with_capacity(nets.len());
+        let mut by_net = HashMap::with_capacity(nets.len());
+        for net in &nets {
+            let apex = reverse_name(net)?;
+            by_net.insert(*net, zones.len());
+            zones.push(ReverseZone {
+                apex: apex_answers(&reverse_settings, serial, &apex, glue)?,
+                negatives: negatives(&reverse_settings, serial, &apex)?,
+            });
+        }
+
+        let mut names: BTreeMap<IpAddr, Vec<&Name>> = BTreeMap::new();
+        for (name, addresses) in hosts {
+            for address in addresses {
+                if nets.iter().any(|n| n.contains(address)) {
+                    let on = names.entry(*address).or_default();
+                    if !on.contains(&name) {
+                        on.push(name);
+                    }
+                }
+            }
+        }
+        let mut ptrs = BTreeMap::new();
+        for (address, names) in names {
+            let mut b = BodyBuilder::default();
+            for name in names {
+                b.answer(
+                    Owner::QueryName,
+                    settings.ttl,
+                    &RData::PTR(PTR(name.clone())),
+                )?;
+            }
+            ptrs.insert(address, b.finish(ResponseCode::NoError));
+        }
+        Ok(ReverseZones {
+            zones,
+            by_net,
+            ptrs,
+        })
+    }
+
+    /// The answer for a lower-cased wire name inside one of the reverse zones; `None` outside.
+    pub fn lookup(&self, qname: &[u8], qtype: u16) -> Option<Body<'_>> {
+        if self.zones.is_empty() {
+            return None;
+        }
+        let mut labels: [&[u8]; 128] = [&[]; 128];
+        let mut count = 0;
+        let mut at = 0;
+        while let Some(&len) = qname.get(at).filter(|&&l| l > 0) {
+            *labels.get_mut(count)? = qname.get(at + 1..at + 1 + len as usize)?;
+            count += 1;
+            at += 1 + len as usize;
+        }
+        let (family, address_labels) = match &labels[..count] {
+            [rest @ .., b"in-addr", b"arpa"] => (V4, rest),
+            [rest @ .., b"ip6", b"arpa"] => (V6, rest),
+            _ => return None,
+        };
+        // From the most significant label down: find the zone, then read the rest of the name.
+        let mut value: u128 = 0;
+        let mut zone: Option<(&ReverseZone, usize)> = None;
+        for depth in 0..=address_labels.len() {
+            if zone.is_none() {
+                zone =
+                    (self.by_net.get(&family.net(value, depth))).map(|&z| (&self.zones[z], depth));
+            }
+            let Some(&label) = address_labels
+                .len()
+                .checked_sub(depth + 1)
+                .map(|i| &address_labels[i])
+            else {
+                break;
+            };
+            match family.parse(label).filter(|_| depth < family.labels()) {
+                Some(v) => value = value << family.bits | v,
+                // Not an address name: nothing by that name in our zone, or not our zone at all.
+                None => return zone.map(|(z, _)| z.negatives.nxdomain.view()),
+            }
+        }
+        let (zone, apex_depth) = zone?;
+        let depth = address_labels.len();
+        let negatives = &zone.negatives;
+        if depth == apex_depth {
+            return Some(
+                zone.apex
+                    .get(qtype)
+                    .unwrap_or_else(|| negatives.nodata.view()),
+            );
+        }
+        let net = family.net(value, depth);
+        if depth == family.labels() {
+            return Some(match self.ptrs.get(&net.addr()) {
+                Some(ptr) if matches!(qtype, TYPE_PTR | TYPE_ANY) => ptr.view(),
+                Some(_) => negatives.nodata.view(),
+                None => negatives.nxdomain.view(),
+            });
+        }
+        // A name on the way to addresses: it exists (NODATA) when one is below it.
+        let below = self
+            .ptrs
+            .range(net.network()..=net.broadcast())
+            .next()
+            .is_some();
+        Some(if below {
+            negatives.nodata.view()
+        } else {
+            negatives.nxdomain.view()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(pools: &[&str]) -> Vec<String> {
+        let pools: Vec<IpNet> = pools.iter().map(|p| p.parse().unwrap()).collect();
+        zone_nets(&pools)
+            .iter()
+            .map(|n| reverse_name(n).unwrap().to_ascii())
+            .collect()
+    }
+
+    #[test]
+    fn pools_split_on_label_boundaries() {
+        let v4 = nets(&["240.0.0.0/4"]);
+        assert_eq!(v4.len(), 16);
+        assert_eq!(v4[0], "240.in-addr.arpa.");
+        assert_eq!(v4[15], "255.in-addr.arpa.");
+        assert_eq!(
+            nets(&["10.64.0.0/16", "10.64.3.0/24"]),
+            ["64.10.in-addr.arpa."]
+        );
+        assert_eq!(nets(&["127.255.0.0/17"]).len(), 128);
+        assert_eq!(
+            nets(&["2001:2::/48"]),
+            ["0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa."]
+        );
+        assert_eq!(nets(&["fd00::/6"]).len(), 4);
+    }
+
+    #[test]
+    fn labels_parse_only_in_canonical_form() {
+        assert_eq!(V4.parse(b"0"), Some(0));
+        assert_eq!(V4.parse(b"255"), Some(255));
+        for bad in [&b"256"[..], b"01", b"", b"1a", b"1000"] {
+            assert_eq!(V4.parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(V6.parse(b"f"), Some(15));
+        assert_eq!(V6.parse(b"10"), None);
+        assert_eq!(V6.parse(b"g"), None);
+    }
+}

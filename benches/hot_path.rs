@@ -49,6 +49,7 @@ fn table() -> NameTable {
             HostEntry {
                 name: Name::from_ascii(host(i)).unwrap(),
                 addresses,
+                ports: Vec::new(),
             }
         })
         .collect();

@@ -16,10 +16,22 @@ use crate::source::Declaration;
 
 /// One host and the addresses it resolves to. A host without addresses is declared but not
 /// answerable yet (its VIP is not durably allocated): it gets SERVFAIL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostEntry {
     pub name: Name,
     pub addresses: Vec<IpAddr>,
+    /// Its named ports, from every entry declaring it: its SRV records.
+    pub ports: Vec<SrvPort>,
+}
+
+/// One SRV record's worth of a port: `_<service>._<protocol>.<host>` → `number` on the host.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SrvPort {
+    /// `_http`, lower case.
+    pub service: Box<str>,
+    /// `_tcp` or `_udp`.
+    pub protocol: &'static str,
+    pub number: u16,
 }
 
 /// A host declared with different explicit addresses by different ServiceEntries.
@@ -37,6 +49,9 @@ pub struct Catalog {
     /// Hosts declared only without addresses, in the same order.
     pub unaddressed: Vec<Name>,
     pub conflicts: Vec<Conflict>,
+    /// Named ports of every host that has any: the union over the entries declaring it
+    /// (several entries, several clusters), sorted.
+    pub ports: HashMap<Name, Vec<SrvPort>, RandomState>,
 }
 
 impl Catalog {
@@ -51,7 +66,25 @@ impl Catalog {
         let mut hosts: Vec<HostEntry> = Vec::with_capacity(ordered.len());
         let mut conflicts = Vec::new();
         let mut without_addresses = Vec::new();
+        let mut ports: HashMap<Name, Vec<SrvPort>, RandomState> = HashMap::default();
         for decl in ordered {
+            let named: Vec<SrvPort> = (decl.ports.iter())
+                .filter_map(|p| match p.srv_labels() {
+                    Ok(Some((service, protocol))) => Some(SrvPort {
+                        service: service.into(),
+                        protocol,
+                        number: p.number,
+                    }),
+                    // Unnamed ports have no SRV name; bad names were reported by the source.
+                    _ => None,
+                })
+                .collect();
+            if !named.is_empty() {
+                for host in &decl.hosts {
+                    let all = ports.entry(host.clone()).or_default();
+                    all.extend(named.iter().cloned());
+                }
+            }
             if decl.addresses.is_empty() {
                 if decl.needs_vip {
                     without_addresses.extend(&decl.hosts);
@@ -65,6 +98,7 @@ impl Catalog {
                         hosts.push(HostEntry {
                             name: host.clone(),
                             addresses: decl.addresses.clone(),
+                            ports: Vec::new(),
                         });
                     }
                     Entry::Occupied(kept) => {
@@ -86,10 +120,15 @@ impl Catalog {
             .filter(|host| !first.contains_key(host) && listed.insert(*host))
             .cloned()
             .collect();
+        for all in ports.values_mut() {
+            all.sort();
+            all.dedup();
+        }
         Catalog {
             hosts,
             unaddressed,
             conflicts,
+            ports,
         }
     }
 }
@@ -150,5 +189,29 @@ mod tests {
         let mut reversed = decls.to_vec();
         reversed.reverse();
         assert_eq!(Catalog::merge(&reversed).hosts, catalog.hosts);
+    }
+
+    #[test]
+    fn ports_are_the_union_over_every_entry_declaring_the_host() {
+        use crate::source::service_entry::Port;
+        let port = |name: &str, protocol: Option<&str>, number| Port {
+            number,
+            protocol: protocol.map(String::from),
+            name: Some(name.into()),
+            target_port: None,
+        };
+        let mut explicit = decl("a.yaml", "one", &["a.global."], &["240.0.0.1"]);
+        explicit.ports = vec![port("HTTP", Some("HTTP"), 80), port("bad_name", None, 81)].into();
+        let mut other = decl("b.yaml", "two", &["a.global.", "b.global."], &[]);
+        other.ports = vec![port("dns", Some("UDP"), 53), port("http", Some("TCP"), 80)].into();
+        let catalog = Catalog::merge(&[explicit, other]);
+        let listed = |host: &str| -> Vec<String> {
+            catalog.ports[&Name::from_ascii(host).unwrap()]
+                .iter()
+                .map(|p| format!("{}.{} {}", p.service, p.protocol, p.number))
+                .collect()
+        };
+        assert_eq!(listed("a.global."), ["_dns._udp 53", "_http._tcp 80"]);
+        assert_eq!(listed("b.global."), ["_dns._udp 53", "_http._tcp 80"]);
     }
 }

@@ -5,6 +5,7 @@ mod support;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use std::net::UdpSocket;
+use std::time::Duration;
 
 use support::*;
 
@@ -719,4 +720,59 @@ fn a_spoofed_flood_is_cut_to_the_rate_limit_while_others_are_served() {
     // The victim is still answered over TCP, which cannot be forged.
     let tcp = tcp_session(&server, "127.9.9.9");
     assert!(tcp.is_some(), "TCP is never rate limited");
+}
+
+/// SRV records from ServiceEntry ports (issue 15), asked with kdig: `_<port name>._<tcp|udp>`
+/// under the host, the union of every entry's ports, the target's address beside them; a port
+/// name that is no DNS label is reported and skipped.
+#[test]
+fn service_entry_ports_are_srv_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |name: &str, ports: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [svc.ns.global]\n  addresses: [240.0.0.20]\n  resolution: DNS\n  endpoints: [{{address: gw.example.com}}]\n  ports: {ports}\n"
+        )
+    };
+    let one = entry(
+        "one",
+        "[{name: http, number: 80, protocol: HTTP}, {name: bad_name, number: 81, protocol: TCP}]",
+    );
+    let two = entry(
+        "two",
+        "[{name: grpc, number: 9090, protocol: GRPC}, {name: dns, number: 53, protocol: UDP}]",
+    );
+    std::fs::write(dir.path().join("one.yaml"), one).unwrap();
+    std::fs::write(dir.path().join("two.yaml"), two).unwrap();
+    let server = GlobalDns::start(dir.path(), &[]);
+    for (name, port) in [
+        ("_http._tcp.svc.ns.global", 80),
+        ("_grpc._tcp.svc.ns.global", 9090),
+        ("_dns._udp.svc.ns.global", 53),
+    ] {
+        let out = kdig(server.addr, &[name, "SRV"]);
+        assert!(
+            out.contains("status: NOERROR") && out.contains(" aa"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("SRV\t0 100 {port} svc.ns.global.")),
+            "{name}: {out}"
+        );
+        assert!(
+            out.contains("ADDITIONAL SECTION")
+                && out.contains("svc.ns.global.")
+                && out.contains("240.0.0.20"),
+            "{name}: {out}"
+        );
+    }
+    let skipped = kdig(server.addr, &["_bad_name._tcp.svc.ns.global", "SRV"]);
+    assert!(skipped.contains("status: NXDOMAIN"), "{skipped}");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let log = server.log_text();
+            log.contains("port name is not a DNS label") && log.contains("bad_name")
+        }),
+        "{}",
+        server.log_text()
+    );
 }

@@ -617,6 +617,7 @@ async fn edge_cases_answer_alike_on_fast_and_general_paths() {
         .map(|(h, addrs)| HostEntry {
             name: Name::from_ascii(h).unwrap(),
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ports: Vec::new(),
         })
         .collect();
     let mut settings = global_zone();

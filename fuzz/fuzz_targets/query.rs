@@ -42,6 +42,7 @@ fn table() -> &'static SharedTable {
         let host = |name: &str, addresses: Vec<IpAddr>| HostEntry {
             name: Name::from_ascii(name).unwrap(),
             addresses,
+            ports: Vec::new(),
         };
         let hosts = vec![
             host("a.global.", vec![IpAddr::V4(Ipv4Addr::new(240, 0, 0, 1))]),

@@ -182,12 +182,16 @@ impl Publisher {
     /// Explicit hosts as declared, plus address-less hosts with their stored VIPs. A stored VIP
     /// that an explicit entry now claims is withheld, so no address is served for two hosts.
     fn resolve(&self, catalog: Catalog, reserved: &Reserved) -> Vec<HostEntry> {
-        let mut hosts = catalog.hosts;
-        for name in catalog
-            .unaddressed
-            .into_iter()
-            .filter(|n| self.zone.serves(n))
-        {
+        let Catalog {
+            mut hosts,
+            unaddressed,
+            mut ports,
+            ..
+        } = catalog;
+        for host in &mut hosts {
+            host.ports = ports.remove(&host.name).unwrap_or_default();
+        }
+        for name in unaddressed.into_iter().filter(|n| self.zone.serves(n)) {
             let key = host_key(&name);
             let record = self
                 .durable
@@ -205,7 +209,12 @@ impl Publisher {
                     r.addresses.clone()
                 }
             });
-            hosts.push(HostEntry { name, addresses });
+            let ports = ports.remove(&name).unwrap_or_default();
+            hosts.push(HostEntry {
+                name,
+                addresses,
+                ports,
+            });
         }
         hosts
     }

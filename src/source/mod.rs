@@ -74,9 +74,16 @@ impl Declaration {
         Ok((declaration, addresses.cidrs))
     }
 
+    /// Reports what of the entry is not served: `cidrs` of `spec.addresses`, and ports whose
+    /// name cannot make an SRV name.
     pub fn warn_ignored(&self, cidrs: &[IpNet]) {
         for cidr in cidrs {
             warn!(origin = %self.origin, namespace = %self.namespace, entry = %self.name, %cidr, "CIDR in spec.addresses has no single address to answer with; ignored");
+        }
+        for port in self.ports.iter() {
+            if let Err(reason) = port.srv_labels() {
+                warn!(origin = %self.origin, namespace = %self.namespace, entry = %self.name, port = port.number, name = port.name.as_deref().unwrap_or_default(), reason, "port name is not a DNS label; no SRV record for it");
+            }
         }
     }
 

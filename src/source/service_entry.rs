@@ -57,6 +57,34 @@ pub struct Port {
     pub target_port: Option<u16>,
 }
 
+impl Port {
+    /// The first two labels of this port's SRV name, the way Kubernetes DNS names service ports:
+    /// the port name with an underscore (lower-cased), and `_udp` for UDP or `_tcp` for every
+    /// other (TCP-based) protocol. `Ok(None)` for a port without a name; an error when the name
+    /// is not a DNS label (RFC 1123: letters, digits and inner hyphens, at most 62 here so that
+    /// the underscore fits in 63).
+    pub fn srv_labels(&self) -> Result<Option<(String, &'static str)>, &'static str> {
+        let Some(name) = self.name.as_deref() else {
+            return Ok(None);
+        };
+        if name.is_empty() || name.len() > 62 {
+            return Err("empty or longer than 62 characters");
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err("only letters, digits and hyphens make a DNS label");
+        }
+        if name.starts_with('-') || name.ends_with('-') {
+            return Err("a DNS label neither starts nor ends with a hyphen");
+        }
+        let udp = self
+            .protocol
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case("udp"));
+        let label = format!("_{}", name.to_ascii_lowercase());
+        Ok(Some((label, if udp { "_udp" } else { "_tcp" })))
+    }
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Resolution {
@@ -174,6 +202,33 @@ fn parse_host(host: &str) -> Result<Name, EntryError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn port_names_make_srv_labels_the_way_kubernetes_does() {
+        let port = |name: Option<&str>, protocol: Option<&str>| Port {
+            number: 80,
+            protocol: protocol.map(String::from),
+            name: name.map(String::from),
+            target_port: None,
+        };
+        let labels = |name, protocol| port(name, protocol).srv_labels();
+        assert_eq!(
+            labels(Some("Http-Web"), Some("HTTP")),
+            Ok(Some(("_http-web".into(), "_tcp")))
+        );
+        assert_eq!(
+            labels(Some("dns"), Some("udp")),
+            Ok(Some(("_dns".into(), "_udp")))
+        );
+        assert_eq!(
+            labels(Some("grpc"), None),
+            Ok(Some(("_grpc".into(), "_tcp")))
+        );
+        assert_eq!(labels(None, Some("TCP")), Ok(None));
+        for bad in ["http_web", "-http", "http-", "a.b", "", &"x".repeat(63)] {
+            assert!(labels(Some(bad), None).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     fn entry(yaml: &str) -> ServiceEntry {

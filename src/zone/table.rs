@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use foldhash::fast::RandomState;
 use hickory_proto::ProtoError;
 use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::SRV;
 use hickory_proto::rr::{Name, RData, RecordType};
 use ipnet::IpNet;
 use rayon::prelude::*;
@@ -17,8 +18,10 @@ use rayon::prelude::*;
 use super::reverse::ReverseZones;
 use super::soa::SoaSettings;
 use crate::catalog::HostEntry;
-use crate::wire::name::{is_wildcard, lower_wire, parent, suffix_offsets};
+use crate::wire::header::HEADER_LEN;
+use crate::wire::name::{MAX_NAME_LEN, is_wildcard, lower_wire, parent, suffix_offsets};
 use crate::wire::prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
+use crate::wire::response::CLASSIC_UDP_PAYLOAD;
 
 /// How the table is shaped: which zones, TTLs and SOA.
 #[derive(Clone, Debug)]
@@ -137,6 +140,19 @@ impl NameTable {
             node.pending = node.addresses.is_empty() && !node.apex;
             if !is_wildcard(&key) {
                 named.push((&host.name, &host.addresses[..]));
+                // RFC 4592 gives `_p._tcp.*.x` no wildcard meaning: SRV for named hosts only.
+                for (labels, srv) in srv_nodes(host) {
+                    let srv_key = [&labels[..], &key[..]].concat();
+                    if srv_key.len() > MAX_NAME_LEN {
+                        continue;
+                    }
+                    draft.place(&srv_key, zone as u16, &zones[zone].0);
+                    let node = draft.node(&srv_key, zone as u16);
+                    // A question for this name leaves this much room in a 512-byte reply.
+                    let room = CLASSIC_UDP_PAYLOAD as usize - HEADER_LEN - srv_key.len() - 4 - 11;
+                    node.pending = host.addresses.is_empty();
+                    node.srv = Some(Box::new(Srv { room, ..srv }));
+                }
             }
         }
         let reverse = ReverseZones::build(settings, serial, glue.first() == Some(&true), named)
@@ -264,6 +280,42 @@ pub(super) fn apex_answers(
     node.answers(settings, serial, apex, glue)
 }
 
+/// The SRV records of one `_<service>._<protocol>.<host>` name.
+struct Srv {
+    target: Name,
+    ports: Vec<u16>,
+    /// The target's addresses, sent as additional data when they fit.
+    glue: Vec<IpAddr>,
+    /// Bytes the records may take so the reply fits 512 bytes with the question and an OPT.
+    room: usize,
+}
+
+/// The SRV names of `host` (their first two labels, in wire form) and their records: one name
+/// per service and protocol, with every port number declared for it.
+fn srv_nodes(host: &HostEntry) -> Vec<(Vec<u8>, Srv)> {
+    let mut out: Vec<(Vec<u8>, Srv)> = Vec::new();
+    for port in &host.ports {
+        let mut labels = Vec::with_capacity(port.service.len() + port.protocol.len() + 2);
+        for label in [&*port.service, port.protocol] {
+            labels.push(label.len() as u8);
+            labels.extend_from_slice(label.as_bytes());
+        }
+        match out.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, srv)) => srv.ports.push(port.number),
+            None => out.push((
+                labels,
+                Srv {
+                    target: host.name.clone(),
+                    ports: vec![port.number],
+                    glue: host.addresses.clone(),
+                    room: 0,
+                },
+            )),
+        }
+    }
+    out
+}
+
 /// Mutable form of a node while the table is assembled.
 #[derive(Default)]
 struct DraftNode {
@@ -273,6 +325,7 @@ struct DraftNode {
     name_server: bool,
     pending: bool,
     addresses: Vec<IpAddr>,
+    srv: Option<Box<Srv>>,
 }
 
 #[derive(Default)]
@@ -336,6 +389,12 @@ impl DraftNode {
                 rrsets.push((rtype, addrs.into_iter().map(RData::from).collect()));
             }
         }
+        if let Some(srv) = &self.srv {
+            let records = (srv.ports.iter())
+                .map(|&port| RData::SRV(SRV::new(0, 100, port, srv.target.clone())))
+                .collect();
+            rrsets.push((RecordType::SRV, records));
+        }
         if rrsets.is_empty() {
             return Ok(Answers::default());
         }
@@ -354,7 +413,27 @@ impl DraftNode {
                     b.additional(Owner::Named(&name_server), ttl, &RData::from(*address))?;
                 }
             }
-            out.push((u16::from(*rtype), b.finish(ResponseCode::NoError)));
+            let mut body = b.finish(ResponseCode::NoError);
+            // The target's addresses come along when the reply still fits any UDP client.
+            if let Some(srv) = self.srv.as_ref().filter(|_| *rtype == RecordType::SRV) {
+                let mut with_glue = BodyBuilder::default();
+                for rdata in rdatas {
+                    with_glue.answer(Owner::QueryName, ttl, rdata)?;
+                }
+                for address in srv
+                    .glue
+                    .iter()
+                    .filter(|a| a.is_ipv4())
+                    .chain(srv.glue.iter().filter(|a| a.is_ipv6()))
+                {
+                    with_glue.additional(Owner::Named(&srv.target), ttl, &RData::from(*address))?;
+                }
+                let with_glue = with_glue.finish(ResponseCode::NoError);
+                if with_glue.body.len() <= srv.room {
+                    body = with_glue;
+                }
+            }
+            out.push((u16::from(*rtype), body));
         }
         // RFC 8482 allows a subset; answering ANY with everything we hold stays small here.
         out.push((
@@ -368,6 +447,7 @@ impl DraftNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::SrvPort;
     use hickory_proto::op::Message;
 
     fn name(s: &str) -> Name {
@@ -386,6 +466,7 @@ mod tests {
             .map(|(h, addrs)| HostEntry {
                 name: name(h),
                 addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                ports: Vec::new(),
             })
             .collect();
         NameTable::build(&settings, 7, &entries).unwrap()
@@ -567,6 +648,7 @@ mod tests {
         let hosts = [HostEntry {
             name: name("ns.dns.global."),
             addresses: vec!["240.0.0.9".parse().unwrap()],
+            ports: Vec::new(),
         }];
         let t = NameTable::build(&settings(None), 1, &hosts).unwrap();
         assert_eq!(
@@ -634,6 +716,7 @@ mod tests {
         .map(|(h, a)| HostEntry {
             name: name(h),
             addresses: a.iter().map(|a| a.parse().unwrap()).collect(),
+            ports: Vec::new(),
         })
         .collect();
         let t = NameTable::build(&settings, 3, &hosts).unwrap();
@@ -696,6 +779,92 @@ mod tests {
         ] {
             assert!(ask(&t, q, RecordType::PTR).is_none(), "{q}");
         }
+    }
+
+    #[test]
+    fn named_ports_have_srv_records_with_the_target_beside_them_when_it_fits() {
+        let port = |service: &str, protocol, number| SrvPort {
+            service: service.into(),
+            protocol,
+            number,
+        };
+        let host = |h: &str, addrs: Vec<String>, ports: Vec<SrvPort>| HostEntry {
+            name: name(h),
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ports,
+        };
+        let many: Vec<String> = (1..=30).map(|i| format!("240.0.1.{i}")).collect();
+        let hosts = [
+            host(
+                "reviews.default.global.",
+                vec!["240.0.0.3".into(), "2001:2::3".into()],
+                vec![
+                    port("_http", "_tcp", 9080),
+                    port("_http", "_tcp", 9081),
+                    port("_dns", "_udp", 53),
+                ],
+            ),
+            host("big.global.", many, vec![port("_http", "_tcp", 80)]),
+            host(
+                "*.apps.global.",
+                vec!["240.0.0.10".into()],
+                vec![port("_http", "_tcp", 80)],
+            ),
+            host("new.global.", vec![], vec![port("_http", "_tcp", 80)]),
+        ];
+        let settings = ZoneSettings {
+            zones: vec![name("global.")],
+            ttl: 30,
+            soa: SoaSettings::default(),
+            reverse: Vec::new(),
+        };
+        let t = NameTable::build(&settings, 1, &hosts).unwrap();
+        let srv = |m: &Message| -> Vec<String> {
+            let mut v: Vec<String> = (m.answers.iter())
+                .map(|r| match &r.data {
+                    RData::SRV(s) => format!("{} {} {} {}", s.priority, s.weight, s.port, s.target),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let http = ask(&t, "_HTTP._tcp.reviews.default.global.", RecordType::SRV).unwrap();
+        assert_eq!(
+            srv(&http),
+            [
+                "0 100 9080 reviews.default.global.",
+                "0 100 9081 reviews.default.global."
+            ]
+        );
+        let glue: Vec<String> = (http.additionals.iter())
+            .map(|r| format!("{} {}", r.name, r.data.ip_addr().unwrap()))
+            .collect();
+        assert_eq!(
+            glue,
+            [
+                "reviews.default.global. 240.0.0.3",
+                "reviews.default.global. 2001:2::3"
+            ]
+        );
+        let dns = ask(&t, "_dns._udp.reviews.default.global.", RecordType::SRV).unwrap();
+        assert_eq!(srv(&dns), ["0 100 53 reviews.default.global."]);
+        // The protocol label is an empty non-terminal; the wrong protocol does not exist.
+        let ent = ask(&t, "_tcp.reviews.default.global.", RecordType::SRV).unwrap();
+        assert_eq!(
+            (ent.metadata.response_code, ent.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        let nx = ask(&t, "_http._udp.reviews.default.global.", RecordType::SRV).unwrap();
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        // Thirty addresses do not fit beside the record in 512 bytes: the record alone.
+        let big = ask(&t, "_http._tcp.big.global.", RecordType::SRV).unwrap();
+        assert_eq!((big.answers.len(), big.additionals.len()), (1, 0));
+        // A wildcard host has none (the wildcard's own A answers instead); a pending one waits.
+        let wild = ask(&t, "_http._tcp.x.apps.global.", RecordType::SRV).unwrap();
+        assert!(wild.answers.is_empty());
+        let pending = ask(&t, "_http._tcp.new.global.", RecordType::SRV).unwrap();
+        assert_eq!(pending.metadata.response_code, ResponseCode::ServFail);
     }
 
     #[test]

@@ -154,8 +154,9 @@ impl Entries {
         for declaration in &mut self.declarations {
             declaration.origin = origin.clone();
         }
-        for (at, cidrs) in &self.cidrs {
-            self.declarations[*at].warn_ignored(cidrs);
+        for (at, declaration) in self.declarations.iter().enumerate() {
+            let cidrs = self.cidrs.iter().find(|(i, _)| *i == at);
+            declaration.warn_ignored(cidrs.map_or(&[][..], |(_, c)| c));
         }
         self.declarations.shrink_to_fit();
         Ok(self.declarations)

@@ -55,6 +55,14 @@ pub fn lease_wait() -> ExponentialBackoff {
         .build()
 }
 
+/// How long to wait for a secondary to answer a NOTIFY before sending it again: 1 s doubling,
+/// five tries in all (RFC 1996 §3.6 leaves the schedule to us; BIND also tries five times).
+pub fn notify_wait() -> ExponentialBackoff {
+    doubling(Duration::from_secs(1), Duration::from_secs(16))
+        .with_max_times(5)
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,16 @@ pub struct ServerArgs {
     #[arg(long = "allow-from", value_name = "CIDR")]
     pub allow_from: Vec<IpNet>,
 
+    /// Clients that may transfer the served zones (AXFR, IXFR; repeatable); others get REFUSED.
+    /// [default: loopback]
+    #[arg(long = "allow-transfer", value_name = "CIDR")]
+    pub allow_transfer: Vec<IpNet>,
+
+    /// Secondary to send NOTIFY to when the zones change (repeatable; port defaults to 53). It
+    /// must be in --allow-transfer to transfer them.
+    #[arg(long = "notify", value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    pub notify: Vec<SocketAddr>,
+
     /// TCP connections open at once, across every --listen address; more are closed at once.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub tcp_connections: usize,
@@ -281,6 +291,12 @@ impl ServerArgs {
             metrics: self.metrics,
             query_log: self.query_log,
             identity: self.identity,
+            allow_transfer: if self.allow_transfer.is_empty() {
+                crate::dns::client::loopback()
+            } else {
+                self.allow_transfer
+            },
+            notify: self.notify,
             rescan_every: Duration::from_secs(self.rescan_interval.max(1)),
             tcp: TcpLimits {
                 connections: self.tcp_connections.max(1),

@@ -2,6 +2,8 @@
 //! listeners.
 
 use std::net::SocketAddr;
+
+use ipnet::IpNet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +46,10 @@ pub struct ServerConfig {
     pub query_log: bool,
     /// Text answered for `version.bind` and the other identity names of class CH.
     pub identity: Option<String>,
+    /// Clients that may transfer zones.
+    pub allow_transfer: Vec<IpNet>,
+    /// Secondaries told of every change (NOTIFY).
+    pub notify: Vec<SocketAddr>,
     pub tcp: TcpLimits,
     /// Response rate limiting for UDP; off when its rate is 0.
     pub rate_limit: RateLimitConfig,
@@ -211,6 +217,11 @@ impl Server {
         )
         .await?;
         let table = publisher.table();
+        tasks.spawn(dns::notify_secondaries(
+            table.clone(),
+            publisher.published(),
+            config.notify.clone(),
+        ));
         tasks.spawn(publisher.run(rx));
 
         let forwarder = forward::build(&config.forward, &forward_metrics);
@@ -230,7 +241,8 @@ impl Server {
                 config.query_log,
             )
             .with_rate_limit(rate_limit)
-            .with_chaos(Chaos::new(config.identity.as_deref()).map_err(ServerError::Identity)?),
+            .with_chaos(Chaos::new(config.identity.as_deref()).map_err(ServerError::Identity)?)
+            .with_transfers(config.allow_transfer.clone()),
         );
         let tcp_slots = TcpSlots::new(config.tcp);
         for (tcp, udp) in listeners {

@@ -31,6 +31,7 @@ use ipnet::IpNet;
 use globaldns::alloc::{DEFAULT_POOL, MemoryStore, Policy, Store, host_key};
 use globaldns::catalog::HostEntry;
 use globaldns::dns::QueryMetrics;
+use globaldns::dns::transfer::TransferStream;
 use globaldns::dns::{Action, Handler};
 use globaldns::forward::{Forward, ForwardError, ForwardFuture};
 use globaldns::publish::{PublishMetrics, Publisher};
@@ -270,6 +271,10 @@ async fn serve_parsed(
         Action::Reply => out,
         Action::Forward(req, started) => h.forward(&req, packet, transport, client, started).await,
         Action::Drop => panic!("query dropped"),
+        // A zone transfer: its first message stands for it.
+        Action::Transfer(req, table) => TransferStream::new(&req, &table)
+            .and_then(|mut messages| messages.next())
+            .expect("a transfer has a first message"),
     }
 }
 
@@ -336,6 +341,38 @@ fn check(
     }
 
     let internet = matches!(q.qclass, 1 | 255);
+    // AXFR: only loopback clients may transfer (the default), only zone apexes, only over TCP.
+    if q.qtype == 252 {
+        let apex = matches!(target.kind, Kind::Node { apex: true, .. });
+        let recurses = setup.forwarder && setup.may_recurse();
+        let (rcode, aa, ra) = match () {
+            _ if !setup.client.is_loopback() => (ResponseCode::Refused, false, recurses),
+            _ if !apex || !internet => (ResponseCode::NotAuth, false, recurses),
+            _ if transport == Transport::Udp => (ResponseCode::FormErr, false, recurses),
+            _ => (ResponseCode::NoError, true, false),
+        };
+        assert_eq!(md.response_code, rcode, "AXFR rcode: {}", ctx());
+        assert_eq!(md.authoritative, aa, "AXFR AA: {}", ctx());
+        assert_eq!(md.recursion_available, ra, "AXFR RA: {}", ctx());
+        if rcode == ResponseCode::NoError {
+            let soa = format!("SOA ns.dns.{} 30", target.zone.expect("an apex"));
+            assert_eq!(
+                m.answers.first().map(|r| describe(&r.data)),
+                Some(soa.clone()),
+                "{}",
+                ctx()
+            );
+            assert_eq!(
+                m.answers.last().map(|r| describe(&r.data)),
+                Some(soa),
+                "{}",
+                ctx()
+            );
+        } else {
+            assert!(m.answers.is_empty(), "{}", ctx());
+        }
+        return;
+    }
     // RA only for clients we would recurse for.
     let recurses = setup.forwarder && setup.may_recurse();
     // AA for class IN only: QCLASS ANY is answered non-authoritatively.

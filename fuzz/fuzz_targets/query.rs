@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use globaldns::catalog::HostEntry;
+use globaldns::dns::transfer::TransferStream;
 use globaldns::dns::{Action, Handler, QueryMetrics};
 use globaldns::forward::{
     AnswerCache, CachingForwarder, Forward, ForwardError, ForwardFuture, ForwardMetrics,
@@ -160,6 +161,13 @@ fuzz_target!(|data: &[u8]| {
                     if Message::from_vec(&relayed).is_ok() {
                         Message::from_vec(&out).expect("a cached reply decodes as its original");
                     }
+                }
+            }
+            Action::Transfer(req, table) => {
+                let messages = TransferStream::new(&req, &table).expect("an apex of the table");
+                for message in messages {
+                    assert_eq!(&message[..2], &data[..2], "a transfer message answers the query's ID");
+                    Message::from_vec(&message).expect("every transfer message decodes");
                 }
             }
             Action::Drop => {}

@@ -13,6 +13,13 @@ pub fn unmapped(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The loopback networks: the clients that may transfer zones unless told otherwise.
+pub fn loopback() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .map(|n| n.parse().expect("a CIDR"))
+        .into()
+}
+
 /// The client's network: its unmapped address cut to `ipv4_prefix` or `ipv6_prefix` bits
 /// (clamped to the family's length).
 pub fn network(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpNet {

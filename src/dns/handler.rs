@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::chaos::{CLASS_CH, Chaos};
-use super::client::unmapped;
+use super::client::{loopback, unmapped};
 use super::metrics::{AnswerSource, QueryMetrics};
 use super::rate_limit::{RateLimiter, Verdict};
 use crate::forward::{Forward, ForwardError};
@@ -19,7 +19,7 @@ use crate::wire::response::{
     MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error, write_truncated,
 };
 use crate::wire::{TYPE_OPT, Transport};
-use crate::zone::{Lookup, SharedTable};
+use crate::zone::{Lookup, NameTable, SharedTable};
 use hickory_proto::rr::DNSClass;
 
 pub enum Action {
@@ -27,6 +27,8 @@ pub enum Action {
     Reply,
     /// Relay the query upstream; the request is kept to answer SERVFAIL if that fails.
     Forward(Box<Request>, Instant),
+    /// Send the zone the request names (its apex), from this table, over the stream.
+    Transfer(Box<Request>, Arc<NameTable>),
     /// Send nothing.
     Drop,
 }
@@ -43,6 +45,8 @@ pub struct Handler {
     rate_limit: Option<RateLimiter>,
     /// Answers for the server-identity names of class CH.
     chaos: Chaos,
+    /// Clients that may transfer zones (AXFR, IXFR).
+    allow_transfer: Vec<IpNet>,
 }
 
 impl Handler {
@@ -61,7 +65,14 @@ impl Handler {
             query_log,
             rate_limit: None,
             chaos: Chaos::new(None).expect("no record to encode"),
+            allow_transfer: loopback(),
         }
+    }
+
+    /// Clients that may transfer the served zones; others get REFUSED (default: loopback).
+    pub fn with_transfers(mut self, allow: Vec<IpNet>) -> Self {
+        self.allow_transfer = allow;
+        self
     }
 
     /// Answers `version.bind` and the other identity names of class CH (see [`Chaos`]).
@@ -133,6 +144,19 @@ impl Handler {
             write_error(out, &req, rcode, self.recursion_available(client));
             self.answered(&req, out, transport, client, AnswerSource::Local, started);
             return Action::Reply;
+        }
+        if let Some(kind) = req
+            .question
+            .as_ref()
+            .and_then(|q| TransferKind::of(q.qtype))
+        {
+            match self.transfer(&req, kind, transport, client, out) {
+                Some(table) => return Action::Transfer(Box::new(req), table),
+                None => {
+                    self.answered(&req, out, transport, client, AnswerSource::Local, started);
+                    return Action::Reply;
+                }
+            }
         }
         let source = match self.answer(&req, transport, client, out) {
             Some(source) => source,
@@ -209,6 +233,62 @@ impl Handler {
         Some(AnswerSource::Local)
     }
 
+    /// Decides a zone transfer request: the table to stream the zone from, or `None` with the
+    /// reply written (REFUSED outside `--allow-transfer`, NOTAUTH for a name that is no zone
+    /// apex of ours, FORMERR for AXFR over UDP, and for IXFR over UDP or from a client that is
+    /// not behind, the current SOA: RFC 1995 §2 and §4).
+    fn transfer(
+        &self,
+        req: &Request,
+        kind: TransferKind,
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+    ) -> Option<Arc<NameTable>> {
+        let q = req
+            .question
+            .as_ref()
+            .expect("parsed queries have a question");
+        let ra = self.recursion_available(client);
+        let unmapped = unmapped(client);
+        if !self
+            .allow_transfer
+            .iter()
+            .any(|net| net.contains(&unmapped))
+        {
+            debug!(%client, "zone transfer refused to a client outside --allow-transfer");
+            write_error(out, req, ResponseCode::Refused, ra);
+            return None;
+        }
+        let table = self.table.load_full();
+        let apex = q.name.lower();
+        if !is_internet_class(q.qclass) || !table.apexes().any(|a| a == apex) {
+            write_error(out, req, ResponseCode::NotAuth, ra);
+            return None;
+        }
+        let up_to_date = req
+            .ixfr_serial
+            .is_some_and(|theirs| serial_not_before(theirs, table.serial()));
+        match (kind, transport) {
+            (TransferKind::Axfr, Transport::Udp) => {
+                write_error(out, req, ResponseCode::FormErr, ra);
+                None
+            }
+            (TransferKind::Ixfr, _) if up_to_date || transport == Transport::Udp => {
+                let Lookup::Authoritative(body) = table.lookup(apex, TYPE_SOA) else {
+                    unreachable!("a zone apex is ours");
+                };
+                let flags = ReplyFlags {
+                    authoritative: true,
+                    recursion_available: ra,
+                };
+                write(out, req, body, flags, MAX_TCP_MESSAGE);
+                None
+            }
+            _ => Some(table),
+        }
+    }
+
     /// Counts (and with `--query-log`, logs) an answer about to be sent.
     fn answered(
         &self,
@@ -278,4 +358,30 @@ fn meta_question(req: &Request) -> Option<ResponseCode> {
         TKEY => Some(ResponseCode::NotImp),
         _ => None,
     }
+}
+
+const TYPE_SOA: u16 = 6;
+
+/// The two zone transfer query types.
+#[derive(Clone, Copy)]
+enum TransferKind {
+    /// RFC 1995.
+    Ixfr,
+    /// RFC 5936.
+    Axfr,
+}
+
+impl TransferKind {
+    fn of(qtype: u16) -> Option<Self> {
+        match qtype {
+            251 => Some(TransferKind::Ixfr),
+            252 => Some(TransferKind::Axfr),
+            _ => None,
+        }
+    }
+}
+
+/// Whether serial `a` is `b` or later in serial number arithmetic (RFC 1982).
+fn serial_not_before(a: u32, b: u32) -> bool {
+    a == b || (a.wrapping_sub(b) as i32) > 0
 }

@@ -2,16 +2,19 @@
 
 mod bind;
 pub mod chaos;
-mod client;
+pub mod client;
 mod handler;
 pub mod metrics;
 pub mod mmsg;
+mod notify;
 pub mod rate_limit;
 mod tcp;
+pub mod transfer;
 mod udp;
 
 pub use bind::bind;
 pub use handler::{Action, Handler};
 pub use metrics::{AnswerSource, QueryMetrics};
+pub use notify::notify_secondaries;
 pub use tcp::{TcpLimits, TcpSlots, serve_tcp};
 pub use udp::serve_udp;

@@ -15,11 +15,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::client::network;
+use super::transfer::TransferStream;
 use super::{Action, Handler};
 use crate::wire::Transport;
+use crate::wire::request::Request;
+use crate::zone::NameTable;
 
 /// What every TCP listener of the server holds to together.
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +152,10 @@ async fn serve_connection(
         tokio::time::timeout(slot.slots.limits.idle, stream.read_exact(&mut packet)).await??;
         let reply = match handler.handle(&packet, Transport::Tcp, client, &mut out) {
             Action::Reply => &out,
+            Action::Transfer(req, table) => {
+                send_zone(&mut stream, &req, &table, client, slot.slots.limits.idle).await?;
+                continue;
+            }
             Action::Forward(req, started) => {
                 out = handler
                     .forward(&req, &packet, Transport::Tcp, client, started)
@@ -158,11 +165,38 @@ async fn serve_connection(
             // Nothing sensible can follow an unanswerable message on a stream.
             Action::Drop => return Ok(()),
         };
-        let mut framed = Vec::with_capacity(reply.len() + 2);
-        framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-        framed.extend_from_slice(reply);
-        stream.write_all(&framed).await?;
+        write_framed(&mut stream, reply).await?;
     }
+}
+
+/// One message with its two-byte length (RFC 1035 §4.2.2).
+async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
+}
+
+/// Streams the zone `req` asks for; a client that stops reading for `idle` is dropped.
+async fn send_zone(
+    stream: &mut TcpStream,
+    req: &Request,
+    table: &NameTable,
+    client: IpAddr,
+    idle: Duration,
+) -> std::io::Result<()> {
+    let started = Instant::now();
+    let Some(mut messages) = TransferStream::new(req, table) else {
+        return Ok(());
+    };
+    let mut count = 0;
+    for message in messages.by_ref() {
+        tokio::time::timeout(idle, write_framed(stream, &message)).await??;
+        count += 1;
+    }
+    let zone = req.question.as_ref().map(|q| q.name.to_string());
+    info!(%client, zone, serial = table.serial(), records = messages.records(), messages = count, millis = started.elapsed().as_millis() as u64, "zone transferred");
+    Ok(())
 }
 
 #[cfg(test)]

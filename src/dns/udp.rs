@@ -49,7 +49,8 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
                         }
                     });
                 }
-                Action::Drop => {}
+                // The handler streams zones over TCP only.
+                Action::Transfer(..) | Action::Drop => {}
             }
         }
         replies.flush(&socket).await;

@@ -38,6 +38,8 @@ pub struct Publisher {
     /// released on the strength of it.
     readiness: Readiness,
     metrics: Arc<PublishMetrics>,
+    /// The serial of the table last swapped in, for whoever announces changes (NOTIFY).
+    published: watch::Sender<u32>,
 }
 
 impl Publisher {
@@ -67,6 +69,7 @@ impl Publisher {
             retry: None,
             readiness,
             metrics,
+            published: watch::Sender::new(0),
         };
         this.publish(declarations).await?;
         tokio::task::spawn_blocking(release_free_memory);
@@ -75,6 +78,11 @@ impl Publisher {
 
     pub fn table(&self) -> SharedTable {
         self.table.clone()
+    }
+
+    /// The serial of every table swapped in from now on.
+    pub fn published(&self) -> watch::Receiver<u32> {
+        self.published.subscribe()
     }
 
     /// Republishes whenever the sources or the store change, until the sources go away.
@@ -131,6 +139,7 @@ impl Publisher {
         self.metrics
             .published(table.host_count(), usage(&self.policy, &self.durable));
         let old = self.table.swap(Arc::new(table));
+        self.published.send_replace(self.serial);
         tokio::task::spawn_blocking(move || retire(old));
         Ok(())
     }

@@ -7,6 +7,7 @@ pub mod name;
 pub mod prepared;
 pub mod request;
 pub mod response;
+pub mod transfer;
 
 /// The OPT pseudo-record type (RFC 6891), which carries EDNS in the additional section.
 pub const TYPE_OPT: u16 = 41;

@@ -57,6 +57,24 @@ pub struct Body<'a> {
     pub body: &'a [u8],
 }
 
+impl<'a> Body<'a> {
+    /// The answer records, each without its owner (a pointer to the query name): type, class,
+    /// TTL, length and data, ready to follow any owner name. For zone transfers.
+    pub fn answer_records(self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let body = self.body;
+        let mut at = 0usize;
+        (0..self.answers).map_while(move |_| {
+            let owner = body.get(at..at + 2)?;
+            debug_assert_eq!(owner, QNAME_POINTER, "answers are owned by the query name");
+            let start = at + 2;
+            let rdlen = u16::from_be_bytes(body.get(start + 8..start + 10)?.try_into().ok()?);
+            let end = start + 10 + rdlen as usize;
+            at = end;
+            body.get(start..end)
+        })
+    }
+}
+
 /// The answers of one name, one per query type, in two allocations whatever their number: a
 /// big mesh holds hundreds of thousands of names.
 #[derive(Debug, Default)]

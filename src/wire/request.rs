@@ -117,6 +117,8 @@ pub struct Request {
     pub checking_disabled: bool,
     pub question: Option<Question>,
     pub edns: Option<Edns>,
+    /// An IXFR query's serial: that of the SOA in its authority section (RFC 1995 §3).
+    pub ixfr_serial: Option<u32>,
 }
 
 impl Request {
@@ -150,6 +152,7 @@ fn header_request(packet: &[u8]) -> Request {
         checking_disabled: packet[3] & 0x10 != 0,
         question: None,
         edns: None,
+        ixfr_serial: None,
     }
 }
 
@@ -233,6 +236,10 @@ pub fn parse_general(packet: &[u8]) -> Parsed {
         req.edns = msg.edns.as_ref().map(|e| Edns {
             payload: e.max_payload(),
             dnssec_ok: e.flags().dnssec_ok,
+        });
+        req.ixfr_serial = msg.authorities.iter().find_map(|r| match &r.data {
+            hickory_proto::rr::RData::SOA(soa) => Some(soa.serial),
+            _ => None,
         });
         if let [query] = msg.queries.as_slice() {
             req.question = QName::from_labels(query.name().iter()).map(|name| Question {

@@ -82,7 +82,7 @@ fn write_empty(
     write(out, req, Prepared::empty(rcode).view(), flags, limit);
 }
 
-fn write_header(
+pub(super) fn write_header(
     out: &mut Vec<u8>,
     req: &Request,
     rcode: ResponseCode,
@@ -129,7 +129,7 @@ pub fn readdress(reply: &mut [u8], req: &Request) {
     }
 }
 
-fn write_question(out: &mut Vec<u8>, req: &Request) {
+pub(super) fn write_question(out: &mut Vec<u8>, req: &Request) {
     if let Some(q) = &req.question {
         out.extend_from_slice(q.name.wire());
         out.extend_from_slice(&q.qtype.to_be_bytes());
@@ -138,7 +138,7 @@ fn write_question(out: &mut Vec<u8>, req: &Request) {
 }
 
 /// RFC 6891 §6.1.1: a query with OPT gets OPT back; the DO bit is copied (RFC 3225 §3).
-fn write_opt(out: &mut Vec<u8>, req: &Request, rcode: ResponseCode) {
+pub(super) fn write_opt(out: &mut Vec<u8>, req: &Request, rcode: ResponseCode) {
     let Some(edns) = req.edns else { return };
     out.push(0);
     out.extend_from_slice(&41u16.to_be_bytes());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use soa::SoaSettings;
-pub use table::{BuildError, Lookup, NameTable, ZoneSettings};
+pub use table::{BuildError, Lookup, NameTable, ZoneContent, ZoneSettings};
 
 /// The current table, replaced whole on every change; readers never wait for writers.
 pub type SharedTable = Arc<ArcSwap<NameTable>>;

@@ -11,6 +11,7 @@
 //! The addresses live in an ordered map, not as name-table nodes: an IPv6 reverse name has 32
 //! labels, and a node per label would multiply a big mesh's table.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -20,8 +21,9 @@ use hickory_proto::rr::rdata::PTR;
 use hickory_proto::rr::{Name, RData};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::table::{ZoneNegatives, apex_answers, negatives};
+use super::table::{ZoneContent, ZoneNegatives, apex_answers, negatives, soa_of, without_soa};
 use super::{SoaSettings, ZoneSettings};
+use crate::wire::name::lower_wire;
 use crate::wire::prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
 
 const TYPE_PTR: u16 = 12;
@@ -37,6 +39,9 @@ pub struct ReverseZones {
 }
 
 struct ReverseZone {
+    net: IpNet,
+    /// Lower-cased wire form of the apex name.
+    apex_key: Box<[u8]>,
     apex: Answers,
     negatives: ZoneNegatives,
 }
@@ -170,6 +175,8 @@ impl ReverseZones {
             let apex = reverse_name(net)?;
             by_net.insert(*net, zones.len());
             zones.push(ReverseZone {
+                net: *net,
+                apex_key: lower_wire(&apex).into(),
                 apex: apex_answers(&reverse_settings, serial, &apex, glue)?,
                 negatives: negatives(&reverse_settings, serial, &apex)?,
             });
@@ -202,6 +209,31 @@ impl ReverseZones {
             zones,
             by_net,
             ptrs,
+        })
+    }
+
+    pub fn apexes(&self) -> impl Iterator<Item = &[u8]> {
+        self.zones.iter().map(|z| &z.apex_key[..])
+    }
+
+    /// The records of the reverse zone with this apex, for a zone transfer.
+    pub fn zone_content(&self, apex: &[u8]) -> Option<ZoneContent<'_>> {
+        let zone = self.zones.iter().find(|z| *z.apex_key == *apex)?;
+        let soa = soa_of(zone.apex.get(TYPE_ANY))?;
+        let apex_records =
+            without_soa(zone.apex.get(TYPE_ANY)).map(|r| (Cow::Borrowed(&zone.apex_key[..]), r));
+        let ptrs = (self.ptrs.range(zone.net.network()..=zone.net.broadcast())).flat_map(
+            |(address, ptr)| {
+                let owner = lower_wire(
+                    &reverse_name(&IpNet::from(*address)).expect("an address has a reverse name"),
+                );
+                let owner: Cow<'_, [u8]> = Cow::Owned(owner);
+                ptr.view().answer_records().map(move |r| (owner.clone(), r))
+            },
+        );
+        Some(ZoneContent {
+            soa,
+            records: Box::new(apex_records.chain(ptrs)),
         })
     }
 

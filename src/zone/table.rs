@@ -3,6 +3,7 @@
 //! Built once per change of the catalog and swapped in whole, so the query path reads it without
 //! locks. Every (node, type) answer is a body computed at build time ([`Answers`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::IpAddr;
@@ -18,7 +19,7 @@ use rayon::prelude::*;
 use super::reverse::ReverseZones;
 use super::soa::SoaSettings;
 use crate::catalog::HostEntry;
-use crate::wire::header::HEADER_LEN;
+use crate::wire::header::{HEADER_LEN, u16_at};
 use crate::wire::name::{MAX_NAME_LEN, is_wildcard, lower_wire, parent, suffix_offsets};
 use crate::wire::prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
 use crate::wire::response::CLASSIC_UDP_PAYLOAD;
@@ -70,8 +71,38 @@ pub struct NameTable {
     index: HashMap<Box<[u8]>, u32, RandomState>,
     nodes: Vec<Node>,
     zones: Vec<ZoneNegatives>,
+    /// Lower-cased wire names of the zone apexes, by zone index.
+    apexes: Vec<Box<[u8]>>,
     reverse: ReverseZones,
     hosts: usize,
+    serial: u32,
+}
+
+/// A served zone's records, for a zone transfer: its SOA record, and every other record with its
+/// owner (lower-cased wire form). A record is type, class, TTL, length and data.
+pub struct ZoneContent<'a> {
+    pub soa: &'a [u8],
+    pub records: Box<dyn Iterator<Item = OwnedRecord<'a>> + Send + 'a>,
+}
+
+/// A record's owner name (lower-cased wire form) and the record after it.
+pub type OwnedRecord<'a> = (Cow<'a, [u8]>, &'a [u8]);
+
+const TYPE_SOA: u16 = 6;
+const TYPE_ANY: u16 = 255;
+
+/// The records of `body` but its SOA, which a transfer sends first and last.
+pub(super) fn without_soa<'a>(body: Option<Body<'a>>) -> impl Iterator<Item = &'a [u8]> + 'a {
+    (body.into_iter())
+        .flat_map(|b| b.answer_records())
+        .filter(|r| u16_at(r, 0) != Some(TYPE_SOA))
+}
+
+/// The SOA record among `body`'s answers.
+pub(super) fn soa_of(body: Option<Body<'_>>) -> Option<&[u8]> {
+    body?
+        .answer_records()
+        .find(|r| u16_at(r, 0) == Some(TYPE_SOA))
 }
 
 impl ZoneSettings {
@@ -162,8 +193,10 @@ impl NameTable {
             index: HashMap::default(),
             nodes: Vec::with_capacity(draft.keys.len()),
             zones: Vec::with_capacity(zones.len()),
+            apexes: zones.iter().map(|(k, _)| k[..].into()).collect(),
             reverse,
             hosts: host_count,
+            serial,
         };
         for (key, apex) in &zones {
             table
@@ -226,6 +259,41 @@ impl NameTable {
     /// Hosts answered (not counting apexes and empty non-terminals).
     pub fn host_count(&self) -> usize {
         self.hosts
+    }
+
+    /// The SOA serial of every zone in this table.
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+
+    /// The apex of every served zone (lower-cased wire form): the forward zones, then the
+    /// reverse zones of the pools.
+    pub fn apexes(&self) -> impl Iterator<Item = &[u8]> {
+        (self.apexes.iter().map(|a| &a[..])).chain(self.reverse.apexes())
+    }
+
+    /// Everything in the zone whose apex is `apex` (lower-cased wire form), for a zone transfer;
+    /// `None` when no served zone has that apex. Hosts still waiting for a VIP are left out.
+    pub fn zone_content(&self, apex: &[u8]) -> Option<ZoneContent<'_>> {
+        let Some(zone) = self.apexes.iter().position(|a| **a == *apex) else {
+            return self.reverse.zone_content(apex);
+        };
+        let apex_node = &self.nodes[*self.index.get(apex)? as usize];
+        let soa = soa_of(apex_node.answers.get(TYPE_ANY))?;
+        let nodes = &self.nodes;
+        let records = (self.index.iter())
+            .filter(move |&(_, &i)| {
+                let node = &nodes[i as usize];
+                node.zone as usize == zone && !node.pending
+            })
+            .flat_map(move |(key, &i)| {
+                without_soa(nodes[i as usize].answers.get(TYPE_ANY))
+                    .map(move |record| (Cow::Borrowed(&key[..]), record))
+            });
+        Some(ZoneContent {
+            soa,
+            records: Box::new(records),
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -264,6 +264,18 @@ pub fn kdig(addr: SocketAddr, args: &[&str]) -> String {
         .output()
         .expect("kdig (Debian package knot-dnsutils) must be installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loopback port free for both UDP and TCP when this returns (released again: the caller
+/// retries if someone takes it meanwhile).
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it holds or `within` passes.

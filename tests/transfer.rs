@@ -1,0 +1,350 @@
+//! Zone transfers out (issue 15): AXFR and IXFR of every served zone, the transfer ACL, and
+//! NOTIFY, against real secondaries from Debian (NSD, Knot, BIND) and kdig.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+/// A child process killed (and reaped) on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const HOST: &str = "reviews.default.global";
+const VIP: &str = "240.0.0.3";
+
+fn zones() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reviews.yaml"),
+        service_entry("reviews", &[HOST], &[VIP]),
+    )
+    .unwrap();
+    dir
+}
+
+/// The record lines of kdig's output (`owner TTL class type data`; of a transfer, all of them),
+/// tabs and runs of spaces made single.
+fn records(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// The answer section of kdig's output for a query, as [`records`] writes them.
+fn answer_section(out: &str) -> Vec<String> {
+    let lines = out
+        .lines()
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"));
+    let section: Vec<&str> = lines.skip(1).take_while(|l| !l.starts_with(";;")).collect();
+    records(&section.join("\n"))
+}
+
+/// kdig from `source` to `server`: its stdout and stderr (where it reports an error rcode of a
+/// transfer).
+fn kdig_from(server: std::net::SocketAddr, source: &str, args: &[&str]) -> String {
+    let out = Command::new("kdig")
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "-b",
+            source,
+            "+time=2",
+            "+retry=1",
+        ])
+        .args(args)
+        .output()
+        .expect("kdig (Debian package knot-dnsutils) must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn axfr_sends_the_whole_zone_between_two_soas_to_allowed_clients_only() {
+    let dir = zones();
+    let server = GlobalDns::start(
+        dir.path(),
+        &["--allow-transfer", "127.0.0.2/32", "--pool", "240.0.0.0/4"],
+    );
+    let from = |source: &str, args: &[&str]| kdig_from(server.addr, source, args);
+    let refused = from("127.0.0.1", &["global", "AXFR"]);
+    assert!(refused.contains("REFUSED"), "{refused}");
+
+    let axfr = from("127.0.0.2", &["global", "AXFR"]);
+    let lines = records(&axfr);
+    assert!(lines.len() >= 5, "{axfr}");
+    assert!(
+        lines[0].starts_with("global. 30 IN SOA ns.dns.global."),
+        "{axfr}"
+    );
+    assert_eq!(lines.first(), lines.last(), "SOA first and last: {axfr}");
+    for expected in [
+        format!("{HOST}. 30 IN A {VIP}"),
+        "global. 30 IN NS ns.dns.global.".into(),
+        "ns.dns.global. 30 IN A 127.0.0.1".into(),
+    ] {
+        assert!(lines.contains(&expected), "{expected} missing:\n{axfr}");
+    }
+    // The reverse zone of the pool's part holding the VIP is served too.
+    let reverse = from("127.0.0.2", &["240.in-addr.arpa", "AXFR"]);
+    assert!(
+        records(&reverse).contains(&format!("3.0.0.240.in-addr.arpa. 30 IN PTR {HOST}.")),
+        "{reverse}"
+    );
+
+    // Not a zone apex, or not ours: NOTAUTH, never forwarded. AXFR over UDP: FORMERR.
+    for name in ["default.global", "example.com"] {
+        let out = from("127.0.0.2", &[name, "AXFR"]);
+        assert!(out.contains("NOTAUTH"), "{name}: {out}");
+    }
+    let udp = from("127.0.0.2", &["+notcp", "global", "AXFR"]);
+    assert!(udp.contains("FORMERR"), "{udp}");
+
+    // IXFR from a client that is up to date, or over UDP: the current SOA alone (RFC 1995).
+    let soa = &lines[0];
+    let serial: u32 = soa.split(' ').nth(6).unwrap().parse().unwrap();
+    for args in [
+        vec![
+            "+tcp".to_string(),
+            "global".into(),
+            format!("IXFR={serial}"),
+        ],
+        vec!["+notcp".to_string(), "global".into(), "IXFR=1".into()],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = from("127.0.0.2", &args);
+        assert_eq!(records(&out), std::slice::from_ref(soa), "{args:?}: {out}");
+    }
+    // Behind, over TCP, with no journal yet: the whole zone, AXFR style (RFC 1995 §4).
+    let behind = from("127.0.0.2", &["+tcp", "global", "IXFR=1"]);
+    assert_eq!(records(&behind), lines, "{behind}");
+}
+
+/// One Debian secondary: its configuration for `primary` as `(file name, text)` in `dir`, and
+/// the command that runs it in the foreground.
+struct Secondary {
+    conf: fn(&Path, u16, std::net::SocketAddr) -> String,
+    file: &'static str,
+    command: fn(&Path) -> Vec<String>,
+}
+
+fn nsd_conf(dir: &Path, port: u16, primary: std::net::SocketAddr) -> String {
+    let d = dir.display();
+    let (ip, p) = (primary.ip(), primary.port());
+    format!(
+        r#"server:
+    ip-address: 127.0.0.1@{port}
+    server-count: 1
+    username: ""
+    zonesdir: "{d}"
+    database: ""
+    pidfile: "{d}/nsd.pid"
+    xfrdfile: "{d}/xfrd.state"
+    xfrdir: "{d}"
+    zonelistfile: "{d}/zone.list"
+    logfile: "{d}/secondary.log"
+    verbosity: 2
+remote-control:
+    control-enable: no
+zone:
+    name: global
+    zonefile: global.zone
+    request-xfr: {ip}@{p} NOKEY
+    allow-notify: {ip} NOKEY
+"#
+    )
+}
+
+fn knot_conf(dir: &Path, port: u16, primary: std::net::SocketAddr) -> String {
+    let d = dir.display();
+    let (ip, p) = (primary.ip(), primary.port());
+    format!(
+        r#"server:
+    listen: 127.0.0.1@{port}
+    rundir: "{d}"
+log:
+  - target: "{d}/secondary.log"
+    any: info
+database:
+    storage: "{d}"
+remote:
+  - id: primary
+    address: {ip}@{p}
+acl:
+  - id: notify
+    address: {ip}
+    action: notify
+zone:
+  - domain: global
+    storage: "{d}"
+    master: primary
+    acl: notify
+"#
+    )
+}
+
+fn named_conf(dir: &Path, port: u16, primary: std::net::SocketAddr) -> String {
+    let d = dir.display();
+    let (ip, p) = (primary.ip(), primary.port());
+    format!(
+        r#"options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+controls {{ }};
+logging {{
+    channel file {{ file "{d}/secondary.log"; severity info; print-time yes; }};
+    category default {{ file; }};
+    category xfer-in {{ file; }};
+    category notify {{ file; }};
+}};
+zone "global" {{
+    type secondary;
+    primaries {{ {ip} port {p}; }};
+    file "{d}/global.db";
+}};
+"#
+    )
+}
+
+const NSD: Secondary = Secondary {
+    conf: nsd_conf,
+    file: "nsd.conf",
+    command: |d| {
+        vec![
+            "/usr/sbin/nsd".into(),
+            "-d".into(),
+            "-c".into(),
+            d.join("nsd.conf").display().to_string(),
+        ]
+    },
+};
+const KNOT: Secondary = Secondary {
+    conf: knot_conf,
+    file: "knot.conf",
+    command: |d| {
+        vec![
+            "/usr/sbin/knotd".into(),
+            "-c".into(),
+            d.join("knot.conf").display().to_string(),
+        ]
+    },
+};
+const BIND: Secondary = Secondary {
+    conf: named_conf,
+    file: "named.conf",
+    command: |d| {
+        vec![
+            "/usr/sbin/named".into(),
+            "-g".into(),
+            "-c".into(),
+            d.join("named.conf").display().to_string(),
+        ]
+    },
+};
+
+/// The secondary slaves `global.` from globaldns (first AXFR), then a new ServiceEntry reaches
+/// it within seconds, long before its refresh timer (7,200 s): through NOTIFY.
+fn secondary_follows(kind: Secondary) {
+    let zones_dir = zones();
+    let port = free_port();
+    let secondary_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let server = GlobalDns::start(
+        zones_dir.path(),
+        &[
+            "--notify",
+            &secondary_addr.to_string(),
+            "--pool",
+            "240.0.0.0/4",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(kind.file),
+        (kind.conf)(dir.path(), port, server.addr),
+    )
+    .unwrap();
+    let command = (kind.command)(dir.path());
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let _child = Reaped(
+        Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", command[0])),
+    );
+    let logs = || {
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        format!(
+            "--- secondary:\n{}{}\n--- globaldns:\n{}",
+            read("stderr.log"),
+            read("secondary.log"),
+            server.log_text()
+        )
+    };
+    let answers = |name: &str| {
+        let out = kdig(secondary_addr, &[name, "A"]);
+        if out.contains(" aa") {
+            answer_section(&out)
+        } else {
+            Vec::new()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || answers(HOST)
+            == [format!("{HOST}. 30 IN A {VIP}")]),
+        "first transfer: {:?}\n{}",
+        kdig(secondary_addr, &[HOST, "A"]),
+        logs()
+    );
+    std::fs::write(
+        zones_dir.path().join("web.yaml"),
+        service_entry("web", &["web.default.global"], &["240.0.0.9"]),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || answers("web.default.global")
+            == ["web.default.global. 30 IN A 240.0.0.9"]),
+        "after NOTIFY\n{}",
+        logs()
+    );
+    assert!(
+        server.log_text().contains("NOTIFY acknowledged"),
+        "{}",
+        logs()
+    );
+}
+
+#[test]
+fn nsd_slaves_global_and_follows_notify() {
+    secondary_follows(NSD);
+}
+
+#[test]
+fn knot_slaves_global_and_follows_notify() {
+    secondary_follows(KNOT);
+}
+
+#[test]
+fn bind_slaves_global_and_follows_notify() {
+    secondary_follows(BIND);
+}

@@ -13,10 +13,12 @@ use crate::dns::TcpLimits;
 use crate::dns::rate_limit::RateLimitConfig;
 use crate::forward::{ForwardConfig, system_upstreams, without_self};
 use crate::server::{ClusterConfig, ServerConfig};
+use crate::wire::tsig::TsigKeys;
 use crate::zone::{SoaSettings, ZoneSettings};
 
 mod alloc_args;
 mod file;
+mod tsig_keys;
 
 pub use alloc_args::AllocArgs;
 
@@ -83,6 +85,11 @@ pub struct ServerArgs {
     /// [default: loopback]
     #[arg(long = "allow-transfer", value_name = "CIDR")]
     pub allow_transfer: Vec<IpNet>,
+
+    /// TSIG keys (a file as BIND's tsig-keygen writes it; repeatable): a zone transfer request
+    /// must then be signed with one of them, and its reply is signed too.
+    #[arg(long = "transfer-key", value_name = "FILE", value_parser = parse_key_file)]
+    pub transfer_keys: Vec<TsigKeys>,
 
     /// Secondary to send NOTIFY to when the zones change (repeatable; port defaults to 53). It
     /// must be in --allow-transfer to transfer them.
@@ -297,6 +304,7 @@ impl ServerArgs {
                 self.allow_transfer
             },
             notify: self.notify,
+            transfer_keys: TsigKeys(self.transfer_keys.into_iter().flat_map(|f| f.0).collect()),
             rescan_every: Duration::from_secs(self.rescan_interval.max(1)),
             tcp: TcpLimits {
                 connections: self.tcp_connections.max(1),
@@ -364,6 +372,10 @@ fn ns_addresses(given: Vec<IpAddr>, listen: &[SocketAddr]) -> Vec<IpAddr> {
          (BIND type stub, unbound stub-prime) cannot find this server"
     );
     Vec::new()
+}
+
+fn parse_key_file(path: &str) -> Result<TsigKeys, String> {
+    tsig_keys::read_keys(Path::new(path)).map(TsigKeys)
 }
 
 /// One TXT string: at most 255 bytes.

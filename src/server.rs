@@ -24,6 +24,7 @@ use crate::source::file;
 use crate::source::kube::{ClusterMetrics, ClusterSet, watch_remote_secrets};
 use crate::source::readiness::Readiness;
 use crate::source::set::SourceSet;
+use crate::wire::tsig::TsigKeys;
 use crate::zone::{BuildError, ZoneSettings};
 
 #[derive(Clone, Debug)]
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub allow_transfer: Vec<IpNet>,
     /// Secondaries told of every change (NOTIFY).
     pub notify: Vec<SocketAddr>,
+    /// TSIG keys that must sign transfer requests, when there are any.
+    pub transfer_keys: TsigKeys,
     pub tcp: TcpLimits,
     /// Response rate limiting for UDP; off when its rate is 0.
     pub rate_limit: RateLimitConfig,
@@ -242,7 +245,10 @@ impl Server {
             )
             .with_rate_limit(rate_limit)
             .with_chaos(Chaos::new(config.identity.as_deref()).map_err(ServerError::Identity)?)
-            .with_transfers(config.allow_transfer.clone()),
+            .with_transfers(
+                config.allow_transfer.clone(),
+                config.transfer_keys.0.clone(),
+            ),
         );
         let tcp_slots = TcpSlots::new(config.tcp);
         for (tcp, udp) in listeners {

@@ -272,7 +272,7 @@ async fn serve_parsed(
         Action::Forward(req, started) => h.forward(&req, packet, transport, client, started).await,
         Action::Drop => panic!("query dropped"),
         // A zone transfer: its first message stands for it.
-        Action::Transfer(req, table) => TransferStream::new(&req, &table)
+        Action::Transfer(req, table, signer) => TransferStream::new(&req, &table, signer)
             .and_then(|mut messages| messages.next())
             .expect("a transfer has a first message"),
     }

@@ -22,6 +22,26 @@ impl Drop for Reaped {
 const HOST: &str = "reviews.default.global";
 const VIP: &str = "240.0.0.3";
 
+/// The TSIG key the secondaries share with globaldns, as tsig-keygen writes it.
+const SECRET: &str = "k2bXw1QsWhrrUQnlA5nRUKNW5wtKKO9FC6VZaLqf/1Y=";
+const KEY_FILE: &str = "key \"transfer\" {\n\talgorithm hmac-sha256;\n\tsecret \"k2bXw1QsWhrrUQnlA5nRUKNW5wtKKO9FC6VZaLqf/1Y=\";\n};\n";
+
+/// Hosts beside HOST, so that a transfer takes several messages (each signed with TSIG).
+const MANY: usize = 2000;
+
+fn many_hosts(dir: &Path) {
+    let entries: String = (0..MANY)
+        .map(|i| {
+            service_entry(
+                &format!("h{i}"),
+                &[&format!("h{i}.many.global")],
+                &[&format!("240.1.{}.{}", i / 250, i % 250 + 1)],
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("many.yaml"), entries).unwrap();
+}
+
 fn zones() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -156,10 +176,14 @@ fn nsd_conf(dir: &Path, port: u16, primary: std::net::SocketAddr) -> String {
     verbosity: 2
 remote-control:
     control-enable: no
+key:
+    name: "transfer"
+    algorithm: hmac-sha256
+    secret: "{SECRET}"
 zone:
     name: global
     zonefile: global.zone
-    request-xfr: {ip}@{p} NOKEY
+    request-xfr: {ip}@{p} transfer
     allow-notify: {ip} NOKEY
 "#
     )
@@ -177,9 +201,14 @@ log:
     any: info
 database:
     storage: "{d}"
+key:
+  - id: transfer
+    algorithm: hmac-sha256
+    secret: {SECRET}
 remote:
   - id: primary
     address: {ip}@{p}
+    key: transfer
 acl:
   - id: notify
     address: {ip}
@@ -209,6 +238,7 @@ fn named_conf(dir: &Path, port: u16, primary: std::net::SocketAddr) -> String {
     notify no;
 }};
 controls {{ }};
+key "transfer" {{ algorithm hmac-sha256; secret "{SECRET}"; }};
 logging {{
     channel file {{ file "{d}/secondary.log"; severity info; print-time yes; }};
     category default {{ file; }};
@@ -217,7 +247,7 @@ logging {{
 }};
 zone "global" {{
     type secondary;
-    primaries {{ {ip} port {p}; }};
+    primaries {{ {ip} port {p} key "transfer"; }};
     file "{d}/global.db";
 }};
 "#
@@ -264,6 +294,9 @@ const BIND: Secondary = Secondary {
 /// it within seconds, long before its refresh timer (7,200 s): through NOTIFY.
 fn secondary_follows(kind: Secondary) {
     let zones_dir = zones();
+    many_hosts(zones_dir.path());
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), KEY_FILE).unwrap();
     let port = free_port();
     let secondary_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let server = GlobalDns::start(
@@ -273,6 +306,8 @@ fn secondary_follows(kind: Secondary) {
             &secondary_addr.to_string(),
             "--pool",
             "240.0.0.0/4",
+            "--transfer-key",
+            key_file.path().to_str().unwrap(),
         ],
     );
     let dir = tempfile::tempdir().unwrap();
@@ -310,8 +345,10 @@ fn secondary_follows(kind: Secondary) {
         }
     };
     assert!(
-        eventually(Duration::from_secs(20), || answers(HOST)
-            == [format!("{HOST}. 30 IN A {VIP}")]),
+        eventually(Duration::from_secs(20), || {
+            answers(HOST) == [format!("{HOST}. 30 IN A {VIP}")]
+                && answers("h1999.many.global") == ["h1999.many.global. 30 IN A 240.1.7.250"]
+        }),
         "first transfer: {:?}\n{}",
         kdig(secondary_addr, &[HOST, "A"]),
         logs()
@@ -347,4 +384,54 @@ fn knot_slaves_global_and_follows_notify() {
 #[test]
 fn bind_slaves_global_and_follows_notify() {
     secondary_follows(BIND);
+}
+
+/// With a key configured, only requests signed with it transfer; kdig checks the signature of
+/// every message of the reply (a zone of several messages).
+#[test]
+fn with_a_key_transfers_need_its_signature_and_every_message_is_signed() {
+    let dir = zones();
+    many_hosts(dir.path());
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), KEY_FILE).unwrap();
+    let server = GlobalDns::start(
+        dir.path(),
+        &["--transfer-key", key_file.path().to_str().unwrap()],
+    );
+    let key = format!("hmac-sha256:transfer:{SECRET}");
+    let signed = kdig_from(server.addr, "127.0.0.1", &["-y", &key, "global", "AXFR"]);
+    assert!(
+        !signed.contains(";; ERROR") && !signed.contains(";; WARNING"),
+        "{signed}"
+    );
+    let messages: usize = signed
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(";; Received ")?
+                .split(" (")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{signed}"));
+    assert!(messages > 1, "one message only: {signed}");
+    let tsigs = signed.lines().filter(|l| l.contains("\tTSIG\t")).count();
+    assert_eq!(tsigs, messages, "every message signed: {signed}");
+    assert!(
+        records(&signed)
+            .iter()
+            .any(|r| r == "h1999.many.global. 30 IN A 240.1.7.250"),
+        "{signed}"
+    );
+
+    let wrong = format!(
+        "hmac-sha256:transfer:{}",
+        "d3Jvbmcga2V5IHdyb25nIGtleSB3cm9uZyBrZXkh"
+    );
+    for args in [vec!["global", "AXFR"], vec!["-y", &wrong, "global", "AXFR"]] {
+        let out = kdig_from(server.addr, "127.0.0.1", &args);
+        assert!(out.contains("NOTAUTH"), "{args:?}: {out}");
+    }
 }

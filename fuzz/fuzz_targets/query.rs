@@ -163,8 +163,9 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            Action::Transfer(req, table) => {
-                let messages = TransferStream::new(&req, &table).expect("an apex of the table");
+            Action::Transfer(req, table, signer) => {
+                let messages =
+                    TransferStream::new(&req, &table, signer).expect("an apex of the table");
                 for message in messages {
                     assert_eq!(&message[..2], &data[..2], "a transfer message answers the query's ID");
                     Message::from_vec(&message).expect("every transfer message decodes");

@@ -18,17 +18,19 @@ use crate::wire::request::{Parsed, Request, is_internet_class, parse};
 use crate::wire::response::{
     MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error, write_truncated,
 };
+use crate::wire::tsig::{self, ReplySigner, unix_now};
 use crate::wire::{TYPE_OPT, Transport};
 use crate::zone::{Lookup, NameTable, SharedTable};
-use hickory_proto::rr::DNSClass;
+use hickory_proto::rr::{DNSClass, TSigner};
 
 pub enum Action {
     /// The response is in the output buffer.
     Reply,
     /// Relay the query upstream; the request is kept to answer SERVFAIL if that fails.
     Forward(Box<Request>, Instant),
-    /// Send the zone the request names (its apex), from this table, over the stream.
-    Transfer(Box<Request>, Arc<NameTable>),
+    /// Send the zone the request names (its apex), from this table, over the stream; each
+    /// message signed when the request was (TSIG).
+    Transfer(Box<Request>, Arc<NameTable>, Option<Box<ReplySigner>>),
     /// Send nothing.
     Drop,
 }
@@ -47,6 +49,8 @@ pub struct Handler {
     chaos: Chaos,
     /// Clients that may transfer zones (AXFR, IXFR).
     allow_transfer: Vec<IpNet>,
+    /// TSIG keys, one of which must sign a transfer request when there are any.
+    transfer_keys: Vec<TSigner>,
 }
 
 impl Handler {
@@ -66,12 +70,16 @@ impl Handler {
             rate_limit: None,
             chaos: Chaos::new(None).expect("no record to encode"),
             allow_transfer: loopback(),
+            transfer_keys: Vec::new(),
         }
     }
 
     /// Clients that may transfer the served zones; others get REFUSED (default: loopback).
-    pub fn with_transfers(mut self, allow: Vec<IpNet>) -> Self {
+    /// With `keys`, a transfer request must also be signed with one of them (TSIG), and every
+    /// message of the reply is signed with it.
+    pub fn with_transfers(mut self, allow: Vec<IpNet>, keys: Vec<TSigner>) -> Self {
         self.allow_transfer = allow;
+        self.transfer_keys = keys;
         self
     }
 
@@ -151,12 +159,17 @@ impl Handler {
             .and_then(|q| TransferKind::of(q.qtype))
         {
             match self.transfer(&req, kind, transport, client, out) {
-                Some(table) => return Action::Transfer(Box::new(req), table),
+                Some((table, signer)) => return Action::Transfer(Box::new(req), table, signer),
                 None => {
                     self.answered(&req, out, transport, client, AnswerSource::Local, started);
                     return Action::Reply;
                 }
             }
+        }
+        if req.signed.is_some() {
+            self.answer_signed(&req, transport, client, out);
+            self.answered(&req, out, transport, client, AnswerSource::Local, started);
+            return Action::Reply;
         }
         let source = match self.answer(&req, transport, client, out) {
             Some(source) => source,
@@ -164,6 +177,67 @@ impl Handler {
         };
         self.answered(&req, out, transport, client, source, started);
         Action::Reply
+    }
+
+    /// A query signed with TSIG (a secondary checking our SOA before a transfer, say): answered
+    /// from our zones and signed with its key, never forwarded (an upstream does not hold our
+    /// keys); NOTAUTH when the signature does not hold (RFC 8945 §5.2).
+    fn answer_signed(
+        &self,
+        req: &Request,
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+    ) {
+        let Some(mut signer) = self.signer_for(req, client, out) else {
+            return;
+        };
+        if self.answer(req, transport, client, out).is_none() {
+            write_error(
+                out,
+                req,
+                ResponseCode::Refused,
+                self.recursion_available(client),
+            );
+        }
+        self.sign(&mut signer, req, client, out);
+    }
+
+    /// The signer for the reply to a signed `req`; `None` with NOTAUTH written when its key is
+    /// not ours or its signature or time does not hold.
+    fn signer_for(
+        &self,
+        req: &Request,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+    ) -> Option<Box<ReplySigner>> {
+        let message = req.signed.as_ref()?;
+        match tsig::check(message, &self.transfer_keys, unix_now()) {
+            Ok(signer) => Some(Box::new(signer)),
+            Err(error) => {
+                info!(%client, %error, "request with a bad TSIG refused");
+                write_error(
+                    out,
+                    req,
+                    ResponseCode::NotAuth,
+                    self.recursion_available(client),
+                );
+                None
+            }
+        }
+    }
+
+    /// Signs the reply in `out`; SERVFAIL (unsigned) when that fails.
+    fn sign(&self, signer: &mut ReplySigner, req: &Request, client: IpAddr, out: &mut Vec<u8>) {
+        if let Err(error) = signer.sign(out, unix_now()) {
+            warn!(%error, "cannot sign the reply; answering SERVFAIL");
+            write_error(
+                out,
+                req,
+                ResponseCode::ServFail,
+                self.recursion_available(client),
+            );
+        }
     }
 
     /// Writes the answer to `req` into `out` and says where it came from; `None` when it must
@@ -233,8 +307,9 @@ impl Handler {
         Some(AnswerSource::Local)
     }
 
-    /// Decides a zone transfer request: the table to stream the zone from, or `None` with the
-    /// reply written (REFUSED outside `--allow-transfer`, NOTAUTH for a name that is no zone
+    /// Decides a zone transfer request: the table to stream the zone from (and the signer of
+    /// its messages), or `None` with the reply written (REFUSED outside `--allow-transfer`,
+    /// NOTAUTH without a good TSIG when keys are configured and for a name that is no zone
     /// apex of ours, FORMERR for AXFR over UDP, and for IXFR over UDP or from a client that is
     /// not behind, the current SOA: RFC 1995 §2 and §4).
     fn transfer(
@@ -244,7 +319,7 @@ impl Handler {
         transport: Transport,
         client: IpAddr,
         out: &mut Vec<u8>,
-    ) -> Option<Arc<NameTable>> {
+    ) -> Option<(Arc<NameTable>, Option<Box<ReplySigner>>)> {
         let q = req
             .question
             .as_ref()
@@ -260,6 +335,17 @@ impl Handler {
             write_error(out, req, ResponseCode::Refused, ra);
             return None;
         }
+        // With keys configured, only a request signed with one of them; a signed request is
+        // answered signed (RFC 8945 §5.2: anything else is NOTAUTH).
+        let mut signer = match (&req.signed, self.transfer_keys.is_empty()) {
+            (None, true) => None,
+            (None, false) => {
+                debug!(%client, "unsigned zone transfer request refused: TSIG keys are configured");
+                write_error(out, req, ResponseCode::NotAuth, ra);
+                return None;
+            }
+            (Some(_), _) => Some(self.signer_for(req, client, out)?),
+        };
         let table = self.table.load_full();
         let apex = q.name.lower();
         if !is_internet_class(q.qclass) || !table.apexes().any(|a| a == apex) {
@@ -283,9 +369,12 @@ impl Handler {
                     recursion_available: ra,
                 };
                 write(out, req, body, flags, MAX_TCP_MESSAGE);
+                if let Some(signer) = signer.as_mut() {
+                    self.sign(signer, req, client, out);
+                }
                 None
             }
-            _ => Some(table),
+            _ => Some((table, signer)),
         }
     }
 

@@ -22,6 +22,7 @@ use super::transfer::TransferStream;
 use super::{Action, Handler};
 use crate::wire::Transport;
 use crate::wire::request::Request;
+use crate::wire::tsig::ReplySigner;
 use crate::zone::NameTable;
 
 /// What every TCP listener of the server holds to together.
@@ -152,8 +153,9 @@ async fn serve_connection(
         tokio::time::timeout(slot.slots.limits.idle, stream.read_exact(&mut packet)).await??;
         let reply = match handler.handle(&packet, Transport::Tcp, client, &mut out) {
             Action::Reply => &out,
-            Action::Transfer(req, table) => {
-                send_zone(&mut stream, &req, &table, client, slot.slots.limits.idle).await?;
+            Action::Transfer(req, table, signer) => {
+                let idle = slot.slots.limits.idle;
+                send_zone(&mut stream, &req, &table, signer, client, idle).await?;
                 continue;
             }
             Action::Forward(req, started) => {
@@ -182,11 +184,12 @@ async fn send_zone(
     stream: &mut TcpStream,
     req: &Request,
     table: &NameTable,
+    signer: Option<Box<ReplySigner>>,
     client: IpAddr,
     idle: Duration,
 ) -> std::io::Result<()> {
     let started = Instant::now();
-    let Some(mut messages) = TransferStream::new(req, table) else {
+    let Some(mut messages) = TransferStream::new(req, table, signer) else {
         return Ok(());
     };
     let mut count = 0;

@@ -2,8 +2,11 @@
 //! §4) streamed from one table snapshot, so a transfer sees one serial however long it takes and
 //! never holds up queries, which keep reading the current table.
 
+use tracing::warn;
+
 use crate::wire::request::Request;
 use crate::wire::transfer::TransferPacker;
+use crate::wire::tsig::{ReplySigner, unix_now};
 use crate::zone::{NameTable, ZoneContent};
 
 /// The transfer messages for `req`, whose question names a zone apex of `table`, in order.
@@ -14,11 +17,17 @@ pub struct TransferStream<'a> {
     records: usize,
     /// The message with the closing SOA, when it did not fit the one before.
     pending: Option<Vec<u8>>,
+    /// Signs each message, when the request was signed.
+    signer: Option<Box<ReplySigner>>,
 }
 
 impl<'a> TransferStream<'a> {
     /// `None` when the question names no zone of `table`.
-    pub fn new(req: &'a Request, table: &'a NameTable) -> Option<Self> {
+    pub fn new(
+        req: &'a Request,
+        table: &'a NameTable,
+        signer: Option<Box<ReplySigner>>,
+    ) -> Option<Self> {
         let apex = req.question.as_ref()?.name.lower();
         let content = table.zone_content(apex)?;
         let mut packer = TransferPacker::new(req);
@@ -31,6 +40,7 @@ impl<'a> TransferStream<'a> {
             apex,
             records: 2,
             pending: None,
+            signer,
         })
     }
 
@@ -44,6 +54,22 @@ impl Iterator for TransferStream<'_> {
     type Item = Vec<u8>;
 
     fn next(&mut self) -> Option<Vec<u8>> {
+        let mut message = self.unsigned()?;
+        if let Some(signer) = self.signer.as_mut()
+            && let Err(error) = signer.sign(&mut message, unix_now())
+        {
+            // A secondary cannot check an unsigned message: end the transfer.
+            warn!(%error, "cannot sign a zone transfer message; ending the transfer");
+            self.packer = None;
+            self.pending = None;
+            return None;
+        }
+        Some(message)
+    }
+}
+
+impl TransferStream<'_> {
+    fn unsigned(&mut self) -> Option<Vec<u8>> {
         if let Some(message) = self.pending.take() {
             return Some(message);
         }

@@ -8,6 +8,7 @@ pub mod prepared;
 pub mod request;
 pub mod response;
 pub mod transfer;
+pub mod tsig;
 
 /// The OPT pseudo-record type (RFC 6891), which carries EDNS in the additional section.
 pub const TYPE_OPT: u16 = 41;

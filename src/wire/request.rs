@@ -119,6 +119,8 @@ pub struct Request {
     pub edns: Option<Edns>,
     /// An IXFR query's serial: that of the SOA in its authority section (RFC 1995 §3).
     pub ixfr_serial: Option<u32>,
+    /// The message as received, when it carries a TSIG record: kept to check the signature.
+    pub signed: Option<Box<[u8]>>,
 }
 
 impl Request {
@@ -153,6 +155,7 @@ fn header_request(packet: &[u8]) -> Request {
         question: None,
         edns: None,
         ixfr_serial: None,
+        signed: None,
     }
 }
 
@@ -237,6 +240,7 @@ pub fn parse_general(packet: &[u8]) -> Parsed {
             payload: e.max_payload(),
             dnssec_ok: e.flags().dnssec_ok,
         });
+        req.signed = msg.signature.is_some().then(|| packet.into());
         req.ixfr_serial = msg.authorities.iter().find_map(|r| match &r.data {
             hickory_proto::rr::RData::SOA(soa) => Some(soa.serial),
             _ => None,

@@ -196,6 +196,9 @@ async fn send_zone(
     for message in messages.by_ref() {
         tokio::time::timeout(idle, write_framed(stream, &message)).await??;
         count += 1;
+        // A fast reader never makes the write wait: without this, one transfer would keep a
+        // runtime thread from every query until it is done.
+        tokio::task::yield_now().await;
     }
     let zone = req.question.as_ref().map(|q| q.name.to_string());
     info!(%client, zone, serial = table.serial(), records = messages.records(), messages = count, millis = started.elapsed().as_millis() as u64, "zone transferred");

@@ -6,9 +6,10 @@ use hickory_proto::op::ResponseCode;
 use super::request::Request;
 use super::response::{ReplyFlags, write_header, write_opt, write_question};
 
-/// Messages are cut at about this size: big enough that a large zone takes few messages, small
-/// enough that none comes near the 65,535 bytes TCP framing allows.
-const MESSAGE_TARGET: usize = 32 * 1024;
+/// Messages are cut at about this size (NSD's are smaller, Knot's larger): few enough for a big
+/// zone, and small enough that building one (under a millisecond) is all a query waits for
+/// when a transfer shares its thread.
+const MESSAGE_TARGET: usize = 16 * 1024;
 
 /// Packs records into transfer messages.
 pub struct TransferPacker<'r> {

@@ -27,6 +27,8 @@ use crate::wire::name::lower_wire;
 use crate::wire::prepared::{Answers, Body, BodyBuilder, Owner, Prepared};
 
 const TYPE_PTR: u16 = 12;
+const IN_ADDR_ARPA: &[u8] = b"\x07in-addr\x04arpa\x00";
+const IP6_ARPA: &[u8] = b"\x03ip6\x04arpa\x00";
 const TYPE_ANY: u16 = 255;
 
 /// The reverse zones of the pools and the PTR answer of every address in them.
@@ -239,55 +241,61 @@ impl ReverseZones {
 
     /// The answer for a lower-cased wire name inside one of the reverse zones; `None` outside.
     pub fn lookup(&self, qname: &[u8], qtype: u16) -> Option<Body<'_>> {
+        // Every forwarded name passes here: most are no reverse name at all.
+        let family = if qname.ends_with(IN_ADDR_ARPA) {
+            V4
+        } else if qname.ends_with(IP6_ARPA) {
+            V6
+        } else {
+            return None;
+        };
         if self.zones.is_empty() {
             return None;
         }
-        let mut labels: [&[u8]; 128] = [&[]; 128];
+        // Where each label starts (a name has at most 127), then the address labels: all but
+        // the last two, most significant last.
+        let mut starts = [0u8; 128];
         let mut count = 0;
         let mut at = 0;
         while let Some(&len) = qname.get(at).filter(|&&l| l > 0) {
-            *labels.get_mut(count)? = qname.get(at + 1..at + 1 + len as usize)?;
+            *starts.get_mut(count)? = at as u8;
             count += 1;
             at += 1 + len as usize;
         }
-        let (family, address_labels) = match &labels[..count] {
-            [rest @ .., b"in-addr", b"arpa"] => (V4, rest),
-            [rest @ .., b"ip6", b"arpa"] => (V6, rest),
-            _ => return None,
+        let address_labels = count - 2;
+        let label = |i: usize| {
+            let at = starts[i] as usize;
+            qname.get(at + 1..at + 1 + qname[at] as usize)
         };
         // From the most significant label down: find the zone, then read the rest of the name.
         let mut value: u128 = 0;
         let mut zone: Option<(&ReverseZone, usize)> = None;
-        for depth in 0..=address_labels.len() {
+        for depth in 0..=address_labels {
             if zone.is_none() {
-                zone =
-                    (self.by_net.get(&family.net(value, depth))).map(|&z| (&self.zones[z], depth));
+                let net = family.net(value, depth);
+                zone = self.by_net.get(&net).map(|&z| (&self.zones[z], depth));
             }
-            let Some(&label) = address_labels
-                .len()
-                .checked_sub(depth + 1)
-                .map(|i| &address_labels[i])
-            else {
+            if depth == address_labels {
                 break;
-            };
-            match family.parse(label).filter(|_| depth < family.labels()) {
+            }
+            let parsed = label(address_labels - depth - 1).and_then(|l| family.parse(l));
+            match parsed.filter(|_| depth < family.labels()) {
                 Some(v) => value = value << family.bits | v,
                 // Not an address name: nothing by that name in our zone, or not our zone at all.
                 None => return zone.map(|(z, _)| z.negatives.nxdomain.view()),
             }
         }
         let (zone, apex_depth) = zone?;
-        let depth = address_labels.len();
         let negatives = &zone.negatives;
-        if depth == apex_depth {
+        if address_labels == apex_depth {
             return Some(
                 zone.apex
                     .get(qtype)
                     .unwrap_or_else(|| negatives.nodata.view()),
             );
         }
-        let net = family.net(value, depth);
-        if depth == family.labels() {
+        let net = family.net(value, address_labels);
+        if address_labels == family.labels() {
             return Some(match self.ptrs.get(&net.addr()) {
                 Some(ptr) if matches!(qtype, TYPE_PTR | TYPE_ANY) => ptr.view(),
                 Some(_) => negatives.nodata.view(),

@@ -1,10 +1,11 @@
 //! Interop with real resolvers installed from Debian: `unbound` with a `stub-zone` for `global.`
 //! pointing at globaldns; unbound (`stub-prime`) and BIND (`type stub`) priming the zone from our
-//! NS record; and the glibc resolver of a "VM" (`getent`). The last two run in private mount,
-//! network and PID namespaces (tests/support/netns.rs), where globaldns listens on 127.0.0.1:53.
+//! NS record; a validating unbound under a root signed by knotd; and the glibc resolver of a "VM"
+//! (`getent`). All but the first run in private mount, network and PID namespaces
+//! (tests/support/netns.rs), where globaldns listens on 127.0.0.1:53.
 //!
-//! Needs the Debian packages `unbound`, `bind9`, `knot-dnsutils`, `util-linux` (unshare, mount)
-//! and preferably `iproute2`.
+//! Needs the Debian packages `unbound`, `bind9`, `knot`, `knot-dnsutils`, `util-linux` (unshare,
+//! mount) and preferably `iproute2`.
 
 mod support;
 
@@ -451,5 +452,140 @@ fn bind_stub_zone_resolves_through_our_name_server() {
     primes_and_resolves(
         dir.path(),
         &["/usr/sbin/named", "-g", "-c", conf.to_str().unwrap()],
+    );
+}
+
+/// A validating unbound in front of globaldns (issue 15): `.global` is a real, signed TLD, whose
+/// delegation in the root carries a DS record. Here the root is our own, signed by knotd on
+/// 127.0.0.2:53, with a DS for `global.` as the real root has, and it is unbound's trust anchor.
+/// globaldns (on 127.0.0.1:53) answers unsigned, so without `domain-insecure: "global"` (the line
+/// deploy/resolvers/ gives for unbound) every mesh name is bogus: SERVFAIL. With it, answers.
+const VALIDATING_SCRIPT: &str = r#"
+dir=$1
+lo_up || exit 1
+start_globaldns "$2" "$dir" || exit 1
+/usr/sbin/knotd -c "$dir/knot.conf" >"$dir/knotd.log" 2>&1 &
+pids="$pids $!"
+i=0
+until kdig @127.0.0.2 +time=1 . DNSKEY 2>/dev/null | grep -q 'DNSKEY.*257 3'; do
+    i=$((i + 1))
+    [ "$i" -lt 100 ] || { echo "knotd serves no signed root"; exit 1; }
+    sleep 0.1
+done
+kdig @127.0.0.2 . DNSKEY +noall +answer | grep DNSKEY >"$dir/root.key"
+for conf in strict insecure; do
+    /usr/sbin/unbound -d -c "$dir/unbound-$conf.conf" >"$dir/unbound-$conf.log" 2>&1 &
+    unbound=$!
+    i=0
+    until kdig @127.0.0.1 -p 5300 +time=1 +retry=0 localhost A 2>/dev/null | grep -q 'status: '; do
+        i=$((i + 1))
+        [ "$i" -lt 100 ] || { echo "unbound does not answer"; exit 1; }
+        sleep 0.1
+    done
+    section "$conf: the root" kdig @127.0.0.1 -p 5300 +time=5 +retry=0 +dnssec . SOA
+    section "$conf: a mesh name" kdig @127.0.0.1 -p 5300 +time=5 +retry=0 httpbin.bar.global A
+    kill "$unbound"
+    wait "$unbound" 2>/dev/null
+done
+"#;
+
+fn validating_unbound_conf(dir: &Path, name: &str, insecure: bool) -> String {
+    let d = dir.display();
+    let insecure = if insecure {
+        "domain-insecure: \"global\""
+    } else {
+        ""
+    };
+    format!(
+        r#"server:
+    verbosity: 1
+    use-syslog: no
+    logfile: ""
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "{d}"
+    pidfile: "{d}/unbound-{name}.pid"
+    interface: 127.0.0.1
+    port: 5300
+    so-reuseport: no
+    num-threads: 1
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "validator iterator"
+    root-hints: "{d}/root.hints"
+    trust-anchor-file: "{d}/root.key"
+    {insecure}
+stub-zone:
+    name: "global."
+    stub-addr: 127.0.0.1
+remote-control:
+    control-enable: no
+"#
+    )
+}
+
+#[test]
+fn a_validating_resolver_needs_global_insecure_and_answers_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("zones")).unwrap();
+    write_vm_zones(&d.join("zones"));
+    // The root: signed by knotd at load; `global.` delegated with a DS, as in the real root.
+    std::fs::write(
+        d.join("root.zone"),
+        ". 3600 IN SOA ns.root. hostmaster.root. 1 7200 1800 86400 300\n\
+         . 3600 IN NS ns.root.\n\
+         ns.root. 3600 IN A 127.0.0.2\n\
+         global. 3600 IN NS ns.dns.global.\n\
+         ns.dns.global. 3600 IN A 127.0.0.1\n\
+         global. 3600 IN DS 4826 13 2 1BA7FA0B1D4DC6E7A7B0A6E40B7F9A1C4E4B0B1B6A6AD1B7A5B0C1B6C6A5D4E3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("knot.conf"),
+        format!(
+            "server:\n    listen: 127.0.0.2@53\n    rundir: \"{0}\"\nlog:\n  - target: \"{0}/knot.log\"\n    any: info\ndatabase:\n    storage: \"{0}\"\nzone:\n  - domain: \".\"\n    storage: \"{0}\"\n    file: \"root.zone\"\n    dnssec-signing: on\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("root.hints"),
+        ". 3600000 NS ns.root.\nns.root. 3600000 A 127.0.0.2\n",
+    )
+    .unwrap();
+    for (name, insecure) in [("strict", false), ("insecure", true)] {
+        std::fs::write(
+            d.join(format!("unbound-{name}.conf")),
+            validating_unbound_conf(d, name, insecure),
+        )
+        .unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_globaldns");
+    let args = [d.as_os_str(), bin.as_ref()];
+    let run = netns::run_isolated(d, VALIDATING_SCRIPT, &args, Duration::from_secs(90));
+    let context = &run.context;
+    assert!(run.status.success(), "{context}");
+    for conf in ["strict", "insecure"] {
+        // Validation is on: the signed root comes back authenticated (AD).
+        let (root, _) = run.section(&format!("{conf}: the root"));
+        let root = root.join("\n");
+        assert!(
+            root.contains("status: NOERROR") && root.contains(" ad"),
+            "{conf}: {root}\n{context}"
+        );
+    }
+    let (strict, _) = run.section("strict: a mesh name");
+    let strict = strict.join("\n");
+    assert!(strict.contains("status: SERVFAIL"), "{strict}\n{context}");
+    let (insecure, _) = run.section("insecure: a mesh name");
+    assert!(
+        insecure
+            .iter()
+            .any(|l| l.starts_with("httpbin.bar.global.") && l.ends_with(VIP)),
+        "{}\n{context}",
+        insecure.join("\n")
     );
 }

@@ -148,3 +148,67 @@ fn coredns_forwards_global_to_us_and_caches_within_our_ttl() {
         "CoreDNS's cache turned over within our TTL"
     );
 }
+
+/// CoreDNS serving `global.` itself as a secondary of globaldns (issue 15): each cluster's
+/// CoreDNS answers the mesh's names from its own copy, no extra hop. Its `secondary` plugin
+/// transfers by AXFR at start and on the SOA refresh timer (it keeps the copy in memory only):
+/// with `--soa-refresh 2`, a new ServiceEntry reaches it within seconds.
+#[test]
+fn coredns_secondary_copies_global_and_refreshes_it() {
+    let zones = tempfile::tempdir().unwrap();
+    let entry = |name: &str, host: &str, vip: &str| service_entry(name, &[host], &[vip]);
+    std::fs::write(
+        zones.path().join("a.yaml"),
+        entry("reviews", "reviews.sec.global", "240.0.8.3"),
+    )
+    .unwrap();
+    let server = GlobalDns::start(zones.path(), &["--soa-refresh", "2", "--soa-retry", "2"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(
+            "global:{port} {{\n    bind 127.0.0.1\n    secondary {{\n        transfer from {}\n    }}\n}}\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin("coredns"));
+    cmd.arg("-conf").arg(&corefile);
+    let proc = Proc::spawn("coredns", cmd, &dir.path().join("coredns.log"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // CoreDNS may not listen yet: no reply is "not yet".
+    let copied = |name: &str, vip: &str| {
+        let msg = query_message(name, RecordType::A, Some(1232));
+        let reply = exchange_raw(addr, &msg.to_vec().unwrap(), Proto::Udp);
+        reply
+            .and_then(|raw| hickory_proto::op::Message::from_vec(&raw).ok())
+            .is_some_and(|r| r.metadata.authoritative && answer_ips(&r) == [vip])
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || copied(
+            "reviews.sec.global.",
+            "240.0.8.3"
+        )),
+        "first transfer\n{}\n{}",
+        proc.log_tail(),
+        server.log_text()
+    );
+    std::fs::write(
+        zones.path().join("b.yaml"),
+        entry("web", "web.sec.global", "240.0.8.9"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || copied(
+            "web.sec.global.",
+            "240.0.8.9"
+        )),
+        "after the refresh\n{}\n{}",
+        proc.log_tail(),
+        server.log_text()
+    );
+    assert!(server.log_text().contains("zone transferred"));
+}

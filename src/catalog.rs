@@ -16,7 +16,7 @@ use crate::source::Declaration;
 
 /// One host and the addresses it resolves to. A host without addresses is declared but not
 /// answerable yet (its VIP is not durably allocated): it gets SERVFAIL.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct HostEntry {
     pub name: Name,
     pub addresses: Vec<IpAddr>,
@@ -25,7 +25,7 @@ pub struct HostEntry {
 }
 
 /// One SRV record's worth of a port: `_<service>._<protocol>.<host>` → `number` on the host.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SrvPort {
     /// `_http`, lower case.
     pub service: Box<str>,

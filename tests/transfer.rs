@@ -435,3 +435,41 @@ fn with_a_key_transfers_need_its_signature_and_every_message_is_signed() {
         assert!(out.contains("NOTAUTH"), "{args:?}: {out}");
     }
 }
+
+/// The serial moves with the content only: a republish that changes nothing (here a second
+/// entry declaring the same host and address) keeps it, so secondaries are not sent
+/// transferring the same zone again; a new host moves it forward.
+#[test]
+fn the_serial_changes_with_the_content_only() {
+    let dir = zones();
+    let server = GlobalDns::start(dir.path(), &[]);
+    let serial = || -> u32 {
+        let out = kdig(server.addr, &["+short", "global", "SOA"]);
+        out.split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    let published = || server.log_text().matches("name table published").count();
+    let first = serial();
+    let before = published();
+    std::thread::sleep(Duration::from_millis(1100)); // a clock-based serial would move now
+    std::fs::write(
+        dir.path().join("same.yaml"),
+        service_entry("same", &[HOST], &[VIP]),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || published() > before),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(serial(), first, "same content, same serial");
+    std::fs::write(
+        dir.path().join("new.yaml"),
+        service_entry("new", &["new.default.global"], &["240.0.0.8"]),
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(10), || serial() != first));
+    assert!(serial().wrapping_sub(first) as i32 > 0, "forward");
+}

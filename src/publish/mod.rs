@@ -40,6 +40,8 @@ pub struct Publisher {
     metrics: Arc<PublishMetrics>,
     /// The serial of the table last swapped in, for whoever announces changes (NOTIFY).
     published: watch::Sender<u32>,
+    /// What the current serial was given for (see [`fingerprint`]).
+    fingerprint: u64,
 }
 
 impl Publisher {
@@ -70,6 +72,7 @@ impl Publisher {
             readiness,
             metrics,
             published: watch::Sender::new(0),
+            fingerprint: 0,
         };
         this.publish(declarations).await?;
         tokio::task::spawn_blocking(release_free_memory);
@@ -120,7 +123,13 @@ impl Publisher {
         self.allocate(&wanted, &reserved).await;
 
         let hosts = self.resolve(catalog, &reserved);
-        self.serial = next_serial(self.serial);
+        // A new serial only for new content: a republish that changes nothing (a store write
+        // by another replica, a rescan) must not send secondaries transferring the same zone.
+        let fingerprint = fingerprint(&hosts);
+        if self.serial == 0 || fingerprint != self.fingerprint {
+            self.serial = next_serial(self.serial);
+            self.fingerprint = fingerprint;
+        }
         let pending = hosts.iter().filter(|h| h.addresses.is_empty()).count();
         let (zone, serial) = (self.zone.clone(), self.serial);
         // The scratch is dropped off the runtime's threads too: freeing a big mesh takes a while.
@@ -139,7 +148,9 @@ impl Publisher {
         self.metrics
             .published(table.host_count(), usage(&self.policy, &self.durable));
         let old = self.table.swap(Arc::new(table));
-        self.published.send_replace(self.serial);
+        let serial = self.serial;
+        self.published
+            .send_if_modified(|last| std::mem::replace(last, serial) != serial);
         tokio::task::spawn_blocking(move || retire(old));
         Ok(())
     }
@@ -243,6 +254,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .expect("publisher work does not panic")
+}
+
+/// What the table is built from (the zone settings are fixed for the process): equal for equal
+/// content, so a rebuild of the same content keeps its serial.
+fn fingerprint(hosts: &[HostEntry]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    hosts.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// SOA serials follow the clock but always move forward, even for rebuilds within a second.

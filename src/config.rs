@@ -11,6 +11,7 @@ use tracing::warn;
 
 use crate::dns::TcpLimits;
 use crate::dns::rate_limit::RateLimitConfig;
+use crate::dns::tls::TlsFiles;
 use crate::forward::{ForwardConfig, system_upstreams, without_self};
 use crate::server::{ClusterConfig, ServerConfig};
 use crate::wire::tsig::TsigKeys;
@@ -40,6 +41,19 @@ pub struct ServerArgs {
     /// both families). Port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:5353", value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
+
+    /// Address for DNS over TLS (RFC 7858; port 853 by convention; repeatable); needs --tls-cert
+    /// and --tls-key. Port 0 picks a free port (printed on stdout).
+    #[arg(long = "tls-listen", value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Vec<SocketAddr>,
+
+    /// PEM file of the TLS certificate, its chain after it; read again when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file of the TLS certificate's private key; read again when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 
     /// Directory of ServiceEntry manifests (*.yaml, *.yml, multi-document), watched for changes.
     #[arg(long, default_value = "zones", value_name = "DIR")]
@@ -298,6 +312,11 @@ impl ServerArgs {
             metrics: self.metrics,
             query_log: self.query_log,
             identity: self.identity,
+            tls_listen: self.tls_listen,
+            tls_files: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => None,
+            },
             allow_transfer: if self.allow_transfer.is_empty() {
                 crate::dns::client::loopback()
             } else {

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         if let Some(addr) = server.metrics_addr() {
             println!("metrics on {addr}");
         }
+        for addr in server.tls_addrs() {
+            println!("dns-over-tls on {addr}");
+        }
         for addr in server.local_addrs() {
             println!("listening on {addr}");
         }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -16,6 +17,7 @@ use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
 use crate::dns::chaos::Chaos;
 use crate::dns::rate_limit::{RateLimitConfig, RateLimiter};
+use crate::dns::tls::{self, SharedAcceptor, TlsError, TlsFiles, serve_tls};
 use crate::dns::{self, Handler, QueryMetrics, TcpLimits, TcpSlots, serve_tcp, serve_udp};
 use crate::forward::{self, ForwardConfig, ForwardMetrics};
 use crate::ops::{ReadyCheck, serve_http};
@@ -49,6 +51,9 @@ pub struct ServerConfig {
     pub identity: Option<String>,
     /// Clients that may transfer zones.
     pub allow_transfer: Vec<IpNet>,
+    /// DNS-over-TLS addresses, served with `tls_files`.
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls_files: Option<TlsFiles>,
     /// Secondaries told of every change (NOTIFY).
     pub notify: Vec<SocketAddr>,
     /// TSIG keys that must sign transfer requests, when there are any.
@@ -90,6 +95,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("DNS over TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("--identity: {0}")]
     Identity(#[source] hickory_proto::ProtoError),
     #[error("building the name table: {0}")]
@@ -99,6 +106,8 @@ pub enum ServerError {
 pub struct Server {
     /// One per `--listen`, in order, with the ports picked for port 0.
     local_addrs: Vec<SocketAddr>,
+    /// One per `--tls-listen`, likewise.
+    tls_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
 }
@@ -257,9 +266,35 @@ impl Server {
             }
             tasks.spawn(serve_tcp(tcp, handler.clone(), tcp_slots.clone()));
         }
+        let mut tls_addrs = Vec::new();
+        if let Some(files) = config
+            .tls_files
+            .as_ref()
+            .filter(|_| !config.tls_listen.is_empty())
+        {
+            let acceptor: SharedAcceptor = Arc::new(ArcSwap::from_pointee(tls::acceptor(files)?));
+            for addr in &config.tls_listen {
+                let err = |source| ServerError::Bind {
+                    addr: *addr,
+                    source,
+                };
+                let listener = TcpListener::bind(addr).await.map_err(err)?;
+                tls_addrs.push(listener.local_addr().map_err(err)?);
+                let slots = tcp_slots.clone();
+                tasks.spawn(serve_tls(
+                    listener,
+                    acceptor.clone(),
+                    handler.clone(),
+                    slots,
+                ));
+            }
+            tasks.spawn(tls::reload_on_change(files.clone(), acceptor));
+            info!(addresses = ?tls_addrs, "serving DNS over TLS");
+        }
         info!(addresses = ?local_addrs, upstreams = ?config.forward.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
         Ok(Server {
             local_addrs,
+            tls_addrs,
             metrics_addr,
             tasks,
         })
@@ -267,6 +302,11 @@ impl Server {
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// Where DNS over TLS is served, one per `--tls-listen`.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// Where /metrics, /healthz and /readyz are served.

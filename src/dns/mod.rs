@@ -9,6 +9,7 @@ pub mod mmsg;
 mod notify;
 pub mod rate_limit;
 mod tcp;
+pub mod tls;
 pub mod transfer;
 mod udp;
 

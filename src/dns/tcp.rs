@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -45,7 +45,7 @@ pub struct TcpSlots {
 }
 
 /// One open connection's slot, given back when dropped.
-struct Slot {
+pub(super) struct Slot {
     slots: Arc<TcpSlots>,
     client: IpNet,
     _permit: OwnedSemaphorePermit,
@@ -61,7 +61,7 @@ impl TcpSlots {
     }
 
     /// A slot for `client`, unless it or the server has no more.
-    fn take(self: &Arc<Self>, client: IpAddr) -> Option<Slot> {
+    pub(super) fn take(self: &Arc<Self>, client: IpAddr) -> Option<Slot> {
         let client = client_key(client);
         let mut clients = self.clients.lock().expect("TCP client counts");
         let count = clients.entry(client).or_insert(0);
@@ -121,6 +121,7 @@ pub async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, slots: Arc<
             continue;
         };
         let handler = handler.clone();
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             if let Err(error) = serve_connection(stream, peer.ip(), &handler, &slot).await {
                 debug!(%peer, %error, "TCP connection ended");
@@ -130,13 +131,14 @@ pub async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, slots: Arc<
     }
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
+/// Answers the queries of one stream (TCP, or TLS over TCP) until the client closes it, goes
+/// idle, or its lifetime is over.
+pub(super) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     client: IpAddr,
     handler: &Handler,
     slot: &Slot,
 ) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
     let end_of_life = Instant::now() + slot.slots.limits.lifetime;
     let mut packet = Vec::new();
     let mut out = Vec::with_capacity(4096);
@@ -172,7 +174,10 @@ async fn serve_connection(
 }
 
 /// One message with its two-byte length (RFC 1035 §4.2.2).
-async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+async fn write_framed<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    message: &[u8],
+) -> std::io::Result<()> {
     let mut framed = Vec::with_capacity(message.len() + 2);
     framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
     framed.extend_from_slice(message);
@@ -180,8 +185,8 @@ async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> std::io::Result
 }
 
 /// Streams the zone `req` asks for; a client that stops reading for `idle` is dropped.
-async fn send_zone(
-    stream: &mut TcpStream,
+async fn send_zone<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     req: &Request,
     table: &NameTable,
     signer: Option<Box<ReplySigner>>,

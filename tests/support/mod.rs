@@ -25,6 +25,8 @@ pub struct GlobalDns {
     pub addr: SocketAddr,
     /// One per `--listen`, in order.
     pub addrs: Vec<SocketAddr>,
+    /// One per `--tls-listen` (DNS over TLS), in order.
+    pub tls: Vec<SocketAddr>,
     /// The HTTP address of /metrics, /healthz and /readyz, when started with --metrics.
     pub metrics: Option<SocketAddr>,
     pub log: PathBuf,
@@ -74,21 +76,26 @@ impl GlobalDns {
         let (tx, rx) = mpsc::channel();
         let listens = 1 + args.iter().filter(|a| **a == "--listen").count();
         std::thread::spawn(move || {
-            // "metrics on ADDR" (with --metrics), then "listening on ADDR" for each --listen.
+            // "metrics on ADDR" (with --metrics), "dns-over-tls on ADDR" for each --tls-listen,
+            // then "listening on ADDR" for each --listen.
             let mut metrics = None;
+            let mut tls = Vec::new();
             let mut listening = Vec::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match line.strip_prefix("metrics on ") {
-                    Some(addr) => metrics = addr.parse().ok(),
-                    None => listening.push(line),
+                if let Some(addr) = line.strip_prefix("metrics on ") {
+                    metrics = addr.parse().ok();
+                } else if let Some(addr) = line.strip_prefix("dns-over-tls on ") {
+                    tls.extend(addr.parse::<SocketAddr>().ok());
+                } else {
+                    listening.push(line);
                 }
                 if listening.len() == listens {
                     break;
                 }
             }
-            let _ = tx.send((metrics, listening));
+            let _ = tx.send((metrics, tls, listening));
         });
-        let (metrics, lines) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let (metrics, tls, lines) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
         let addrs: Option<Vec<SocketAddr>> = (lines.iter())
             .map(|l| l.trim().strip_prefix("listening on ")?.parse().ok())
             .collect();
@@ -103,6 +110,7 @@ impl GlobalDns {
             child,
             addr: addrs[0],
             addrs,
+            tls,
             metrics,
             log,
             _log_dir: log_dir,

@@ -12,7 +12,7 @@
 //! server, compacts etcd or counts what a cluster holds starts clusters of its own with
 //! [`Cluster::start`]; they end when dropped.
 
-mod pki;
+pub mod pki;
 pub mod process;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};

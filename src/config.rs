@@ -47,6 +47,11 @@ pub struct ServerArgs {
     #[arg(long = "tls-listen", value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
     pub tls_listen: Vec<SocketAddr>,
 
+    /// Address for DNS over HTTPS (RFC 8484, `/dns-query`; port 443 by convention; repeatable);
+    /// needs --tls-cert and --tls-key. Port 0 picks a free port (printed on stdout).
+    #[arg(long = "https-listen", value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
+    pub https_listen: Vec<SocketAddr>,
+
     /// PEM file of the TLS certificate, its chain after it; read again when it changes.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -313,6 +318,7 @@ impl ServerArgs {
             query_log: self.query_log,
             identity: self.identity,
             tls_listen: self.tls_listen,
+            https_listen: self.https_listen,
             tls_files: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         for addr in server.tls_addrs() {
             println!("dns-over-tls on {addr}");
         }
+        for addr in server.https_addrs() {
+            println!("dns-over-https on {addr}");
+        }
         for addr in server.local_addrs() {
             println!("listening on {addr}");
         }

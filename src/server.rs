@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
 use crate::dns::chaos::Chaos;
+use crate::dns::https::serve_https;
 use crate::dns::rate_limit::{RateLimitConfig, RateLimiter};
 use crate::dns::tls::{self, SharedAcceptor, TlsError, TlsFiles, serve_tls};
 use crate::dns::{self, Handler, QueryMetrics, TcpLimits, TcpSlots, serve_tcp, serve_udp};
@@ -51,8 +52,9 @@ pub struct ServerConfig {
     pub identity: Option<String>,
     /// Clients that may transfer zones.
     pub allow_transfer: Vec<IpNet>,
-    /// DNS-over-TLS addresses, served with `tls_files`.
+    /// DNS-over-TLS and DNS-over-HTTPS addresses, served with `tls_files`.
     pub tls_listen: Vec<SocketAddr>,
+    pub https_listen: Vec<SocketAddr>,
     pub tls_files: Option<TlsFiles>,
     /// Secondaries told of every change (NOTIFY).
     pub notify: Vec<SocketAddr>,
@@ -108,6 +110,8 @@ pub struct Server {
     local_addrs: Vec<SocketAddr>,
     /// One per `--tls-listen`, likewise.
     tls_addrs: Vec<SocketAddr>,
+    /// One per `--https-listen`, likewise.
+    https_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
 }
@@ -266,35 +270,51 @@ impl Server {
             }
             tasks.spawn(serve_tcp(tcp, handler.clone(), tcp_slots.clone()));
         }
-        let mut tls_addrs = Vec::new();
-        if let Some(files) = config
-            .tls_files
-            .as_ref()
-            .filter(|_| !config.tls_listen.is_empty())
-        {
-            let acceptor: SharedAcceptor = Arc::new(ArcSwap::from_pointee(tls::acceptor(files)?));
-            for addr in &config.tls_listen {
+        let (mut tls_addrs, mut https_addrs) = (Vec::new(), Vec::new());
+        if let Some(files) = &config.tls_files {
+            let mut acceptors = Vec::new();
+            let bind = async |addr: &SocketAddr| {
                 let err = |source| ServerError::Bind {
                     addr: *addr,
                     source,
                 };
                 let listener = TcpListener::bind(addr).await.map_err(err)?;
-                tls_addrs.push(listener.local_addr().map_err(err)?);
-                let slots = tcp_slots.clone();
-                tasks.spawn(serve_tls(
-                    listener,
-                    acceptor.clone(),
-                    handler.clone(),
-                    slots,
-                ));
+                let local = listener.local_addr().map_err(err)?;
+                Ok::<_, ServerError>((listener, local))
+            };
+            if !config.tls_listen.is_empty() {
+                let dot: SharedAcceptor =
+                    Arc::new(ArcSwap::from_pointee(tls::acceptor(files, tls::ALPN_DOT)?));
+                for addr in &config.tls_listen {
+                    let (listener, local) = bind(addr).await?;
+                    tls_addrs.push(local);
+                    let (slots, handler) = (tcp_slots.clone(), handler.clone());
+                    tasks.spawn(serve_tls(listener, dot.clone(), handler, slots));
+                }
+                acceptors.push((tls::ALPN_DOT, dot));
+                info!(addresses = ?tls_addrs, "serving DNS over TLS");
             }
-            tasks.spawn(tls::reload_on_change(files.clone(), acceptor));
-            info!(addresses = ?tls_addrs, "serving DNS over TLS");
+            if !config.https_listen.is_empty() {
+                let doh: SharedAcceptor =
+                    Arc::new(ArcSwap::from_pointee(tls::acceptor(files, tls::ALPN_DOH)?));
+                for addr in &config.https_listen {
+                    let (listener, local) = bind(addr).await?;
+                    https_addrs.push(local);
+                    let (slots, handler) = (tcp_slots.clone(), handler.clone());
+                    tasks.spawn(serve_https(listener, doh.clone(), handler, slots));
+                }
+                acceptors.push((tls::ALPN_DOH, doh));
+                info!(addresses = ?https_addrs, "serving DNS over HTTPS");
+            }
+            if !acceptors.is_empty() {
+                tasks.spawn(tls::reload_on_change(files.clone(), acceptors));
+            }
         }
         info!(addresses = ?local_addrs, upstreams = ?config.forward.upstreams, workers = config.workers, "serving DNS over UDP and TCP");
         Ok(Server {
             local_addrs,
             tls_addrs,
+            https_addrs,
             metrics_addr,
             tasks,
         })
@@ -307,6 +327,11 @@ impl Server {
     /// Where DNS over TLS is served, one per `--tls-listen`.
     pub fn tls_addrs(&self) -> &[SocketAddr] {
         &self.tls_addrs
+    }
+
+    /// Where DNS over HTTPS is served, one per `--https-listen`.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
     }
 
     /// Where /metrics, /healthz and /readyz are served.

@@ -1,6 +1,7 @@
-//! DNS over TLS (issue 15) with real clients: kdig (`+tls`, verifying our certificate against a
-//! test CA), a zone transfer over TLS, a certificate replaced on disk and served without a
-//! restart, and unbound forwarding `global.` to us with `forward-tls-upstream`.
+//! DNS over TLS and over HTTPS (issue 15) with real clients: kdig (`+tls`, `+https`, verifying
+//! our certificate against a test CA), a zone transfer over TLS, a certificate replaced on disk
+//! and served without a restart, unbound forwarding `global.` to us with `forward-tls-upstream`,
+//! and curl over HTTP/1.1.
 
 mod support;
 
@@ -40,6 +41,8 @@ fn start(zones: &Path, pki: &Pki) -> GlobalDns {
         zones,
         &[
             "--tls-listen",
+            "127.0.0.1:0",
+            "--https-listen",
             "127.0.0.1:0",
             "--tls-cert",
             pki.serving_cert.to_str().unwrap(),
@@ -176,4 +179,100 @@ remote-control:
         std::fs::read_to_string(dir.path().join("unbound.log")).unwrap_or_default(),
         server.log_text()
     );
+}
+
+#[test]
+fn dns_over_https_answers_post_and_get_over_http2_and_http1() {
+    let zones = tempfile::tempdir().unwrap();
+    std::fs::write(
+        zones.path().join("r.yaml"),
+        service_entry("r", &[HOST], &[VIP]),
+    )
+    .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::create(certs.path(), "127.0.0.1".parse().unwrap());
+    let server = start(zones.path(), &pki);
+    let https = server.https[0];
+
+    // kdig speaks HTTP/2 (nghttp2): POST, then GET.
+    for method in ["+https", "+https-get"] {
+        let out = kdig_tls(https, &pki.ca_cert, &[method, HOST, "A"]);
+        assert!(answers_vip(&out), "{method}: {out}");
+        assert!(out.contains("HTTP"), "{method}: {out}");
+    }
+    let nx = kdig_tls(https, &pki.ca_cert, &["+https", "nope.default.global", "A"]);
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+
+    // curl over HTTP/1.1, GET with the message in ?dns= (RFC 8484 §4.1), ID 0.
+    let query = query_message(&format!("{HOST}."), hickory_proto::rr::RecordType::A, None);
+    let mut wire = query.to_vec().unwrap();
+    wire[..2].copy_from_slice(&[0, 0]);
+    let param = data_encoding::BASE64URL_NOPAD.encode(&wire);
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--http1.1",
+            "--include",
+            "--cacert",
+        ])
+        .arg(&pki.ca_cert)
+        .arg(format!(
+            "https://localhost:{}/dns-query?dns={param}",
+            https.port()
+        ))
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", https.port()),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: application/dns-message"),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("cache-control: max-age=30"),
+        "{text}"
+    );
+    let body = &out.stdout[out
+        .stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap()
+        + 4..];
+    let reply = hickory_proto::op::Message::from_vec(body).unwrap();
+    assert_eq!(answer_ips(&reply), [VIP]);
+
+    // Not a DNS message: 400, and other paths 404.
+    for (url, code) in [
+        (
+            format!("https://localhost:{}/dns-query?dns=!!", https.port()),
+            "400",
+        ),
+        (format!("https://localhost:{}/other", https.port()), "404"),
+    ] {
+        let out = Command::new("curl")
+            .args([
+                "--silent",
+                "--output",
+                "/dev/null",
+                "--write-out",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(&pki.ca_cert)
+            .arg(&url)
+            .args([
+                "--resolve",
+                &format!("localhost:{}:127.0.0.1", https.port()),
+            ])
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), code, "{url}");
+    }
 }

@@ -17,7 +17,7 @@ if [[ -z "$go_minor" || "$go_minor" -lt 26 ]]; then
 fi
 
 # Debian packages: kdig (knot-dnsutils), unbound, named (bind9), nsd and knotd (secondaries in the
-# zone transfer tests), ip (iproute2), unshare (util-linux), sshfs and
+# zone transfer tests), curl (DNS over HTTPS/1.1), ip (iproute2), unshare (util-linux), sshfs and
 # sftp-server (a network mount the hung-mount test can freeze), and the venv module for the
 # manifest validator.
 export PATH="$PWD/target/ci-venv/bin:$PATH"
@@ -27,6 +27,7 @@ command -v kdig >/dev/null || need+=(knot-dnsutils)
 [ -x /usr/sbin/named ] || need+=(bind9)
 [ -x /usr/sbin/nsd ] || need+=(nsd)
 [ -x /usr/sbin/knotd ] || need+=(knot)
+command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v sshfs >/dev/null || need+=(sshfs)

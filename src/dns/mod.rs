@@ -4,6 +4,7 @@ mod bind;
 pub mod chaos;
 pub mod client;
 mod handler;
+pub mod https;
 pub mod metrics;
 pub mod mmsg;
 mod notify;

@@ -61,6 +61,11 @@ impl TcpSlots {
     }
 
     /// A slot for `client`, unless it or the server has no more.
+    /// How long a connection may stay open however busy it is.
+    pub(super) fn lifetime(&self) -> Duration {
+        self.limits.lifetime
+    }
+
     pub(super) fn take(self: &Arc<Self>, client: IpAddr) -> Option<Slot> {
         let client = client_key(client);
         let mut clients = self.clients.lock().expect("TCP client counts");

@@ -58,8 +58,13 @@ pub enum TlsError {
 /// The current TLS configuration, swapped whole on a reload.
 pub type SharedAcceptor = Arc<ArcSwap<TlsAcceptor>>;
 
-/// A TLS acceptor for `files`, offering ALPN "dot" (RFC 7858 §3.2).
-pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+/// ALPN of DNS over TLS (RFC 7858 §3.2).
+pub const ALPN_DOT: &[&[u8]] = &[b"dot"];
+/// ALPN of DNS over HTTPS: HTTP/2 first (RFC 8484 §5.2 recommends it), then HTTP/1.1.
+pub const ALPN_DOH: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A TLS acceptor for `files`, offering the protocols `alpn`.
+pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
     let cert_err = |source| TlsError::Cert {
         path: files.cert.clone(),
         source,
@@ -80,7 +85,7 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"dot".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -120,8 +125,12 @@ pub async fn serve_tls(
     }
 }
 
-/// Reads the files again whenever they change, and serves the new certificate from then on.
-pub async fn reload_on_change(files: TlsFiles, acceptor: SharedAcceptor) {
+/// Reads the files again whenever they change, and serves the new certificate from then on, in
+/// each acceptor with its own ALPN.
+pub async fn reload_on_change(
+    files: TlsFiles,
+    acceptors: Vec<(&'static [&'static [u8]], SharedAcceptor)>,
+) {
     let mut seen = stamps(&files);
     loop {
         tokio::time::sleep(RELOAD_CHECK).await;
@@ -130,9 +139,15 @@ pub async fn reload_on_change(files: TlsFiles, acceptor: SharedAcceptor) {
             continue;
         }
         seen = now;
-        match self::acceptor(&files) {
+        let fresh: Result<Vec<TlsAcceptor>, TlsError> = acceptors
+            .iter()
+            .map(|(alpn, _)| acceptor(&files, alpn))
+            .collect();
+        match fresh {
             Ok(fresh) => {
-                acceptor.store(Arc::new(fresh));
+                for ((_, slot), fresh) in acceptors.iter().zip(fresh) {
+                    slot.store(Arc::new(fresh));
+                }
                 info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }
             Err(error) => {

@@ -27,6 +27,8 @@ pub struct GlobalDns {
     pub addrs: Vec<SocketAddr>,
     /// One per `--tls-listen` (DNS over TLS), in order.
     pub tls: Vec<SocketAddr>,
+    /// One per `--https-listen` (DNS over HTTPS), in order.
+    pub https: Vec<SocketAddr>,
     /// The HTTP address of /metrics, /healthz and /readyz, when started with --metrics.
     pub metrics: Option<SocketAddr>,
     pub log: PathBuf,
@@ -80,12 +82,15 @@ impl GlobalDns {
             // then "listening on ADDR" for each --listen.
             let mut metrics = None;
             let mut tls = Vec::new();
+            let mut https = Vec::new();
             let mut listening = Vec::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("metrics on ") {
                     metrics = addr.parse().ok();
                 } else if let Some(addr) = line.strip_prefix("dns-over-tls on ") {
                     tls.extend(addr.parse::<SocketAddr>().ok());
+                } else if let Some(addr) = line.strip_prefix("dns-over-https on ") {
+                    https.extend(addr.parse::<SocketAddr>().ok());
                 } else {
                     listening.push(line);
                 }
@@ -93,9 +98,10 @@ impl GlobalDns {
                     break;
                 }
             }
-            let _ = tx.send((metrics, tls, listening));
+            let _ = tx.send((metrics, tls, https, listening));
         });
-        let (metrics, tls, lines) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let (metrics, tls, https, lines) =
+            rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
         let addrs: Option<Vec<SocketAddr>> = (lines.iter())
             .map(|l| l.trim().strip_prefix("listening on ")?.parse().ok())
             .collect();
@@ -111,6 +117,7 @@ impl GlobalDns {
             addr: addrs[0],
             addrs,
             tls,
+            https,
             metrics,
             log,
             _log_dir: log_dir,

@@ -1,0 +1,157 @@
+//! DNS over HTTPS (RFC 8484): `/dns-query`, GET with the message in `?dns=` (base64url) or POST
+//! with it as the `application/dns-message` body, over HTTP/2 or HTTP/1.1 in TLS. The message is
+//! answered by the same handler as over TCP (size limits included), forwarding too.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use data_encoding::BASE64URL_NOPAD;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use super::tcp::TcpSlots;
+use super::tls::SharedAcceptor;
+use super::{Action, Handler};
+use crate::wire::Transport;
+use crate::wire::header::u32_at;
+use crate::wire::name::skip_name;
+
+const DNS_MESSAGE: &str = "application/dns-message";
+/// A DNS message is at most this long (the TCP limit).
+const MAX_MESSAGE: usize = 65_535;
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Accepts DNS-over-HTTPS connections on `listener`, within the TCP connection limits.
+pub async fn serve_https(
+    listener: TcpListener,
+    acceptor: SharedAcceptor,
+    handler: Arc<Handler>,
+    slots: Arc<TcpSlots>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                debug!(%error, "HTTPS accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(slot) = slots.take(peer.ip()) else {
+            debug!(%peer, "too many TCP connections from this client or in all; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, handler) = (acceptor.load_full(), handler.clone());
+        let lifetime = slots.lifetime();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            let client = peer.ip();
+            let service = service_fn(move |req| answer(req, handler.clone(), client));
+            let builder = Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(lifetime, connection).await {
+                Ok(Err(error)) => debug!(%peer, %error, "HTTPS connection ended"),
+                Err(_) => debug!(%peer, "HTTPS connection closed at the end of its lifetime"),
+                Ok(Ok(())) => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One DoH request.
+async fn answer(
+    req: Request<Incoming>,
+    handler: Arc<Handler>,
+    client: IpAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() != "/dns-query" {
+        return Ok(status(StatusCode::NOT_FOUND));
+    }
+    let query = match *req.method() {
+        Method::GET => {
+            let param = (req.uri().query().unwrap_or_default().split('&'))
+                .find_map(|p| p.strip_prefix("dns="));
+            match param.map(|p| BASE64URL_NOPAD.decode(p.as_bytes())) {
+                Some(Ok(query)) => query,
+                _ => return Ok(status(StatusCode::BAD_REQUEST)),
+            }
+        }
+        Method::POST => {
+            let content_type = req.headers().get(CONTENT_TYPE);
+            if content_type.is_none_or(|t| t.as_bytes() != DNS_MESSAGE.as_bytes()) {
+                return Ok(status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+            }
+            match Limited::new(req.into_body(), MAX_MESSAGE).collect().await {
+                Ok(body) => body.to_bytes().to_vec(),
+                Err(_) => return Ok(status(StatusCode::PAYLOAD_TOO_LARGE)),
+            }
+        }
+        _ => return Ok(status(StatusCode::METHOD_NOT_ALLOWED)),
+    };
+    let mut out = Vec::new();
+    let reply = match handler.handle(&query, Transport::Tcp, client, &mut out) {
+        Action::Reply => out,
+        Action::Forward(req, started) => {
+            handler
+                .forward(&req, &query, Transport::Tcp, client, started)
+                .await
+        }
+        // Zone transfers are streams, which DoH does not carry; junk gets no DNS answer.
+        Action::Transfer(..) | Action::Drop => return Ok(status(StatusCode::BAD_REQUEST)),
+    };
+    let mut response = Response::builder()
+        .header(CONTENT_TYPE, DNS_MESSAGE)
+        .header(CACHE_CONTROL, format!("max-age={}", min_ttl(&reply)));
+    if reply.is_empty() {
+        response = response.status(StatusCode::BAD_REQUEST);
+    }
+    Ok(response
+        .body(Full::new(Bytes::from(reply)))
+        .expect("valid headers"))
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = code;
+    response
+}
+
+/// The smallest TTL of the answer records, for HTTP caches (RFC 8484 §5.1); 0 without any.
+fn min_ttl(reply: &[u8]) -> u32 {
+    let answers = crate::wire::header::u16_at(reply, 6).unwrap_or(0);
+    let Some(mut at) = skip_name(reply, 12).map(|a| a + 4) else {
+        return 0;
+    };
+    let mut min: Option<u32> = None;
+    for _ in 0..answers {
+        let Some(end) = skip_name(reply, at) else {
+            break;
+        };
+        let (Some(ttl), Some(len)) = (
+            u32_at(reply, end + 4),
+            crate::wire::header::u16_at(reply, end + 8),
+        ) else {
+            break;
+        };
+        min = Some(min.map_or(ttl, |m| m.min(ttl)));
+        at = end + 10 + len as usize;
+    }
+    min.unwrap_or(0)
+}

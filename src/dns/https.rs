@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use data_encoding::BASE64URL_NOPAD;
@@ -20,7 +19,7 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use super::tcp::TcpSlots;
-use super::tls::SharedAcceptor;
+use super::tls::{SharedAcceptor, accept_tls};
 use super::{Action, Handler};
 use crate::wire::Transport;
 use crate::wire::header::u32_at;
@@ -29,8 +28,6 @@ use crate::wire::name::skip_name;
 const DNS_MESSAGE: &str = "application/dns-message";
 /// A DNS message is at most this long (the TCP limit).
 const MAX_MESSAGE: usize = 65_535;
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Accepts DNS-over-HTTPS connections on `listener`, within the TCP connection limits.
 pub async fn serve_https(
@@ -39,28 +36,12 @@ pub async fn serve_https(
     handler: Arc<Handler>,
     slots: Arc<TcpSlots>,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                debug!(%error, "HTTPS accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Some(slot) = slots.take(peer.ip()) else {
-            debug!(%peer, "too many TCP connections from this client or in all; closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (acceptor, handler) = (acceptor.load_full(), handler.clone());
-        let lifetime = slots.lifetime();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => return debug!(%peer, "TLS handshake timed out"),
-            };
+    let lifetime = slots.lifetime();
+    accept_tls(listener, acceptor, slots, move |stream, peer, slot| {
+        let handler = handler.clone();
+        async move {
+            // Held until the connection ends.
+            let _slot = slot;
             let client = peer.ip();
             let service = service_fn(move |req| answer(req, handler.clone(), client));
             let builder = Builder::new(TokioExecutor::new());
@@ -70,9 +51,9 @@ pub async fn serve_https(
                 Err(_) => debug!(%peer, "HTTPS connection closed at the end of its lifetime"),
                 Ok(Ok(())) => {}
             }
-            drop(slot);
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// One DoH request.

@@ -10,6 +10,8 @@
 //! two seconds), so a renewed certificate (cert-manager rewriting a Secret) is served without a
 //! restart; a broken renewal is logged and the previous certificate kept.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,13 +19,14 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use super::Handler;
-use super::tcp::{TcpSlots, serve_connection};
+use super::tcp::{Slot, TcpSlots, serve_connection};
 
 /// How often the certificate files are checked for a change.
 const RELOAD_CHECK: Duration = Duration::from_secs(2);
@@ -96,6 +99,28 @@ pub async fn serve_tls(
     handler: Arc<Handler>,
     slots: Arc<TcpSlots>,
 ) {
+    accept_tls(listener, acceptor, slots, move |stream, peer, slot| {
+        let handler = handler.clone();
+        async move {
+            if let Err(error) = serve_connection(stream, peer.ip(), &handler, &slot).await {
+                debug!(%peer, %error, "TLS connection ended");
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts TLS connections on `listener` within the TCP connection limits (`slots`), and runs
+/// `serve` on each once its handshake is done, holding its slot until `serve` ends.
+pub(super) async fn accept_tls<F, Fut>(
+    listener: TcpListener,
+    acceptor: SharedAcceptor,
+    slots: Arc<TcpSlots>,
+    serve: F,
+) where
+    F: Fn(TlsStream<TcpStream>, SocketAddr, Slot) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -110,17 +135,25 @@ pub async fn serve_tls(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, handler) = (acceptor.load_full(), handler.clone());
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => return debug!(%peer, "TLS handshake timed out"),
-            };
-            if let Err(error) = serve_connection(stream, peer.ip(), &handler, &slot).await {
-                debug!(%peer, %error, "TLS connection ended");
+        let acceptor = acceptor.load_full();
+        let handshake = async move {
+            match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(error)) => {
+                    debug!(%peer, %error, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    None
+                }
             }
-            drop(slot);
+        };
+        let serve = serve.clone();
+        tokio::spawn(async move {
+            if let Some(stream) = handshake.await {
+                serve(stream, peer, slot).await;
+            }
         });
     }
 }

@@ -253,12 +253,13 @@ impl Handler {
             .question
             .as_ref()
             .expect("parsed queries have a question");
-        let limit = match transport {
+        // Both are worked out only where an answer of ours needs them: a cache hit does not.
+        let limit = || match transport {
             Transport::Udp => udp_limit(req.edns),
             Transport::Tcp => MAX_TCP_MESSAGE,
         };
-        let ra = self.recursion_available(client);
         if !is_internet_class(q.qclass) {
+            let ra = self.recursion_available(client);
             // Other classes are never forwarded; of them we answer only our own identity.
             match self.chaos.answer(q.name.lower(), q.qtype) {
                 Some(body) if q.qclass == CLASS_CH => {
@@ -266,7 +267,7 @@ impl Handler {
                         authoritative: true,
                         recursion_available: ra,
                     };
-                    write(out, req, body.view(), flags, limit);
+                    write(out, req, body.view(), flags, limit());
                 }
                 _ => write_error(out, req, ResponseCode::Refused, ra),
             }
@@ -280,9 +281,9 @@ impl Handler {
                     // authoritative for class IN only (RFC 1035 §6.2 leaves it to the server).
                     authoritative: body.rcode != ResponseCode::ServFail
                         && q.qclass == u16::from(DNSClass::IN),
-                    recursion_available: ra,
+                    recursion_available: self.recursion_available(client),
                 };
-                write(out, req, body, flags, limit);
+                write(out, req, body, flags, limit());
             }
             Lookup::NotOurs => match &self.forwarder {
                 Some(_) if !self.may_recurse(client) => {
@@ -298,7 +299,8 @@ impl Handler {
                     if f.cached(req, transport, out) {
                         return Some(AnswerSource::Cache);
                     }
-                    write_error(out, req, ResponseCode::Refused, ra);
+                    // A forwarder, and a client in --allow-from: we recurse for it (RA).
+                    write_error(out, req, ResponseCode::Refused, true);
                 }
                 Some(f) => return f.cached(req, transport, out).then_some(AnswerSource::Cache),
                 None => write_error(out, req, ResponseCode::Refused, false),

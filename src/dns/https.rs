@@ -22,8 +22,7 @@ use super::tcp::TcpSlots;
 use super::tls::{SharedAcceptor, accept_tls};
 use super::{Action, Handler};
 use crate::wire::Transport;
-use crate::wire::header::u32_at;
-use crate::wire::name::skip_name;
+use crate::wire::records::records;
 
 const DNS_MESSAGE: &str = "application/dns-message";
 /// A DNS message is at most this long (the TCP limit).
@@ -116,23 +115,9 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
 
 /// The smallest TTL of the answer records, for HTTP caches (RFC 8484 §5.1); 0 without any.
 fn min_ttl(reply: &[u8]) -> u32 {
-    let answers = crate::wire::header::u16_at(reply, 6).unwrap_or(0);
-    let Some(mut at) = skip_name(reply, 12).map(|a| a + 4) else {
-        return 0;
-    };
-    let mut min: Option<u32> = None;
-    for _ in 0..answers {
-        let Some(end) = skip_name(reply, at) else {
-            break;
-        };
-        let (Some(ttl), Some(len)) = (
-            u32_at(reply, end + 4),
-            crate::wire::header::u16_at(reply, end + 8),
-        ) else {
-            break;
-        };
-        min = Some(min.map_or(ttl, |m| m.min(ttl)));
-        at = end + 10 + len as usize;
-    }
-    min.unwrap_or(0)
+    (records(reply).map_while(|r| r))
+        .filter(|r| r.section == 1)
+        .map(|r| r.ttl)
+        .min()
+        .unwrap_or(0)
 }

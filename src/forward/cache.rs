@@ -19,6 +19,7 @@ use moka::sync::Cache;
 use crate::wire::TYPE_OPT;
 use crate::wire::header::{HEADER_LEN, is_truncated, rcode, u16_at, u32_at};
 use crate::wire::name::skip_name;
+use crate::wire::records::records;
 use crate::wire::request::Request;
 use crate::wire::response::readdress;
 
@@ -193,31 +194,22 @@ fn cacheable(reply: &[u8]) -> Option<(Duration, Vec<usize>)> {
     if counts[0] != 1 || !(rcode == 0 || rcode == 3) {
         return None;
     }
-    let mut at = skip_name(reply, HEADER_LEN)? + 4;
+    skip_name(reply, HEADER_LEN)?;
     let mut offsets = Vec::new();
     let mut answer_ttl: Option<u32> = None;
     let mut negative_ttl: Option<u32> = None;
-    for (section, &count) in counts.iter().enumerate().skip(1) {
-        for _ in 0..count {
-            at = skip_name(reply, at)?;
-            let rtype = u16_at(reply, at)?;
-            let ttl = u32_at(reply, at + 4)?;
-            let rdlen = u16_at(reply, at + 8)? as usize;
-            let rdata = at + 10;
-            if rdata + rdlen > reply.len() {
-                return None;
-            }
-            if rtype != TYPE_OPT {
-                offsets.push(at + 4);
-            }
-            if section == 1 {
-                answer_ttl = Some(answer_ttl.map_or(ttl, |t| t.min(ttl)));
-            }
-            if section == 2 && rtype == TYPE_SOA && rdlen >= 4 {
-                let minimum = u32_at(reply, rdata + rdlen - 4)?;
-                negative_ttl = Some(ttl.min(minimum));
-            }
-            at = rdata + rdlen;
+    for record in records(reply) {
+        let record = record?;
+        let (ttl, rdata) = (record.ttl, &record.rdata);
+        if record.rtype != TYPE_OPT {
+            offsets.push(record.ttl_at);
+        }
+        if record.section == 1 {
+            answer_ttl = Some(answer_ttl.map_or(ttl, |t| t.min(ttl)));
+        }
+        if record.section == 2 && record.rtype == TYPE_SOA && rdata.len() >= 4 {
+            let minimum = u32_at(reply, rdata.end - 4)?;
+            negative_ttl = Some(ttl.min(minimum));
         }
     }
     let ttl = match (rcode, answer_ttl) {

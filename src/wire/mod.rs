@@ -5,6 +5,7 @@
 pub mod header;
 pub mod name;
 pub mod prepared;
+pub mod records;
 pub mod request;
 pub mod response;
 pub mod transfer;

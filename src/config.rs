@@ -14,7 +14,8 @@ use crate::dns::rate_limit::RateLimitConfig;
 use crate::dns::tls::TlsFiles;
 use crate::forward::{ForwardConfig, system_upstreams, without_self};
 use crate::server::{ClusterConfig, ServerConfig};
-use crate::wire::tsig::TsigKeys;
+use crate::wire::name::lower_wire;
+use crate::wire::tsig::{TransferKey, TsigKeys};
 use crate::zone::{SoaSettings, ZoneSettings};
 
 mod alloc_args;
@@ -105,9 +106,10 @@ pub struct ServerArgs {
     #[arg(long = "allow-transfer", value_name = "CIDR")]
     pub allow_transfer: Vec<IpNet>,
 
-    /// TSIG keys (a file as BIND's tsig-keygen writes it; repeatable): a zone transfer request
-    /// must then be signed with one of them, and its reply is signed too.
-    #[arg(long = "transfer-key", value_name = "FILE", value_parser = parse_key_file)]
+    /// TSIG keys (a file as BIND's tsig-keygen writes it; repeatable), for every zone or, as
+    /// ZONE=FILE, for that zone only: a transfer of a zone with keys must be signed with one of
+    /// them, its reply is signed too, and NOTIFY for it is signed with the first.
+    #[arg(long = "transfer-key", value_name = "[ZONE=]FILE", value_parser = parse_key_file)]
     pub transfer_keys: Vec<TsigKeys>,
 
     /// Secondary to send NOTIFY to when the zones change (repeatable; port defaults to 53). It
@@ -284,7 +286,7 @@ impl ServerArgs {
                 namespace: self.alloc.namespace.clone(),
                 sync_timeout: Duration::from_secs(self.sync_timeout),
             },
-            policy: self.alloc.policy(),
+            policy: (self.alloc.policy()).expect("pools are checked when the arguments are parsed"),
             listen: self.listen,
             zones_dir: self.zones,
             zone: ZoneSettings {
@@ -399,8 +401,24 @@ fn ns_addresses(given: Vec<IpAddr>, listen: &[SocketAddr]) -> Vec<IpAddr> {
     Vec::new()
 }
 
-fn parse_key_file(path: &str) -> Result<TsigKeys, String> {
-    tsig_keys::read_keys(Path::new(path)).map(TsigKeys)
+/// `FILE`, or `ZONE=FILE` (a zone name holds no `/`, so a path with `=` in it still reads).
+fn parse_key_file(arg: &str) -> Result<TsigKeys, String> {
+    let (zone, path) = match arg.split_once('=') {
+        Some((zone, path)) if !zone.contains('/') => {
+            let name = Name::from_ascii(zone).map_err(|e| format!("zone {zone:?}: {e}"))?;
+            (Some(lower_wire(&name).into_boxed_slice()), path)
+        }
+        _ => (None, arg),
+    };
+    let keys = tsig_keys::read_keys(Path::new(path))?;
+    Ok(TsigKeys(
+        (keys.into_iter())
+            .map(|signer| TransferKey {
+                signer,
+                zone: zone.clone(),
+            })
+            .collect(),
+    ))
 }
 
 /// One TXT string: at most 255 bytes.

@@ -27,6 +27,7 @@ use crate::source::file;
 use crate::source::kube::{ClusterMetrics, ClusterSet, watch_remote_secrets};
 use crate::source::readiness::Readiness;
 use crate::source::set::SourceSet;
+use crate::wire::name::to_text;
 use crate::wire::tsig::TsigKeys;
 use crate::zone::{BuildError, ZoneSettings};
 
@@ -103,6 +104,8 @@ pub enum ServerError {
     Identity(#[source] hickory_proto::ProtoError),
     #[error("building the name table: {0}")]
     Table(#[from] BuildError),
+    #[error("--transfer-key {0}=…: {0} is not a served zone (a --zone, or a pool's reverse zone)")]
+    KeyZone(String),
 }
 
 pub struct Server {
@@ -233,10 +236,17 @@ impl Server {
         )
         .await?;
         let table = publisher.table();
+        // A key meant for a zone we do not serve would leave the intended zone open.
+        let unserved = (config.transfer_keys.zones())
+            .find(|zone| !table.load().apexes().any(|apex| apex == *zone));
+        if let Some(zone) = unserved {
+            return Err(ServerError::KeyZone(to_text(zone)));
+        }
         tasks.spawn(dns::notify_secondaries(
             table.clone(),
             publisher.published(),
             config.notify.clone(),
+            config.transfer_keys.clone(),
         ));
         tasks.spawn(publisher.run(rx));
 
@@ -258,10 +268,7 @@ impl Server {
             )
             .with_rate_limit(rate_limit)
             .with_chaos(Chaos::new(config.identity.as_deref()).map_err(ServerError::Identity)?)
-            .with_transfers(
-                config.allow_transfer.clone(),
-                config.transfer_keys.0.clone(),
-            ),
+            .with_transfers(config.allow_transfer.clone(), config.transfer_keys.clone()),
         );
         let tcp_slots = TcpSlots::new(config.tcp);
         for (tcp, udp) in listeners {

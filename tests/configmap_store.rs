@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use globaldns::alloc::store::configmap::shard::{SHARDS, shard_name, shard_of};
-use globaldns::alloc::{AllocState, Allocator, ConfigMapStore, Policy, Reserved, Store, operate};
+use globaldns::alloc::{
+    AllocState, Allocator, ConfigMapStore, Policy, Reserved, Store, ZoneSerial, operate,
+};
 use support::apiserver::ApiServer;
 use support::kube::{Cluster, shared};
 
@@ -339,4 +341,42 @@ async fn a_damaged_shard_is_refused_without_data_loss() {
         damaged,
         "the damaged shard was not rewritten"
     );
+}
+
+/// The zones' serial travels with the allocations (an annotation on the first shard): stored,
+/// read back by another replica, and kept when that shard's hosts are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zone_serial_is_shared_and_survives_host_writes() {
+    let ns = "cm-serial";
+    let (writer, reader) = (store(ns).await, store(ns).await);
+    let given = ZoneSerial {
+        serial: 2_000_000_000,
+        content: "0123abcd".into(),
+    };
+    let set = given.clone();
+    writer
+        .update(Box::new(move |state: &mut AllocState| {
+            state.zone_serial = Some(set.clone());
+            Ok(true)
+        }))
+        .await
+        .unwrap();
+    let annotation = shard(ns, 0).unwrap()["metadata"]["annotations"]["globaldns.io/zone-serial"]
+        .as_str()
+        .map(str::to_string);
+    assert_eq!(annotation.as_deref(), Some("2000000000 0123abcd"));
+    assert_eq!(
+        reader.load().await.unwrap().zone_serial.as_ref(),
+        Some(&given)
+    );
+
+    // Hosts landing in the first shard rewrite it: the serial stays.
+    let first_shard: Vec<String> = (0..2000)
+        .map(|i| format!("s{i}.global"))
+        .filter(|h| shard_of(h) == 0)
+        .take(3)
+        .collect();
+    assert_eq!(first_shard.len(), 3);
+    allocate(&reader, first_shard).await;
+    assert_eq!(writer.load().await.unwrap().zone_serial, Some(given));
 }

@@ -11,6 +11,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use hickory_proto::rr::{RData, RecordType};
+
 use support::kube::{Cluster, globaldns, kubeconfig, remote_secret, service_entry_yaml, shared};
 use support::*;
 
@@ -379,4 +381,38 @@ fn two_replicas_and_dnsctl_writing_at_once_agree() {
             line.split(' ').nth(1)
         );
     }
+    // One content, one serial: the replicas give the zone the serial stored beside the
+    // allocations (on the first shard), so a secondary asking either never sees one serial
+    // stand for two contents. Other tests change the shared clusters meanwhile: eventually.
+    let serial =
+        |server: &GlobalDns| match query(server.addr, "global.", RecordType::SOA, Proto::Udp)
+            .answers
+            .first()
+            .map(|r| &r.data)
+        {
+            Some(RData::SOA(soa)) => soa.serial,
+            other => panic!("SOA: {other:?}"),
+        };
+    let stored = || -> Option<u32> {
+        let text = a.kubectl_ok(&[
+            "get",
+            "configmap",
+            "-n",
+            "mc5-dns",
+            "globaldns-vips-00",
+            "-o",
+            "jsonpath={.metadata.annotations.globaldns\\.io/zone-serial}",
+        ]);
+        text.split(' ').next()?.parse().ok()
+    };
+    assert!(
+        eventually(within, || {
+            let s = serial(&first);
+            s == serial(&second) && stored() == Some(s)
+        }),
+        "serials {} and {}, stored {:?}",
+        serial(&first),
+        serial(&second),
+        stored()
+    );
 }

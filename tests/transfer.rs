@@ -184,7 +184,7 @@ zone:
     name: global
     zonefile: global.zone
     request-xfr: {ip}@{p} transfer
-    allow-notify: {ip} NOKEY
+    allow-notify: {ip} transfer
 "#
     )
 }
@@ -212,6 +212,7 @@ remote:
 acl:
   - id: notify
     address: {ip}
+    key: transfer
     action: notify
 zone:
   - domain: global
@@ -291,12 +292,14 @@ const BIND: Secondary = Secondary {
 };
 
 /// The secondary slaves `global.` from globaldns (first AXFR), then a new ServiceEntry reaches
-/// it within seconds, long before its refresh timer (7,200 s): through NOTIFY.
+/// it within seconds, long before its refresh timer (7,200 s): through NOTIFY, signed with the
+/// zone's key (NSD and Knot are told to take it only so).
 fn secondary_follows(kind: Secondary) {
     let zones_dir = zones();
     many_hosts(zones_dir.path());
     let key_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(key_file.path(), KEY_FILE).unwrap();
+    let zone_key = format!("global={}", key_file.path().display());
     let port = free_port();
     let secondary_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let server = GlobalDns::start(
@@ -307,7 +310,7 @@ fn secondary_follows(kind: Secondary) {
             "--pool",
             "240.0.0.0/4",
             "--transfer-key",
-            key_file.path().to_str().unwrap(),
+            &zone_key,
         ],
     );
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +372,13 @@ fn secondary_follows(kind: Secondary) {
         "{}",
         logs()
     );
+    // What followed the NOTIFY was an IXFR answered from the journal: the one new host, not the
+    // 2,000 it already had.
+    let incremental = server
+        .log_text()
+        .lines()
+        .any(|l| l.contains("zone transferred") && l.contains("incremental=true"));
+    assert!(incremental, "no incremental transfer\n{}", logs());
 }
 
 #[test]
@@ -471,5 +481,94 @@ fn the_serial_changes_with_the_content_only() {
     )
     .unwrap();
     assert!(eventually(Duration::from_secs(10), || serial() != first));
-    assert!(serial().wrapping_sub(first) as i32 > 0, "forward");
+    let second = serial();
+    assert!(second.wrapping_sub(first) as i32 > 0, "forward");
+
+    // A secondary at the first serial asks for what changed since (RFC 1995 §4): the new SOA,
+    // then the step from the first serial (its SOA, nothing deleted, the second SOA, the new
+    // host and its port's SRV record), then the new SOA again. Over UDP it gets the SOA alone (§2).
+    let ixfr = kdig(server.addr, &["+tcp", "global", &format!("IXFR={first}")]);
+    let soa = |serial: u32| {
+        let full = kdig(server.addr, &["global", "SOA"]);
+        let line = answer_section(&full).remove(0);
+        let old = line.split_whitespace().nth(6).unwrap().to_string();
+        line.replacen(&old, &serial.to_string(), 1)
+    };
+    let expected = [
+        soa(second),
+        soa(first),
+        soa(second),
+        "new.default.global. 30 IN A 240.0.0.8".to_string(),
+        "_http._tcp.new.default.global. 30 IN SRV 0 100 80 new.default.global.".to_string(),
+        soa(second),
+    ];
+    assert_eq!(records(&ixfr), expected, "{ixfr}");
+    let udp = kdig(server.addr, &["+notcp", "global", &format!("IXFR={first}")]);
+    assert_eq!(records(&udp), [soa(second)], "{udp}");
+}
+
+/// A key given for one zone opens that zone only, and that zone only to it: other zones keep
+/// their own rules (here the pool's reverse zone, with a key of its own). A key for a zone we
+/// do not serve stops the server at start, since the zone it was meant for would stay open.
+#[test]
+fn zone_keys_open_their_own_zone() {
+    let dir = zones();
+    let files = tempfile::tempdir().unwrap();
+    let (global_key, reverse_key) = (files.path().join("g.key"), files.path().join("r.key"));
+    std::fs::write(&global_key, KEY_FILE).unwrap();
+    let other = "c2Vjb25kIGtleSBzZWNvbmQga2V5IHNlY29uZCBrZXk=";
+    let reverse_text =
+        format!("key \"reverse\" {{ algorithm hmac-sha256; secret \"{other}\"; }};\n");
+    std::fs::write(&reverse_key, reverse_text).unwrap();
+    let server = GlobalDns::start(
+        dir.path(),
+        &[
+            "--transfer-key",
+            &format!("global={}", global_key.display()),
+            "--transfer-key",
+            &format!("240.in-addr.arpa.={}", reverse_key.display()),
+        ],
+    );
+    let global = format!("hmac-sha256:transfer:{SECRET}");
+    let reverse = format!("hmac-sha256:reverse:{other}");
+    let transfer = |key: Option<&str>, zone: &str| {
+        let mut args = Vec::new();
+        if let Some(key) = key {
+            args.extend(["-y", key]);
+        }
+        args.extend([zone, "AXFR"]);
+        kdig_from(server.addr, "127.0.0.1", &args)
+    };
+    let complete = |out: &str| records(out).len() >= 3 && !out.contains("NOTAUTH");
+    let out = transfer(Some(&global), "global");
+    assert!(complete(&out), "{out}");
+    let out = transfer(Some(&reverse), "240.in-addr.arpa");
+    assert!(complete(&out), "{out}");
+    for (key, zone) in [
+        (None, "global"),
+        (Some(&reverse), "global"),
+        (Some(&global), "240.in-addr.arpa"),
+    ] {
+        let out = transfer(key.map(String::as_str), zone);
+        assert!(out.contains("NOTAUTH"), "{key:?} {zone}: {out}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_globaldns"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--resolv-conf",
+            "/dev/null",
+            "--zones",
+        ])
+        .arg(dir.path())
+        .arg("--transfer-key")
+        .arg(format!("globl={}", global_key.display()))
+        .arg("--state")
+        .arg(files.path().join("state.json"))
+        .output()
+        .expect("run globaldns");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("globl. is not a served zone"), "{stderr}");
 }

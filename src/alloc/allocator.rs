@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use super::pool::Pool;
 use super::state::AllocState;
 
@@ -15,6 +17,15 @@ pub struct Policy {
     /// from each family that has a pool.
     pub pools: Vec<Pool>,
     pub grace: Duration,
+}
+
+impl Policy {
+    /// The Istio range (left out of a pool) that holds `address`, if any.
+    pub fn istio_range_of(&self, address: IpAddr) -> Option<IpNet> {
+        (self.pools.iter())
+            .filter_map(|p| p.excluded())
+            .find(|range| range.contains(&address))
+    }
 }
 
 /// Explicit `spec.addresses` of the sources: address → host declaring it (shared by the
@@ -37,6 +48,8 @@ pub enum AllocError {
     },
     #[error("{address} is outside every pool ({pools})")]
     OutsidePools { address: IpAddr, pools: String },
+    #[error("{address} is inside {range}, where istiod allocates VIPs of its own")]
+    IstioRange { address: IpAddr, range: IpNet },
     #[error("{0} has no allocation")]
     NotFound(String),
 }
@@ -154,6 +167,24 @@ impl<'a> Allocator<'a> {
         Ok(addresses)
     }
 
+    /// An operator's move of `host` off its addresses inside an Istio range, to new ones from
+    /// the pools (pinned or not, as it was).
+    pub fn leave_istio_ranges(&mut self, host: &str) -> Result<Vec<IpAddr>, AllocError> {
+        let record = (self.state.records.get_mut(host))
+            .ok_or_else(|| AllocError::NotFound(host.to_string()))?;
+        let policy = self.policy;
+        let stranded: Vec<IpAddr> = (record.addresses.iter())
+            .filter(|a| policy.istio_range_of(**a).is_some())
+            .copied()
+            .collect();
+        record.addresses.retain(|a| !stranded.contains(a));
+        for address in stranded {
+            self.release_address(address);
+            self.changed = true;
+        }
+        self.ensure(host)
+    }
+
     /// An operator's allocation: like [`Allocator::ensure`], and the record is pinned.
     pub fn allocate_pinned(&mut self, host: &str) -> Result<Vec<IpAddr>, AllocError> {
         let addresses = self.ensure(host)?;
@@ -170,6 +201,9 @@ impl<'a> Allocator<'a> {
                 address,
                 pools: self.pool_list(None),
             });
+        }
+        if let Some(range) = self.policy.istio_range_of(address) {
+            return Err(AllocError::IstioRange { address, range });
         }
         if let Some(owner) = self.owners.get(&address).filter(|o| *o != host) {
             return Err(AllocError::Taken {
@@ -354,9 +388,29 @@ pub fn usage(policy: &Policy, state: &AllocState) -> Vec<PoolUsage> {
         .collect()
 }
 
+/// Stored VIPs inside an Istio range (allocated before the range was left out of the pools):
+/// each host, the address and the range. They stay answered (a VIP never moves on its own)
+/// until an operator moves them.
+pub fn in_istio_ranges<'s>(
+    policy: &Policy,
+    state: &'s AllocState,
+) -> Vec<(&'s str, IpAddr, IpNet)> {
+    (state.records.iter())
+        .flat_map(|(host, r)| r.addresses.iter().map(move |a| (host.as_str(), *a)))
+        .filter_map(|(host, a)| Some((host, a, policy.istio_range_of(a)?)))
+        .collect()
+}
+
 /// Problems `dnsctl check` reports.
 pub fn check(policy: &Policy, state: &AllocState) -> Vec<String> {
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = (in_istio_ranges(policy, state).into_iter())
+        .map(|(host, address, range)| {
+            format!(
+                "{host}: {address} is inside {range}, where istiod allocates VIPs of its own; \
+                 move it with `dnsctl allocate {host} --force`"
+            )
+        })
+        .collect();
     let mut owners: HashMap<IpAddr, &str> = HashMap::new();
     for (host, record) in &state.records {
         for address in &record.addresses {

@@ -7,12 +7,12 @@ mod state;
 pub mod store;
 
 pub use allocator::{
-    AllocError, Allocator, Moved, Policy, PoolUsage, Reconciled, Reserved, check, reconcile,
-    unix_now, usage,
+    AllocError, Allocator, Moved, Policy, PoolUsage, Reconciled, Reserved, check, in_istio_ranges,
+    reconcile, unix_now, usage,
 };
-pub use pool::{DEFAULT_POOL, Pool, PoolError};
+pub use pool::{DEFAULT_POOL, ISTIO_RANGES, Pool, PoolError};
 pub use state::{
-    AllocState, DecodeError, FORMAT, Record, RecordState, host_key, host_key_from_str,
+    AllocState, DecodeError, FORMAT, Record, RecordState, ZoneSerial, host_key, host_key_from_str,
 };
 pub use store::{
     ConfigMapStore, FileStore, MemoryStore, Mutation, Store, StoreError, Unavailable, operate,

@@ -9,6 +9,12 @@ use sha2::{Digest, Sha256};
 /// Class E, reserved and unroutable: what Istio's multicluster docs use for `.global` VIPs.
 pub const DEFAULT_POOL: &str = "240.0.0.0/4";
 
+/// Where istiod (1.25 and later) allocates VIPs for address-less ServiceEntries itself, in every
+/// cluster and independently of us (`PILOT_IP_AUTOALLOCATE_IPV4_PREFIX` and `_IPV6_PREFIX`
+/// change them from Istio 1.27). A VIP of ours in there can be what istiod gave another
+/// service, so no pool hands them out.
+pub const ISTIO_RANGES: [&str; 2] = ["240.240.0.0/16", "2001:2::/48"];
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
     #[error("{0:?} is not a CIDR (e.g. 240.0.0.0/4)")]
@@ -17,6 +23,12 @@ pub enum PoolError {
     Empty(IpNet),
     #[error("pool {0} is larger than 2^96 addresses")]
     TooLarge(IpNet),
+    #[error(
+        "pool {pool} lies inside {range}, where istiod allocates VIPs of its own (a VIP from it \
+         can be one istiod gave another service); choose a pool outside it, e.g. {DEFAULT_POOL} \
+         (which skips {range}) or, for IPv6, a ULA prefix such as fd00:f1d0::/48"
+    )]
+    InsideIstioRange { pool: IpNet, range: IpNet },
 }
 
 /// One CIDR. Unusable addresses are skipped: the network and broadcast addresses, and in IPv4
@@ -24,6 +36,8 @@ pub enum PoolError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool {
     net: IpNet,
+    /// The part of the pool that istiod allocates from (see [`ISTIO_RANGES`]): never handed out.
+    excluded: Option<IpNet>,
 }
 
 impl Pool {
@@ -32,7 +46,10 @@ impl Pool {
         if net.max_prefix_len() - net.prefix_len() > 96 {
             return Err(PoolError::TooLarge(net));
         }
-        let pool = Pool { net };
+        let pool = Pool {
+            net,
+            excluded: None,
+        };
         if pool.capacity() == 0 {
             return Err(PoolError::Empty(net));
         }
@@ -41,6 +58,30 @@ impl Pool {
 
     pub fn net(&self) -> IpNet {
         self.net
+    }
+
+    /// The pool without whatever part of it lies in `ranges` (Istio's own allocation ranges);
+    /// an error when nothing else is left.
+    pub fn excluding(self, ranges: &[IpNet]) -> Result<Pool, PoolError> {
+        let mut pool = self;
+        for range in ranges.iter().map(IpNet::trunc) {
+            if range.contains(&self.net) {
+                return Err(PoolError::InsideIstioRange {
+                    pool: self.net,
+                    range,
+                });
+            }
+            // CIDRs are nested or apart: a range that overlaps the pool lies inside it.
+            if self.net.contains(&range) {
+                pool.excluded = Some(range);
+            }
+        }
+        Ok(pool)
+    }
+
+    /// The part left out (see [`Pool::excluding`]).
+    pub fn excluded(&self) -> Option<IpNet> {
+        self.excluded
     }
 
     pub fn is_ipv4(&self) -> bool {
@@ -53,7 +94,7 @@ impl Pool {
 
     /// Whether `ip` is in the pool and may be handed out.
     pub fn is_usable(&self, ip: IpAddr) -> bool {
-        if !self.contains(ip) {
+        if !self.contains(ip) || self.excluded.is_some_and(|x| x.contains(&ip)) {
             return false;
         }
         // In a /31 or /32 (/127, /128) every address is a host address (RFC 3021).
@@ -72,18 +113,31 @@ impl Pool {
 
     /// Number of addresses in the CIDR.
     fn span(&self) -> u128 {
-        1u128 << (self.net.max_prefix_len() - self.net.prefix_len())
+        span(self.net)
     }
 
     /// Number of usable addresses.
     pub fn capacity(&self) -> u128 {
-        let span = self.span();
-        match self.net {
-            IpNet::V6(_) if span <= 2 => span,
-            IpNet::V6(_) => span - 1,
-            IpNet::V4(_) if span <= 256 => {
-                (0..span).filter(|&i| self.is_usable(self.at(i))).count() as u128
-            }
+        let whole = Pool {
+            excluded: None,
+            ..*self
+        };
+        let left_out = self.excluded.map_or(0, |x| whole.usable_in(x));
+        whole.usable_in(self.net) - left_out
+    }
+
+    /// Number of usable addresses in `net`, a part of the pool (the pool itself, or the part
+    /// it excludes), by the rules of [`Pool::is_usable`] without the exclusion.
+    fn usable_in(&self, net: IpNet) -> u128 {
+        let span = span(net);
+        let first = self.offset(net.network());
+        match net {
+            IpNet::V6(_) if self.span() <= 2 => span,
+            // Only the pool's own network address is left out (subnet-router anycast).
+            IpNet::V6(_) => span - u128::from(first == 0),
+            IpNet::V4(_) if span <= 256 => (first..first + span)
+                .filter(|&i| self.is_usable(self.at(i)))
+                .count() as u128,
             // Whole /24s: 254 usable each (no .0, no .255); network and broadcast are among those.
             IpNet::V4(_) => span / 256 * 254,
         }
@@ -102,12 +156,38 @@ impl Pool {
 
     /// Every usable address once, starting at a position derived from `host` alone, so allocators
     /// that never talked to each other tend to pick the same address for the same host.
+    /// The excluded part is stepped over whole, not address by address (it can be 2^80 of them).
     pub fn probe(&self, host: &str) -> impl Iterator<Item = IpAddr> + '_ {
         let span = self.span();
         let start = host_hash(host) % span;
-        (0..span)
-            .map(move |i| self.at((start + i) % span))
-            .filter(|ip| self.is_usable(*ip))
+        let skip = self
+            .excluded
+            .map(|x| (self.offset(x.network()), self.offset(x.broadcast())));
+        let mut i = 0u128;
+        std::iter::from_fn(move || {
+            while i < span {
+                let offset = (start + i) % span;
+                if let Some((_, last)) = skip.filter(|(f, l)| (*f..=*l).contains(&offset)) {
+                    i += last - offset + 1;
+                    continue;
+                }
+                i += 1;
+                let ip = self.at(offset);
+                if self.is_usable(ip) {
+                    return Some(ip);
+                }
+            }
+            None
+        })
+    }
+
+    /// How far `ip` (inside the pool) is from its start.
+    fn offset(&self, ip: IpAddr) -> u128 {
+        let number = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        number(ip) - number(self.net.network())
     }
 }
 
@@ -123,6 +203,10 @@ impl std::str::FromStr for Pool {
         let net: IpNet = s.parse().map_err(|_| PoolError::Parse(s.to_string()))?;
         Pool::new(net)
     }
+}
+
+fn span(net: IpNet) -> u128 {
+    1u128 << (net.max_prefix_len() - net.prefix_len())
 }
 
 /// A stable hash: the same on every machine, build and release (the first 16 bytes of SHA-256).
@@ -174,6 +258,76 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len() as u128, p.capacity());
+    }
+
+    fn ranges() -> Vec<IpNet> {
+        ISTIO_RANGES.iter().map(|r| r.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn istio_ranges_are_left_out_of_the_pools() {
+        let p = pool(DEFAULT_POOL).excluding(&ranges()).unwrap();
+        assert_eq!(p.excluded(), Some("240.240.0.0/16".parse().unwrap()));
+        assert_eq!(p.capacity(), (1u128 << 28) / 256 * 254 - 256 * 254);
+        assert!(!p.is_usable("240.240.1.1".parse().unwrap()));
+        assert!(p.is_usable("240.239.255.254".parse().unwrap()));
+        // Hosts whose first choice lies in Istio's range get the next address after it.
+        let inside: Vec<String> = (0..200_000)
+            .map(|i| format!("h{i}.global"))
+            .filter(|h| {
+                let first = pool(DEFAULT_POOL).probe(h).next().unwrap();
+                "240.240.0.0/16".parse::<IpNet>().unwrap().contains(&first)
+            })
+            .take(3)
+            .collect();
+        assert_eq!(inside.len(), 3);
+        for host in &inside {
+            let got = p.probe(host).next().unwrap();
+            assert_eq!(got, "240.241.0.1".parse::<IpAddr>().unwrap(), "{host}");
+        }
+        // A small range inside a small pool: every address outside it, once, none inside.
+        let small = pool("10.0.0.0/24")
+            .excluding(&["10.0.0.128/25".parse().unwrap()])
+            .unwrap();
+        assert_eq!(small.capacity(), 127);
+        // Ten hosts: some start probing inside the range, some outside.
+        for i in 0..10 {
+            let mut seen: Vec<IpAddr> = small.probe(&format!("a{i}.global")).collect();
+            assert_eq!(seen.len(), 127);
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), 127);
+            assert!(seen.iter().all(|ip| small.is_usable(*ip)));
+        }
+        // IPv6: the /48 is stepped over whole (2^80 addresses), not walked.
+        let v6 = pool("2001:2::/40").excluding(&ranges()).unwrap();
+        // The pool starts where the range does: its unusable first address is in the range.
+        assert_eq!(v6.capacity(), (1u128 << 88) - (1u128 << 80));
+        let mut probe = v6.probe("x.global");
+        assert!(probe.next().is_some());
+    }
+
+    #[test]
+    fn a_pool_inside_an_istio_range_is_refused() {
+        for inside in ["2001:2::/48", "2001:2:0:1::/64", "240.240.7.0/24"] {
+            let error = pool(inside).excluding(&ranges()).unwrap_err();
+            assert!(
+                matches!(error, PoolError::InsideIstioRange { .. }),
+                "{inside}"
+            );
+            let text = error.to_string();
+            assert!(
+                text.contains("istiod") && text.contains("fd00:f1d0::/48"),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            pool("127.255.0.0/16")
+                .excluding(&ranges())
+                .unwrap()
+                .excluded(),
+            None
+        );
     }
 
     #[test]

@@ -42,6 +42,17 @@ impl Record {
     }
 }
 
+/// The SOA serial given to one content of the served zones. Kept beside the allocations so
+/// that every replica sharing the store gives the same content the same serial, and a serial
+/// only ever grows (see the publisher).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneSerial {
+    pub serial: u32,
+    /// The content's fingerprint (hex).
+    pub content: String,
+}
+
 /// Every allocation, keyed by host (lower-case FQDN without the trailing dot).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllocState {
@@ -49,6 +60,7 @@ pub struct AllocState {
     /// Addresses found in storage that could not be read as records (a damaged shard): nobody
     /// may be given them until the damage is repaired.
     pub unreadable: BTreeSet<IpAddr>,
+    pub zone_serial: Option<ZoneSerial>,
 }
 
 /// The serialized form: versioned and human-readable.
@@ -57,6 +69,8 @@ pub struct AllocState {
 struct Document {
     format: String,
     allocations: BTreeMap<String, Record>,
+    #[serde(default, rename = "zoneSerial")]
+    zone_serial: Option<ZoneSerial>,
 }
 
 /// [`Document`] for writing, borrowing the records.
@@ -64,6 +78,8 @@ struct Document {
 struct DocumentRef<'a> {
     format: &'a str,
     allocations: &'a BTreeMap<String, Record>,
+    #[serde(rename = "zoneSerial", skip_serializing_if = "Option::is_none")]
+    zone_serial: &'a Option<ZoneSerial>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +103,7 @@ impl AllocState {
         let doc = DocumentRef {
             format: FORMAT,
             allocations: &self.records,
+            zone_serial: &self.zone_serial,
         };
         let mut text = serde_json::to_string_pretty(&doc).expect("records serialize");
         text.push('\n');
@@ -118,6 +135,7 @@ impl AllocState {
         Ok(AllocState {
             records: doc.allocations,
             unreadable: BTreeSet::new(),
+            zone_serial: doc.zone_serial,
         })
     }
 }
@@ -159,11 +177,16 @@ mod tests {
                 released_at: Some(5),
             },
         );
+        state.zone_serial = Some(ZoneSerial {
+            serial: 1_764_000_000,
+            content: "00ff".into(),
+        });
         let text = state.to_json();
         assert!(
             text.contains(FORMAT)
                 && text.contains("\"pinned\": true")
                 && text.contains("releasedAt")
+                && text.contains("zoneSerial")
         );
         assert_eq!(AllocState::from_json(&text).unwrap(), state);
 

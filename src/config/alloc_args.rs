@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::alloc::{DEFAULT_POOL, Policy, Pool};
+use ipnet::IpNet;
+
+use crate::alloc::{DEFAULT_POOL, ISTIO_RANGES, Policy, Pool, PoolError};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AllocArgs {
@@ -19,9 +21,21 @@ pub struct AllocArgs {
     pub namespace: String,
 
     /// Pool for VIPs of hosts without spec.addresses (repeatable, in order of preference).
-    /// 127.255.0.0/16 suits VMs; an IPv6 pool such as 2001:2::/48 adds AAAA answers.
+    /// 127.255.0.0/16 suits VMs; an IPv6 pool (a ULA prefix such as fd00:f1d0::/48) adds AAAA
+    /// answers. Never handed out: the --istio-range parts.
     #[arg(long = "pool", global = true, default_value = DEFAULT_POOL, value_name = "CIDR")]
     pub pools: Vec<Pool>,
+
+    /// Where istiod allocates VIPs itself (PILOT_IP_AUTOALLOCATE_IPV4_PREFIX and _IPV6_PREFIX;
+    /// repeatable, replaces the defaults): no pool hands these out, and a pool inside one is
+    /// refused.
+    #[arg(
+        long = "istio-range",
+        global = true,
+        default_values = ISTIO_RANGES,
+        value_name = "CIDR"
+    )]
+    pub istio_ranges: Vec<IpNet>,
 
     /// How long a VIP stays reserved for a host that is no longer declared (or released).
     #[arg(long, global = true, default_value_t = 86400, value_name = "SECONDS")]
@@ -29,10 +43,14 @@ pub struct AllocArgs {
 }
 
 impl AllocArgs {
-    pub fn policy(&self) -> Policy {
-        Policy {
-            pools: self.pools.clone(),
+    /// The pools without Istio's ranges; an error for a pool that lies inside one of them.
+    pub fn policy(&self) -> Result<Policy, PoolError> {
+        let pools = (self.pools.iter())
+            .map(|p| p.excluding(&self.istio_ranges))
+            .collect::<Result<_, _>>()?;
+        Ok(Policy {
+            pools,
             grace: Duration::from_secs(self.grace),
-        }
+        })
     }
 }

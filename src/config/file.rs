@@ -29,7 +29,15 @@ impl ServerArgs {
     /// Parses the process's command line, merged with the file of `--config` if given. Errors
     /// (in the flags or in the file) are printed and end the process with status 2, as clap does.
     pub fn parse_with_config_file() -> ServerArgs {
-        ServerArgs::try_parse_with_config_file(std::env::args_os()).unwrap_or_else(|e| e.exit())
+        let args = ServerArgs::try_parse_with_config_file(std::env::args_os())
+            .unwrap_or_else(|e| e.exit());
+        // Pools that cannot be used at all are an error in the arguments, not at run time.
+        if let Err(error) = args.alloc.policy() {
+            ServerArgs::command()
+                .error(clap::error::ErrorKind::ValueValidation, error)
+                .exit();
+        }
+        args
     }
 
     /// [`ServerArgs::parse_with_config_file`] for a given command line (program name first).

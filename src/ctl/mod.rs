@@ -58,8 +58,9 @@ pub enum Command {
         /// Pin this address (one host only).
         #[arg(long)]
         ip: Option<IpAddr>,
-        /// With --ip: move the host to it even if it already has another address.
-        #[arg(long, requires = "ip")]
+        /// With --ip: move the host to it even if it already has another address. Without:
+        /// move the host off a VIP inside an --istio-range, to a new one from the pools.
+        #[arg(long)]
         force: bool,
         /// Read more hosts from a file, one per line (`#` starts a comment).
         #[arg(long, value_name = "FILE")]
@@ -205,7 +206,7 @@ fn state_location(cli: &Cli) -> String {
 }
 
 async fn execute(cli: Cli) -> Result<String, CtlError> {
-    let policy = Arc::new(cli.alloc.policy());
+    let policy = Arc::new((cli.alloc.policy()).map_err(|e| CtlError::Usage(e.to_string()))?);
     let (store, client) = open_store(&cli).await?;
     match cli.command {
         Command::Allocate {
@@ -242,9 +243,12 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                 let batch_hosts = batch.to_vec();
                 let state = operate(store.as_ref(), policy.clone(), move |alloc| {
                     for host in &batch_hosts {
-                        match ip {
-                            Some(ip) => alloc.pin(host, ip, force)?,
-                            None => {
+                        match (ip, force) {
+                            (Some(ip), _) => alloc.pin(host, ip, force)?,
+                            (None, true) => {
+                                alloc.leave_istio_ranges(host)?;
+                            }
+                            (None, false) => {
                                 alloc.allocate_pinned(host)?;
                             }
                         }

@@ -18,10 +18,10 @@ use crate::wire::request::{Parsed, Request, is_internet_class, parse};
 use crate::wire::response::{
     MAX_TCP_MESSAGE, ReplyFlags, udp_limit, write, write_error, write_truncated,
 };
-use crate::wire::tsig::{self, ReplySigner, unix_now};
+use crate::wire::tsig::{self, ReplySigner, TsigKeys, unix_now};
 use crate::wire::{TYPE_OPT, Transport};
 use crate::zone::{Lookup, NameTable, SharedTable};
-use hickory_proto::rr::{DNSClass, TSigner};
+use hickory_proto::rr::DNSClass;
 
 pub enum Action {
     /// The response is in the output buffer.
@@ -50,7 +50,7 @@ pub struct Handler {
     /// Clients that may transfer zones (AXFR, IXFR).
     allow_transfer: Vec<IpNet>,
     /// TSIG keys, one of which must sign a transfer request when there are any.
-    transfer_keys: Vec<TSigner>,
+    transfer_keys: TsigKeys,
 }
 
 impl Handler {
@@ -70,14 +70,14 @@ impl Handler {
             rate_limit: None,
             chaos: Chaos::new(None).expect("no record to encode"),
             allow_transfer: loopback(),
-            transfer_keys: Vec::new(),
+            transfer_keys: TsigKeys::default(),
         }
     }
 
     /// Clients that may transfer the served zones; others get REFUSED (default: loopback).
-    /// With `keys`, a transfer request must also be signed with one of them (TSIG), and every
-    /// message of the reply is signed with it.
-    pub fn with_transfers(mut self, allow: Vec<IpNet>, keys: Vec<TSigner>) -> Self {
+    /// A transfer of a zone that has `keys` must also be signed with one of them (TSIG), and
+    /// every message of the reply is signed with it.
+    pub fn with_transfers(mut self, allow: Vec<IpNet>, keys: TsigKeys) -> Self {
         self.allow_transfer = allow;
         self.transfer_keys = keys;
         self
@@ -337,22 +337,26 @@ impl Handler {
             write_error(out, req, ResponseCode::Refused, ra);
             return None;
         }
-        // With keys configured, only a request signed with one of them; a signed request is
-        // answered signed (RFC 8945 §5.2: anything else is NOTAUTH).
-        let mut signer = match (&req.signed, self.transfer_keys.is_empty()) {
-            (None, true) => None,
-            (None, false) => {
-                debug!(%client, "unsigned zone transfer request refused: TSIG keys are configured");
-                write_error(out, req, ResponseCode::NotAuth, ra);
-                return None;
-            }
-            (Some(_), _) => Some(self.signer_for(req, client, out)?),
+        // A signed request is answered signed (RFC 8945 §5.2: a bad signature is NOTAUTH).
+        let mut signer = match &req.signed {
+            None => None,
+            Some(_) => Some(self.signer_for(req, client, out)?),
         };
         let table = self.table.load_full();
         let apex = q.name.lower();
         if !is_internet_class(q.qclass) || !table.apexes().any(|a| a == apex) {
             write_error(out, req, ResponseCode::NotAuth, ra);
             return None;
+        }
+        // A zone with keys goes only to a request signed with one of them.
+        let mut keys = self.transfer_keys.for_zone(apex).peekable();
+        if keys.peek().is_some() {
+            let key = signer.as_ref().map(|s| s.key_name());
+            if !keys.any(|k| Some(k.signer_name()) == key) {
+                debug!(%client, key = ?key.map(|k| k.to_string()), "zone transfer refused: not signed with a key of the zone");
+                write_error(out, req, ResponseCode::NotAuth, ra);
+                return None;
+            }
         }
         let up_to_date = req
             .ixfr_serial

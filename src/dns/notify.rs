@@ -8,12 +8,15 @@
 use std::net::SocketAddr;
 
 use futures::future::join_all;
+use hickory_proto::rr::TSigner;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info, warn};
 
 use crate::wire::header::{AA, HEADER_LEN, is_response, rcode};
+use crate::wire::name::to_text;
+use crate::wire::tsig::{TsigKeys, sign_request, unix_now};
 use crate::zone::SharedTable;
 
 const OPCODE_NOTIFY: u8 = 4;
@@ -30,23 +33,26 @@ pub async fn notify_secondaries(
     table: SharedTable,
     mut published: watch::Receiver<u32>,
     secondaries: Vec<SocketAddr>,
+    keys: TsigKeys,
 ) {
     if secondaries.is_empty() {
         return;
     }
     loop {
         let serial = *published.borrow_and_update();
-        let messages: Vec<(String, Vec<u8>)> = {
+        let messages: Vec<(String, Vec<u8>, Option<TSigner>)> = {
             let table = table.load();
             (table.apexes())
                 .filter_map(|apex| {
                     let soa = table.zone_content(apex)?.soa;
-                    Some((zone_text(apex), notify_message(apex, soa)))
+                    let key = keys.for_zone(apex).next().cloned();
+                    Some((to_text(apex), notify_message(apex, soa), key))
                 })
                 .collect()
         };
         let sends = secondaries.iter().flat_map(|&to| {
-            (messages.iter()).map(move |(zone, message)| announce(to, zone, message, serial))
+            (messages.iter())
+                .map(move |(zone, message, key)| announce(to, zone, message, key.as_ref(), serial))
         });
         tokio::select! {
             _ = join_all(sends) => {}
@@ -74,8 +80,9 @@ fn notify_message(apex: &[u8], record: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Sends `message` to `to` with a fresh ID until it is answered or the tries run out.
-async fn announce(to: SocketAddr, zone: &str, message: &[u8], serial: u32) {
+/// Sends `message` to `to` with a fresh ID (signed with `key`, when the zone has one) until it
+/// is answered or the tries run out.
+async fn announce(to: SocketAddr, zone: &str, message: &[u8], key: Option<&TSigner>, serial: u32) {
     let bind: SocketAddr = if to.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -85,10 +92,16 @@ async fn announce(to: SocketAddr, zone: &str, message: &[u8], serial: u32) {
         Ok(s) => s,
         Err(error) => return warn!(secondary = %to, %error, "cannot send NOTIFY"),
     };
-    let mut message = message.to_vec();
     for wait in crate::backoff::notify_wait() {
         let id = rand::random::<u16>().to_be_bytes();
+        let mut message = message.to_vec();
         message[..2].copy_from_slice(&id);
+        // The signature covers the ID: a new one for every try.
+        if let Some(key) = key
+            && let Err(error) = sign_request(key, &mut message, unix_now())
+        {
+            return warn!(secondary = %to, zone, %error, "cannot sign NOTIFY; the secondary will transfer at its next refresh");
+        }
         if let Err(error) = socket.send_to(&message, to).await {
             debug!(secondary = %to, %error, "NOTIFY not sent");
         }
@@ -120,21 +133,4 @@ async fn announce(to: SocketAddr, zone: &str, message: &[u8], serial: u32) {
         }
     }
     warn!(secondary = %to, zone, serial, "no answer to NOTIFY; the secondary will transfer at its next refresh");
-}
-
-/// Presentation form of a lower-cased wire name, for logs.
-fn zone_text(wire: &[u8]) -> String {
-    let mut out = String::new();
-    let mut at = 0;
-    while let Some(&len) = wire.get(at).filter(|&&l| l > 0) {
-        out.push_str(&String::from_utf8_lossy(
-            &wire[at + 1..at + 1 + len as usize],
-        ));
-        out.push('.');
-        at += 1 + len as usize;
-    }
-    if out.is_empty() {
-        out.push('.');
-    }
-    out
 }

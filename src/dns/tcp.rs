@@ -211,7 +211,7 @@ async fn send_zone<S: AsyncWrite + Unpin>(
         tokio::task::yield_now().await;
     }
     let zone = req.question.as_ref().map(|q| q.name.to_string());
-    info!(%client, zone, serial = table.serial(), records = messages.records(), messages = count, millis = started.elapsed().as_millis() as u64, "zone transferred");
+    info!(%client, zone, serial = table.serial(), incremental = messages.incremental(), records = messages.records(), messages = count, millis = started.elapsed().as_millis() as u64, "zone transferred");
     Ok(())
 }
 

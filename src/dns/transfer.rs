@@ -1,22 +1,26 @@
-//! Zone transfers out: the messages of an AXFR (or an IXFR answered with the whole zone, RFC 1995
-//! §4) streamed from one table snapshot, so a transfer sees one serial however long it takes and
-//! never holds up queries, which keep reading the current table.
+//! Zone transfers out: the messages of an AXFR, or of an IXFR (RFC 1995), streamed from one
+//! table snapshot, so a transfer sees one serial however long it takes and never holds up
+//! queries, which keep reading the current table. An IXFR from a serial the table's journal
+//! reaches back to gets the differences since (§4, one SOA-delimited set per serial); any other
+//! gets the whole zone in AXFR form.
+
+use std::borrow::Cow;
+use std::iter::once;
 
 use tracing::warn;
 
 use crate::wire::request::Request;
 use crate::wire::transfer::TransferPacker;
 use crate::wire::tsig::{ReplySigner, unix_now};
-use crate::zone::{NameTable, ZoneContent};
+use crate::zone::{Delta, NameTable, OwnedRecord};
 
 /// The transfer messages for `req`, whose question names a zone apex of `table`, in order.
 pub struct TransferStream<'a> {
     packer: Option<TransferPacker<'a>>,
-    content: ZoneContent<'a>,
-    apex: &'a [u8],
+    /// Every record to send, both SOAs included, in order.
+    content: Box<dyn Iterator<Item = OwnedRecord<'a>> + Send + 'a>,
     records: usize,
-    /// The message with the closing SOA, when it did not fit the one before.
-    pending: Option<Vec<u8>>,
+    incremental: bool,
     /// Signs each message, when the request was signed.
     signer: Option<Box<ReplySigner>>,
 }
@@ -30,24 +34,43 @@ impl<'a> TransferStream<'a> {
     ) -> Option<Self> {
         let apex = req.question.as_ref()?.name.lower();
         let content = table.zone_content(apex)?;
-        let mut packer = TransferPacker::new(req);
-        // RFC 5936 §2.2: the SOA opens the transfer (and closes it).
-        let opened = packer.push(apex, content.soa);
-        debug_assert!(opened.is_none());
+        let soa = (Cow::Borrowed(apex), content.soa);
+        let deltas = (req.ixfr_serial).and_then(|serial| table.journal().since(apex, serial));
+        let incremental = deltas.is_some();
+        let between: Box<dyn Iterator<Item = OwnedRecord<'a>> + Send + 'a> = match deltas {
+            Some(deltas) => Box::new(deltas.flat_map(move |d| delta_records(apex, d))),
+            None => content.records,
+        };
+        // RFC 5936 §2.2 and RFC 1995 §4: the current SOA opens the transfer and closes it.
         Some(TransferStream {
-            packer: Some(packer),
-            content,
-            apex,
-            records: 2,
-            pending: None,
+            packer: Some(TransferPacker::new(req)),
+            content: Box::new(once(soa.clone()).chain(between).chain(once(soa))),
+            records: 0,
+            incremental,
             signer,
         })
     }
 
-    /// Records sent or to be sent so far, both SOAs included.
+    /// Records sent so far, both SOAs included.
     pub fn records(&self) -> usize {
         self.records
     }
+
+    /// Whether this is an IXFR answered with differences rather than the whole zone.
+    pub fn incremental(&self) -> bool {
+        self.incremental
+    }
+}
+
+/// One serial's differences as an IXFR carries them: the old SOA, what went, the new SOA, what
+/// came.
+fn delta_records<'a>(apex: &'a [u8], d: &'a Delta) -> impl Iterator<Item = OwnedRecord<'a>> + 'a {
+    let record =
+        |(owner, record): &'a (Box<[u8]>, Box<[u8]>)| (Cow::Borrowed(&owner[..]), &record[..]);
+    once((Cow::Borrowed(apex), &d.from_soa[..]))
+        .chain(d.deleted.iter().map(record))
+        .chain(once((Cow::Borrowed(apex), &d.to_soa[..])))
+        .chain(d.added.iter().map(record))
 }
 
 impl Iterator for TransferStream<'_> {
@@ -61,7 +84,6 @@ impl Iterator for TransferStream<'_> {
             // A secondary cannot check an unsigned message: end the transfer.
             warn!(%error, "cannot sign a zone transfer message; ending the transfer");
             self.packer = None;
-            self.pending = None;
             return None;
         }
         Some(message)
@@ -70,24 +92,13 @@ impl Iterator for TransferStream<'_> {
 
 impl TransferStream<'_> {
     fn unsigned(&mut self) -> Option<Vec<u8>> {
-        if let Some(message) = self.pending.take() {
-            return Some(message);
-        }
         let packer = self.packer.as_mut()?;
-        for (owner, record) in self.content.records.by_ref() {
+        for (owner, record) in self.content.by_ref() {
             self.records += 1;
             if let Some(message) = packer.push(&owner, record) {
                 return Some(message);
             }
         }
-        let mut packer = self.packer.take()?;
-        // The closing SOA; when it starts a message of its own, that one follows.
-        match packer.push(self.apex, self.content.soa) {
-            Some(full) => {
-                self.pending = Some(packer.finish());
-                Some(full)
-            }
-            None => Some(packer.finish()),
-        }
+        Some(self.packer.take()?.finish())
     }
 }

@@ -5,14 +5,17 @@
 //! address that only exists in memory.
 
 use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::alloc::{
-    AllocState, Policy, Reconciled, Reserved, Store, host_key, reconcile, unix_now, usage,
+    AllocState, Policy, Reconciled, Reserved, Store, ZoneSerial, host_key, in_istio_ranges,
+    reconcile, unix_now, usage,
 };
 use crate::catalog::{Catalog, HostEntry};
 use crate::source::readiness::Readiness;
@@ -41,7 +44,9 @@ pub struct Publisher {
     /// The serial of the table last swapped in, for whoever announces changes (NOTIFY).
     published: watch::Sender<u32>,
     /// What the current serial was given for (see [`fingerprint`]).
-    fingerprint: u64,
+    fingerprint: String,
+    /// Stored VIPs inside an Istio range, as last reported.
+    stranded: usize,
 }
 
 impl Publisher {
@@ -72,7 +77,8 @@ impl Publisher {
             readiness,
             metrics,
             published: watch::Sender::new(0),
-            fingerprint: 0,
+            fingerprint: String::new(),
+            stranded: 0,
         };
         this.publish(declarations).await?;
         tokio::task::spawn_blocking(release_free_memory);
@@ -125,16 +131,18 @@ impl Publisher {
         let hosts = self.resolve(catalog, &reserved);
         // A new serial only for new content: a republish that changes nothing (a store write
         // by another replica, a rescan) must not send secondaries transferring the same zone.
-        let fingerprint = fingerprint(&hosts);
-        if self.serial == 0 || fingerprint != self.fingerprint {
-            self.serial = next_serial(self.serial);
-            self.fingerprint = fingerprint;
-        }
+        let content = fingerprint(&hosts);
+        self.serial = self.serial_for(&content).await;
+        self.fingerprint = content;
         let pending = hosts.iter().filter(|h| h.addresses.is_empty()).count();
         let (zone, serial) = (self.zone.clone(), self.serial);
         // The scratch is dropped off the runtime's threads too: freeing a big mesh takes a while.
+        let previous = self.table.load_full();
         let table = blocking(move || {
-            let table = NameTable::build(&zone, serial, &hosts);
+            let table = NameTable::build(&zone, serial, &hosts).map(|mut table| {
+                table.follow(&previous);
+                table
+            });
             drop((hosts, reserved));
             table
         })
@@ -145,8 +153,18 @@ impl Publisher {
             serial = self.serial,
             "name table published"
         );
-        self.metrics
-            .published(table.host_count(), usage(&self.policy, &self.durable));
+        let stranded = in_istio_ranges(&self.policy, &self.durable);
+        if stranded.len() != self.stranded {
+            for (host, address, range) in &stranded {
+                warn!(host, %address, %range, "VIP inside a range istiod allocates from; still answered, move it with `dnsctl allocate HOST --force`");
+            }
+            self.stranded = stranded.len();
+        }
+        self.metrics.published(
+            table.host_count(),
+            usage(&self.policy, &self.durable),
+            self.stranded,
+        );
         let old = self.table.swap(Arc::new(table));
         let serial = self.serial;
         self.published
@@ -197,6 +215,51 @@ impl Publisher {
                 self.retry = Some((next, delays));
             }
         }
+    }
+
+    /// The serial for tables of `content`. Replicas share it through the store, so that they
+    /// give one content one serial and a secondary that asks any of them never sees a serial
+    /// stand for two contents: the one stored for this content (another replica may have given
+    /// it), else a new one, above every serial given before, stored first. While the store holds
+    /// another content's serial (a replica ahead of this one, or behind), ours stands: each
+    /// serial still names one content, and the replicas agree again once their sources do.
+    async fn serial_for(&mut self, content: &str) -> u32 {
+        let floor = self.serial;
+        let current = |z: &ZoneSerial| z.content == content && z.serial >= floor;
+        if let Some(stored) = self.durable.zone_serial.as_ref().filter(|z| current(z)) {
+            return stored.serial;
+        }
+        if content == self.fingerprint && floor != 0 {
+            return floor;
+        }
+        let wanted = content.to_string();
+        let mutation = Box::new(move |state: &mut AllocState| {
+            let stored = state.zone_serial.as_ref();
+            if stored.is_some_and(|z| z.content == wanted && z.serial >= floor) {
+                return Ok(false);
+            }
+            let last = stored.map_or(floor, |z| z.serial.max(floor));
+            state.zone_serial = Some(ZoneSerial {
+                serial: next_serial(last),
+                content: wanted.clone(),
+            });
+            Ok(true)
+        });
+        let stored = self.store.update(mutation).await;
+        self.metrics.store_result(stored.is_ok());
+        match stored {
+            Ok(state) => {
+                self.durable = state;
+                if let Some(stored) = self.durable.zone_serial.as_ref().filter(|z| current(z)) {
+                    return stored.serial;
+                }
+                warn!(store = %self.store.describe(), "the zone serial was not stored; other replicas may give this content another serial");
+            }
+            Err(error) => {
+                warn!(store = %self.store.describe(), %error, "cannot store the zone serial; other replicas may give this content another serial");
+            }
+        }
+        next_serial(floor)
     }
 
     /// Explicit hosts as declared, plus address-less hosts with their stored VIPs. A stored VIP
@@ -256,13 +319,30 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("publisher work does not panic")
 }
 
-/// What the table is built from (the zone settings are fixed for the process): equal for equal
-/// content, so a rebuild of the same content keeps its serial.
-fn fingerprint(hosts: &[HostEntry]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    hosts.hash(&mut hasher);
-    hasher.finish()
+/// What the table is built from (the zone settings are fixed for the process), as hex: equal for
+/// equal content, whatever order the sources listed it in, in every process of one build, so
+/// a rebuild keeps its serial and replicas agree on theirs.
+fn fingerprint(hosts: &[HostEntry]) -> String {
+    let mut sorted: Vec<&HostEntry> = hosts.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut hasher = DigestHasher(Sha256::new());
+    sorted.hash(&mut hasher);
+    data_encoding::HEXLOWER.encode(&hasher.0.finalize()[..16])
+}
+
+/// Feeds what `Hash` writes into SHA-256, which (unlike std's hasher) promises the same result
+/// in every process and release.
+struct DigestHasher(Sha256);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_be_bytes(digest[..8].try_into().expect("SHA-256 is 32 bytes"))
+    }
 }
 
 /// SOA serials follow the clock but always move forward, even for rebuilds within a second.

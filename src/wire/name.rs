@@ -58,6 +58,23 @@ pub fn parent(wire: &[u8]) -> Option<&[u8]> {
     (len != 0).then(|| &wire[1 + len..])
 }
 
+/// Presentation form of an uncompressed wire name, for logs and messages.
+pub fn to_text(wire: &[u8]) -> String {
+    let mut out = String::new();
+    let mut at = 0;
+    while let Some(&len) = wire.get(at).filter(|&&l| l > 0) {
+        out.push_str(&String::from_utf8_lossy(
+            &wire[at + 1..at + 1 + len as usize],
+        ));
+        out.push('.');
+        at += 1 + len as usize;
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,18 +3,43 @@
 //! before it (§5.3.1). hickory-proto does the HMACs and the TSIG record's encoding.
 
 use hickory_proto::ProtoError;
-use hickory_proto::rr::TSigner;
 use hickory_proto::rr::rdata::tsig::{TSIG, make_tsig_record, signed_bitmessage_to_buf};
+use hickory_proto::rr::{Name, TSigner};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+
+/// One TSIG key and what it opens.
+#[derive(Clone)]
+pub struct TransferKey {
+    pub signer: TSigner,
+    /// The apex (lower-cased wire form) of the one zone this key opens; every zone when `None`.
+    pub zone: Option<Box<[u8]>>,
+}
 
 /// TSIG keys; printed by name only, so the secrets stay out of logs.
 #[derive(Clone, Default)]
-pub struct TsigKeys(pub Vec<TSigner>);
+pub struct TsigKeys(pub Vec<TransferKey>);
 
 impl std::fmt::Debug for TsigKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.0.iter().map(|k| k.signer_name().to_string()).collect();
+        let names: Vec<String> = (self.0.iter())
+            .map(|k| k.signer.signer_name().to_string())
+            .collect();
         f.debug_tuple("TsigKeys").field(&names).finish()
+    }
+}
+
+impl TsigKeys {
+    /// The keys that open the zone at `apex` (lower-cased wire form): a transfer of it must be
+    /// signed with one of them when there are any, and NOTIFY for it is signed with the first.
+    pub fn for_zone<'a>(&'a self, apex: &'a [u8]) -> impl Iterator<Item = &'a TSigner> + 'a {
+        (self.0.iter())
+            .filter(move |k| k.zone.as_deref().is_none_or(|z| z == apex))
+            .map(|k| &k.signer)
+    }
+
+    /// The zones named by keys for one zone only.
+    pub fn zones(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().filter_map(|k| k.zone.as_deref())
     }
 }
 
@@ -33,12 +58,11 @@ pub enum TsigFailure {
 
 /// Checks the TSIG of `message` (a request, as received) against `keys` at time `now` (Unix
 /// seconds); the signer for the reply when it holds.
-pub fn check(message: &[u8], keys: &[TSigner], now: u64) -> Result<ReplySigner, TsigFailure> {
+pub fn check(message: &[u8], keys: &TsigKeys, now: u64) -> Result<ReplySigner, TsigFailure> {
     let (tbv, record) =
         signed_bitmessage_to_buf(message, None, true).map_err(TsigFailure::Malformed)?;
     let tsig = &record.data;
-    let signer = keys
-        .iter()
+    let signer = (keys.0.iter().map(|k| &k.signer))
         .find(|k| *k.signer_name() == record.name && *k.algorithm() == tsig.algorithm)
         .ok_or_else(|| TsigFailure::UnknownKey(record.name.to_string()))?;
     signer
@@ -69,6 +93,11 @@ pub struct ReplySigner {
 }
 
 impl ReplySigner {
+    /// The name of the key the request was signed with.
+    pub fn key_name(&self) -> &Name {
+        self.signer.signer_name()
+    }
+
     /// Appends a TSIG record signing `message` (complete but for it) at time `now`.
     pub fn sign(&mut self, message: &mut Vec<u8>, now: u64) -> Result<(), ProtoError> {
         let stub = TSIG::new(
@@ -97,16 +126,44 @@ impl ReplySigner {
             .signer
             .sign(&tbs)
             .map_err(|e| ProtoError::from(e.to_string()))?;
-        let record = make_tsig_record(self.signer.signer_name().clone(), stub.set_mac(mac.clone()));
-        let mut encoded = Vec::with_capacity(128);
-        record.emit(&mut BinEncoder::new(&mut encoded))?;
-        message.extend_from_slice(&encoded);
-        let additionals = u16::from_be_bytes([message[10], message[11]]) + 1;
-        message[10..12].copy_from_slice(&additionals.to_be_bytes());
+        append_tsig(message, &self.signer, stub.set_mac(mac.clone()))?;
         self.previous_mac = mac;
         self.first = false;
         Ok(())
     }
+}
+
+/// Signs a request we send (a NOTIFY) with `signer` at time `now`: the MAC covers the message
+/// and the TSIG variables, with no MAC before it (RFC 8945 §4.3.3).
+pub fn sign_request(signer: &TSigner, message: &mut Vec<u8>, now: u64) -> Result<(), ProtoError> {
+    let id = u16::from_be_bytes([message[0], message[1]]);
+    let stub = TSIG::new(
+        signer.algorithm().clone(),
+        now,
+        signer.fudge(),
+        Vec::new(),
+        id,
+        None,
+        Vec::new(),
+    );
+    let mut variables = Vec::with_capacity(64);
+    stub.emit_tsig_for_mac(&mut BinEncoder::new(&mut variables), signer.signer_name())?;
+    let tbs = [&message[..], &variables[..]].concat();
+    let mac = signer
+        .sign(&tbs)
+        .map_err(|e| ProtoError::from(e.to_string()))?;
+    append_tsig(message, signer, stub.set_mac(mac))
+}
+
+/// Adds the TSIG record `tsig` of `signer` to the end of `message` and counts it.
+fn append_tsig(message: &mut Vec<u8>, signer: &TSigner, tsig: TSIG) -> Result<(), ProtoError> {
+    let record = make_tsig_record(signer.signer_name().clone(), tsig);
+    let mut encoded = Vec::with_capacity(128);
+    record.emit(&mut BinEncoder::new(&mut encoded))?;
+    message.extend_from_slice(&encoded);
+    let additionals = u16::from_be_bytes([message[10], message[11]]) + 1;
+    message[10..12].copy_from_slice(&additionals.to_be_bytes());
+    Ok(())
 }
 
 /// Seconds since the Unix epoch, TSIG's clock.
@@ -114,4 +171,72 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
+
+    fn key(name: &str) -> TSigner {
+        let name = Name::from_ascii(name).unwrap();
+        TSigner::new(
+            b"0123456789abcdef".to_vec(),
+            TsigAlgorithm::HmacSha256,
+            name,
+            300,
+        )
+        .unwrap()
+    }
+
+    /// A NOTIFY we sign is one a secondary holding the key accepts, and no other.
+    #[test]
+    fn signed_requests_verify_with_the_key_only() {
+        let notify =
+            b"\xab\xcd\x20\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06global\x00\x00\x06\x00\x01";
+        let mut message = notify.to_vec();
+        sign_request(&key("transfer."), &mut message, 1_800_000_000).unwrap();
+        assert_eq!(u16::from_be_bytes([message[10], message[11]]), 1);
+        let keys = |k: TSigner| {
+            TsigKeys(vec![TransferKey {
+                signer: k,
+                zone: None,
+            }])
+        };
+        let signer = check(&message, &keys(key("transfer.")), 1_800_000_010).unwrap();
+        assert_eq!(signer.key_name().to_ascii(), "transfer.");
+        assert!(matches!(
+            check(&message, &keys(key("other.")), 1_800_000_010),
+            Err(TsigFailure::UnknownKey(_))
+        ));
+        let mut tampered = message.clone();
+        tampered[13] ^= 1; // the zone name (the ID may change: the MAC covers the original)
+        assert!(matches!(
+            check(&tampered, &keys(key("transfer.")), 1_800_000_010),
+            Err(TsigFailure::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn zone_keys_open_their_zone_only() {
+        let apex = b"\x06global\x00";
+        let keys = TsigKeys(vec![
+            TransferKey {
+                signer: key("all."),
+                zone: None,
+            },
+            TransferKey {
+                signer: key("g."),
+                zone: Some(apex.as_slice().into()),
+            },
+        ]);
+        let names = |zone: &[u8]| -> Vec<String> {
+            keys.for_zone(zone)
+                .map(|k| k.signer_name().to_ascii())
+                .collect()
+        };
+        assert_eq!(names(apex), ["all.", "g."]);
+        assert_eq!(names(b"\x03240\x07in-addr\x04arpa\x00"), ["all."]);
+        assert_eq!(keys.zones().collect::<Vec<_>>(), [apex.as_slice()]);
+    }
 }

@@ -16,6 +16,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use ipnet::IpNet;
 use rayon::prelude::*;
 
+use super::journal::Journal;
 use super::reverse::ReverseZones;
 use super::soa::SoaSettings;
 use crate::catalog::HostEntry;
@@ -76,6 +77,8 @@ pub struct NameTable {
     reverse: ReverseZones,
     hosts: usize,
     serial: u32,
+    /// How each zone came to be as it is, for incremental transfers.
+    journal: Journal,
 }
 
 /// A served zone's records, for a zone transfer: its SOA record, and every other record with its
@@ -197,6 +200,7 @@ impl NameTable {
             reverse,
             hosts: host_count,
             serial,
+            journal: Journal::default(),
         };
         for (key, apex) in &zones {
             table
@@ -264,6 +268,17 @@ impl NameTable {
     /// The SOA serial of every zone in this table.
     pub fn serial(&self) -> u32 {
         self.serial
+    }
+
+    /// What changed in each zone over its recent serials.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Makes this table the successor of `previous`: its journal continues `previous`'s with
+    /// what changed between the two.
+    pub fn follow(&mut self, previous: &NameTable) {
+        self.journal = Journal::follow(previous, self);
     }
 
     /// The apex of every served zone (lower-cased wire form): the forward zones, then the

@@ -32,11 +32,12 @@ use self::lease::{LEASE_NAME, LockError, WAIT as LEASE_WAIT, WriterLock};
 pub(super) use self::retry::api_message;
 use self::retry::{api_code, with_retries};
 use self::shard::{
-    FORMAT_ANNOTATION, FORMAT_VERSION, MANAGED_BY, MAX_SHARD_BYTES, SHARD_LABEL, SHARDS, data_size,
-    decode_shard, encode_key, encode_value, salvage, shard_name, shard_of,
+    FORMAT_ANNOTATION, FORMAT_VERSION, MANAGED_BY, MAX_SHARD_BYTES, SERIAL_ANNOTATION,
+    SERIAL_SHARD, SHARD_LABEL, SHARDS, data_size, decode_serial, decode_shard, encode_key,
+    encode_serial, encode_value, salvage, shard_name, shard_of,
 };
 use super::{Mutation, Store, StoreError, StoreFuture, Unavailable};
-use crate::alloc::state::{AllocState, Record};
+use crate::alloc::state::{AllocState, Record, ZoneSerial};
 
 /// Attempts of a whole transaction when other writers keep getting in the way.
 const TRANSACTION_ATTEMPTS: u32 = 8;
@@ -121,12 +122,15 @@ impl ConfigMapStore {
                 debug!(configmap = %name, "not an allocation shard; ignored");
                 continue;
             };
-            let format = cm
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(FORMAT_ANNOTATION))
-                .map(String::as_str);
+            let annotation = |key| {
+                (cm.metadata.annotations.as_ref())?
+                    .get(key)
+                    .map(String::as_str)
+            };
+            let format = annotation(FORMAT_ANNOTATION);
+            if index == SERIAL_SHARD {
+                state.zone_serial = annotation(SERIAL_ANNOTATION).and_then(decode_serial);
+            }
             let data = cm.data.clone().unwrap_or_default();
             let damage = match decode_shard(index, format, &data) {
                 Ok(records) => {
@@ -208,7 +212,10 @@ impl ConfigMapStore {
                     "shard {} is unreadable ({damage})",
                     shard_name(index)
                 )),
-                None => match self.write_shard(index, shard, &hosts).await {
+                None => match self
+                    .write_shard(index, shard, &hosts, &next.zone_serial)
+                    .await
+                {
                     Ok(()) => None,
                     Err(WriteError::Failed(StoreError::Corrupt { detail, .. })) => Some(detail),
                     Err(e) => return Err(e),
@@ -226,6 +233,9 @@ impl ConfigMapStore {
                         .filter(|(h, _)| shard_of(h) == index)
                         .map(|(h, r)| (h.clone(), r.clone())),
                 );
+                if index == SERIAL_SHARD {
+                    stored.zone_serial = state.zone_serial.clone();
+                }
             }
         }
         Ok(stored)
@@ -236,6 +246,7 @@ impl ConfigMapStore {
         index: usize,
         shard: Option<&ShardRead>,
         hosts: &BTreeMap<&String, &Record>,
+        serial: &Option<ZoneSerial>,
     ) -> Result<(), WriteError> {
         let mut data = BTreeMap::new();
         for (host, record) in hosts {
@@ -263,10 +274,12 @@ impl ConfigMapStore {
             (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
             (SHARD_LABEL.to_string(), format!("{index:02x}")),
         ]));
-        cm.metadata.annotations = Some(BTreeMap::from([(
-            FORMAT_ANNOTATION.to_string(),
-            FORMAT_VERSION.to_string(),
-        )]));
+        let mut annotations =
+            BTreeMap::from([(FORMAT_ANNOTATION.to_string(), FORMAT_VERSION.to_string())]);
+        if let Some(serial) = serial.as_ref().filter(|_| index == SERIAL_SHARD) {
+            annotations.insert(SERIAL_ANNOTATION.to_string(), encode_serial(serial));
+        }
+        cm.metadata.annotations = Some(annotations);
         cm.data = Some(data);
         let params = PostParams::default();
         let name = shard_name(index);
@@ -362,13 +375,16 @@ impl Drop for ConfigMapStore {
     }
 }
 
-/// Shards holding a host whose record differs between `before` and `after`.
+/// Shards holding a host whose record differs between `before` and `after`, and the one holding
+/// the zone serial when that differs.
 fn touched_shards(before: &AllocState, after: &AllocState) -> BTreeSet<usize> {
     let hosts: BTreeSet<&String> = before.records.keys().chain(after.records.keys()).collect();
+    let serial = (before.zone_serial != after.zone_serial).then_some(SERIAL_SHARD);
     hosts
         .into_iter()
         .filter(|h| before.records.get(*h) != after.records.get(*h))
         .map(|h| shard_of(h))
+        .chain(serial)
         .collect()
 }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::alloc::pool::host_hash;
-use crate::alloc::state::{Record, host_key_from_str};
+use crate::alloc::state::{Record, ZoneSerial, host_key_from_str};
 
 pub const SHARDS: usize = 64;
 /// Format of the shard contents, in the `globaldns.io/format` annotation.
@@ -21,6 +21,11 @@ pub const FORMAT_VERSION: &str = "1";
 pub const FORMAT_ANNOTATION: &str = "globaldns.io/format";
 pub const SHARD_LABEL: &str = "globaldns.io/shard";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "globaldns");
+/// On the first shard: the zones' serial and the content it was given for (see
+/// [`ZoneSerial`]), as `<serial> <content>`.
+pub const SERIAL_ANNOTATION: &str = "globaldns.io/zone-serial";
+/// The shard that carries [`SERIAL_ANNOTATION`].
+pub const SERIAL_SHARD: usize = 0;
 /// Well below the API server's 1 MiB limit for ConfigMap data.
 pub const MAX_SHARD_BYTES: usize = 768 * 1024;
 
@@ -94,6 +99,22 @@ pub fn decode_value(value: &str) -> Option<Record> {
         }
     }
     (!record.addresses.is_empty()).then_some(record)
+}
+
+pub fn encode_serial(serial: &ZoneSerial) -> String {
+    format!("{} {}", serial.serial, serial.content)
+}
+
+/// `None` for anything but what [`encode_serial`] writes: the serial is then given anew.
+pub fn decode_serial(text: &str) -> Option<ZoneSerial> {
+    let (serial, content) = text.split_once(' ')?;
+    if content.is_empty() || !content.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(ZoneSerial {
+        serial: serial.parse().ok()?,
+        content: content.to_string(),
+    })
 }
 
 /// Why a shard cannot be used.

@@ -52,6 +52,8 @@ pub struct Catalog {
     /// Named ports of every host that has any: the union over the entries declaring it
     /// (several entries, several clusters), sorted.
     pub ports: HashMap<Name, Vec<SrvPort>, RandomState>,
+    /// What the entries' `status.addresses` hold, by host, in declaration order.
+    pub claimed: Vec<(Name, IpAddr)>,
 }
 
 impl Catalog {
@@ -67,7 +69,9 @@ impl Catalog {
         let mut conflicts = Vec::new();
         let mut without_addresses = Vec::new();
         let mut ports: HashMap<Name, Vec<SrvPort>, RandomState> = HashMap::default();
+        let mut claimed = Vec::new();
         for decl in ordered {
+            claimed.extend(decl.claimed.iter().cloned());
             let named: Vec<SrvPort> = (decl.ports.iter())
                 .filter_map(|p| match p.srv_labels() {
                     Ok(Some((service, protocol))) => Some(SrvPort {
@@ -129,6 +133,7 @@ impl Catalog {
             unaddressed,
             conflicts,
             ports,
+            claimed,
         }
     }
 }
@@ -148,6 +153,7 @@ mod tests {
             resolution: None,
             ports: Box::default(),
             labels: Default::default(),
+            claimed: Box::default(),
         }
     }
 

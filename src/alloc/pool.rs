@@ -25,10 +25,13 @@ pub enum PoolError {
     TooLarge(IpNet),
     #[error(
         "pool {pool} lies inside {range}, where istiod allocates VIPs of its own (a VIP from it \
-         can be one istiod gave another service); choose a pool outside it, e.g. {DEFAULT_POOL} \
-         (which skips {range}) or, for IPv6, a ULA prefix such as fd00:f1d0::/48"
+         can be one istiod gave another service); choose a pool outside it, {instead}"
     )]
-    InsideIstioRange { pool: IpNet, range: IpNet },
+    InsideIstioRange {
+        pool: IpNet,
+        range: IpNet,
+        instead: &'static str,
+    },
 }
 
 /// One CIDR. Unusable addresses are skipped: the network and broadcast addresses, and in IPv4
@@ -66,9 +69,14 @@ impl Pool {
         let mut pool = self;
         for range in ranges.iter().map(IpNet::trunc) {
             if range.contains(&self.net) {
+                let instead = match range {
+                    IpNet::V4(_) => "such as 240.0.0.0/4 (the default, which skips the range)",
+                    IpNet::V6(_) => "such as a ULA prefix of your own (fd00:f1d0::/48, say)",
+                };
                 return Err(PoolError::InsideIstioRange {
                     pool: self.net,
                     range,
+                    instead,
                 });
             }
             // CIDRs are nested or apart: a range that overlaps the pool lies inside it.

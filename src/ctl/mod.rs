@@ -89,7 +89,7 @@ pub enum Command {
         #[arg(long, default_value = "global", value_name = "NAME")]
         zone: hickory_proto::rr::Name,
     },
-    /// Verify that addresses are unique and inside the pools.
+    /// Verify that addresses are unique, inside the pools and outside Istio's ranges.
     Check,
     /// Show how full each pool is.
     Pools,

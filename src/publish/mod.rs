@@ -4,8 +4,9 @@
 //! A host whose VIP could not be stored yet is published as pending (SERVFAIL), never with an
 //! address that only exists in memory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -125,7 +126,7 @@ impl Publisher {
             .filter(|n| self.zone.serves(n))
             .map(host_key)
             .collect();
-        let reserved = Arc::new(reserved(&catalog));
+        let reserved = Arc::new(reserved(&catalog, &self.durable));
         self.allocate(&wanted, &reserved).await;
 
         let hosts = self.resolve(catalog, &reserved);
@@ -303,12 +304,26 @@ impl Publisher {
     }
 }
 
-/// Explicit addresses and the host each belongs to: the allocator must not hand them out.
-fn reserved(catalog: &Catalog) -> Reserved {
-    let mut reserved = Reserved::with_capacity(catalog.hosts.len());
+/// Explicit addresses and the host each belongs to: the allocator must not hand them out. Then
+/// what some cluster's `status.addresses` holds for a host (istiod's VIPs, or ours written
+/// back): not handed to another host either, except an address one of our records already
+/// holds, which stays where it is (a VIP never moves on its own; one inside Istio's range is
+/// reported for an operator to move).
+fn reserved(catalog: &Catalog, durable: &AllocState) -> Reserved {
+    let mut reserved = Reserved::with_capacity(catalog.hosts.len() + catalog.claimed.len());
     for host in &catalog.hosts {
         let key: Arc<str> = host_key(&host.name).into();
         reserved.extend(host.addresses.iter().map(|a| (*a, key.clone())));
+    }
+    if !catalog.claimed.is_empty() {
+        let held: HashSet<IpAddr> = (durable.records.values())
+            .flat_map(|r| r.addresses.iter().copied())
+            .collect();
+        for (host, address) in &catalog.claimed {
+            if !held.contains(address) {
+                (reserved.entry(*address)).or_insert_with(|| host_key(host).into());
+            }
+        }
     }
     reserved
 }

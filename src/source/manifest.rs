@@ -96,9 +96,11 @@ impl<'de> Visitor<'de> for DocumentVisitor {
         if is_service_entry(api_version.as_deref(), kind.as_deref()) != Some(true) {
             return Ok(Document::Other);
         }
+        // A status in a file is nobody's to trust: only a cluster's (istiod's) is read.
         Ok(Document::ServiceEntry(ServiceEntry {
             metadata: metadata.finish("metadata")?,
             spec: spec.finish("spec")?,
+            status: Default::default(),
         }))
     }
 

@@ -38,6 +38,9 @@ pub struct Declaration {
     pub ports: Box<[Port]>,
     /// `metadata.labels`, carried for the data-plane work (no allocation when there are none).
     pub labels: BTreeMap<String, String>,
+    /// What the entry's `status.addresses` holds (istiod's VIPs, or ours written back), by
+    /// host: never handed to another host.
+    pub claimed: Box<[(Name, IpAddr)]>,
 }
 
 impl Declaration {
@@ -58,6 +61,7 @@ impl Declaration {
         let ports = std::mem::take(&mut se.spec.ports).into_boxed_slice();
         let namespace = se.namespace().to_string();
         let labels = std::mem::take(&mut se.metadata.labels);
+        let claimed = se.status_addresses().into_boxed_slice();
         let mut name = se.metadata.name;
         name.shrink_to_fit();
         let declaration = Declaration {
@@ -70,6 +74,7 @@ impl Declaration {
             resolution,
             ports,
             labels,
+            claimed,
         };
         Ok((declaration, addresses.cidrs))
     }

@@ -23,6 +23,23 @@ pub const KIND: &str = "ServiceEntry";
 pub struct ServiceEntry {
     pub metadata: ObjectMeta,
     pub spec: ServiceEntrySpec,
+    #[serde(default)]
+    pub status: ServiceEntryStatus,
+}
+
+/// What istiod (and globaldns) write back; only the VIPs given to the entry's hosts are read.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ServiceEntryStatus {
+    #[serde(default)]
+    pub addresses: Vec<StatusAddress>,
+}
+
+/// One VIP given to one host of the entry (`{value: 240.240.0.5, host: reviews.global}`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct StatusAddress {
+    pub value: String,
+    #[serde(default)]
+    pub host: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -150,6 +167,20 @@ impl ServiceEntry {
             return Err(EntryError::NoHosts);
         }
         self.spec.hosts.iter().map(|h| parse_host(h)).collect()
+    }
+
+    /// `status.addresses` that read as one address for one host (a lower-cased FQDN); anything
+    /// else there is left out, since the status is istiod's to write, not the user's.
+    pub fn status_addresses(&self) -> Vec<(Name, IpAddr)> {
+        let address = |value: &str| {
+            value.parse::<IpAddr>().ok().or_else(|| {
+                let net = value.parse::<IpNet>().ok()?;
+                (net.prefix_len() == net.max_prefix_len()).then(|| net.addr())
+            })
+        };
+        (self.status.addresses.iter())
+            .filter_map(|a| Some((parse_host(&a.host).ok()?, address(&a.value)?)))
+            .collect()
     }
 
     /// `spec.addresses`: IPs are served; a CIDR (allowed by Istio for TCP services) has no single

@@ -125,6 +125,7 @@ mod tests {
             resolution: None,
             ports: Box::default(),
             labels: Default::default(),
+            claimed: Box::default(),
         }
     }
 

@@ -19,7 +19,9 @@ use super::metrics::ClusterMetrics;
 use crate::cluster::ClusterError;
 use crate::source::Declaration;
 use crate::source::readiness::Readiness;
-use crate::source::service_entry::{API_VERSIONS, ObjectMeta, ServiceEntry, ServiceEntrySpec};
+use crate::source::service_entry::{
+    API_VERSIONS, ObjectMeta, ServiceEntry, ServiceEntrySpec, ServiceEntryStatus,
+};
 use crate::source::set::SourceSet;
 
 const GROUP: &str = "networking.istio.io";
@@ -204,8 +206,21 @@ fn read(
             namespace: object.metadata.namespace,
             labels: object.metadata.labels.unwrap_or_default(),
         };
-        Declaration::from_entry(origin.clone(), ServiceEntry { metadata, spec })
-            .map_err(|e| e.to_string())
+        // istiod's to write: one that does not read is left out, never the entry with it.
+        let status = (object.data.get("status"))
+            .map(ServiceEntryStatus::deserialize)
+            .transpose()
+            .unwrap_or_else(|error| {
+                warn!(cluster, namespace = %key.0, name = %key.1, %error, "status of ServiceEntry does not read; its addresses are not reserved");
+                None
+            })
+            .unwrap_or_default();
+        let entry = ServiceEntry {
+            metadata,
+            spec,
+            status,
+        };
+        Declaration::from_entry(origin.clone(), entry).map_err(|e| e.to_string())
     });
     match entry {
         Ok((decl, cidrs)) => {

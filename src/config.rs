@@ -14,6 +14,7 @@ use crate::dns::rate_limit::RateLimitConfig;
 use crate::dns::tls::TlsFiles;
 use crate::forward::{ForwardConfig, system_upstreams, without_self};
 use crate::server::{ClusterConfig, ServerConfig};
+use crate::status::StatusSettings;
 use crate::wire::name::lower_wire;
 use crate::wire::tsig::{TransferKey, TsigKeys};
 use crate::zone::{SoaSettings, ZoneSettings};
@@ -221,6 +222,15 @@ pub struct ServerArgs {
     )]
     pub cluster_id: String,
 
+    /// Only read ServiceEntry statuses (reporting drift), never write our VIPs into them.
+    #[arg(long)]
+    pub no_status_writes: bool,
+
+    /// Leave this cluster's ServiceEntry statuses alone (repeatable): a remote cluster of a
+    /// primary-remote mesh, whose istiod (the primary's) never reads them.
+    #[arg(long = "status-skip-cluster", value_name = "ID")]
+    pub status_skip_clusters: Vec<String>,
+
     /// Ready once every cluster has synced, or after this long.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub sync_timeout: u64,
@@ -285,6 +295,10 @@ impl ServerArgs {
                 store_context: self.store_context,
                 namespace: self.alloc.namespace.clone(),
                 sync_timeout: Duration::from_secs(self.sync_timeout),
+                status: StatusSettings {
+                    write: !self.no_status_writes,
+                    skip: self.status_skip_clusters,
+                },
             },
             policy: (self.alloc.policy()).expect("pools are checked when the arguments are parsed"),
             listen: self.listen,

@@ -25,5 +25,6 @@ pub mod ops;
 pub mod publish;
 pub mod server;
 pub mod source;
+pub mod status;
 pub mod wire;
 pub mod zone;

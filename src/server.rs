@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::alloc::{ConfigMapStore, FileStore, Policy, Store};
+use crate::alloc::{AllocState, ConfigMapStore, FileStore, Policy, Store};
 use crate::cluster::{self, ClusterError};
 use crate::dns::chaos::Chaos;
 use crate::dns::https::serve_https;
@@ -27,6 +28,7 @@ use crate::source::file;
 use crate::source::kube::{ClusterMetrics, ClusterSet, watch_remote_secrets};
 use crate::source::readiness::Readiness;
 use crate::source::set::SourceSet;
+use crate::status::{self, StatusInputs, StatusMetrics, StatusSettings};
 use crate::wire::name::to_text;
 use crate::wire::tsig::TsigKeys;
 use crate::zone::{BuildError, ZoneSettings};
@@ -80,6 +82,8 @@ pub struct ClusterConfig {
     pub store_context: Option<String>,
     pub namespace: String,
     pub sync_timeout: Duration,
+    /// Where our VIPs are written into ServiceEntry statuses.
+    pub status: StatusSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,11 +153,13 @@ impl Server {
         let forward_metrics = Arc::new(ForwardMetrics::new(&config.forward.upstreams));
         let publish_metrics = Arc::new(PublishMetrics::default());
         let cluster_metrics = Arc::new(ClusterMetrics::default());
+        let status_metrics = Arc::new(StatusMetrics::default());
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(query_metrics.clone()));
         registry.register_collector(Box::new(forward_metrics.clone()));
         registry.register_collector(Box::new(publish_metrics.clone()));
         registry.register_collector(Box::new(cluster_metrics.clone()));
+        registry.register_collector(Box::new(status_metrics.clone()));
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics {
             let err = |source| ServerError::Metrics { addr, source };
@@ -204,8 +210,23 @@ impl Server {
                 _ => Arc::new(FileStore::new(&config.state)),
             };
         info!(store = %store.describe(), "allocations");
+        let (allocations, stored) = watch::channel(Arc::new(AllocState::default()));
         if !clusters.is_empty() {
-            let set = ClusterSet::new(sources.clone(), readiness.clone(), cluster_metrics);
+            let writers = status::companion(
+                config.clusters.status.clone(),
+                StatusInputs {
+                    declarations: rx.clone(),
+                    allocations: stored,
+                    policy: Arc::new(config.policy.clone()),
+                    metrics: status_metrics,
+                },
+            );
+            let set = ClusterSet::with_companion(
+                sources.clone(),
+                readiness.clone(),
+                cluster_metrics,
+                Some(writers),
+            );
             for (id, client) in &clusters {
                 if let Some(client) = client {
                     set.add(id, &format!("context {id}"), "", client.clone());
@@ -233,6 +254,7 @@ impl Server {
             readiness.clone(),
             publish_metrics,
             &first,
+            allocations,
         )
         .await?;
         let table = publisher.table();

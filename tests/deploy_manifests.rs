@@ -168,13 +168,19 @@ fn rbac_is_least_privilege() {
             }
         }
     }
-    // Cluster-wide, nothing but reading ServiceEntries.
+    // Cluster-wide, nothing but reading ServiceEntries and patching their status (our VIPs
+    // into status.addresses).
     let read_service_entries = json!({
         "apiGroups": ["networking.istio.io"],
         "resources": ["serviceentries"],
         "verbs": ["get", "list", "watch"],
     });
-    assert_eq!(cluster_wide, [read_service_entries]);
+    let patch_status = json!({
+        "apiGroups": ["networking.istio.io"],
+        "resources": ["serviceentries/status"],
+        "verbs": ["patch"],
+    });
+    assert_eq!(cluster_wide, [read_service_entries, patch_status]);
     for binding in objects()
         .into_iter()
         .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")

@@ -572,6 +572,7 @@ async fn publish_repo_zones() -> (SharedTable, IpAddr) {
         Readiness::new(Duration::ZERO),
         Arc::new(PublishMetrics::default()),
         &Combined::from(found.declarations),
+        tokio::sync::watch::channel(Default::default()).0,
     )
     .await
     .unwrap();

@@ -48,6 +48,8 @@ pub struct Publisher {
     fingerprint: String,
     /// Stored VIPs inside an Istio range, as last reported.
     stranded: usize,
+    /// The allocations as stored, for whoever writes them on (ServiceEntry statuses).
+    allocations: watch::Sender<Arc<AllocState>>,
 }
 
 impl Publisher {
@@ -59,6 +61,7 @@ impl Publisher {
         readiness: Readiness,
         metrics: Arc<PublishMetrics>,
         declarations: &Combined,
+        allocations: watch::Sender<Arc<AllocState>>,
     ) -> Result<Publisher, BuildError> {
         let loaded = store.load().await;
         metrics.store_result(loaded.is_ok());
@@ -80,6 +83,7 @@ impl Publisher {
             published: watch::Sender::new(0),
             fingerprint: String::new(),
             stranded: 0,
+            allocations,
         };
         this.publish(declarations).await?;
         tokio::task::spawn_blocking(release_free_memory);
@@ -130,6 +134,14 @@ impl Publisher {
         self.allocate(&wanted, &reserved).await;
 
         let hosts = self.resolve(catalog, &reserved);
+        let durable = &self.durable;
+        self.allocations.send_if_modified(|sent| {
+            let changed = **sent != *durable;
+            if changed {
+                *sent = Arc::new(durable.clone());
+            }
+            changed
+        });
         // A new serial only for new content: a republish that changes nothing (a store write
         // by another replica, a rescan) must not send secondaries transferring the same zone.
         let content = fingerprint(&hosts);

@@ -15,7 +15,9 @@ pub use metrics::ClusterMetrics;
 pub use secrets::{
     REMOTE_SECRET_LABEL, RemoteCluster, clusters_in, owner_of, remote_secrets, watch_remote_secrets,
 };
-pub use watch::list_cluster;
+pub use watch::{
+    declaration_of, list_cluster, served_version, service_entries, service_entry_resource,
+};
 
 use super::readiness::Readiness;
 use super::set::SourceSet;
@@ -26,7 +28,13 @@ pub struct ClusterSet {
     readiness: Readiness,
     metrics: Arc<ClusterMetrics>,
     running: Mutex<BTreeMap<String, Running>>,
+    companion: Option<Companion>,
 }
+
+/// Work that layers above the sources do with each cluster while it is watched (writing
+/// statuses): started with the cluster's client, ended by dropping what it returns.
+pub type Companion = Box<dyn Fn(&str, kube::Client) -> Option<CompanionHandle> + Send + Sync>;
+pub type CompanionHandle = Box<dyn std::any::Any + Send + Sync>;
 
 struct Running {
     /// Who registered it: a kubeconfig context or a remote secret.
@@ -34,6 +42,8 @@ struct Running {
     /// Changes when its kubeconfig does.
     fingerprint: String,
     task: tokio::task::JoinHandle<()>,
+    /// Ends with the watch (dropped with it).
+    _companion: Option<CompanionHandle>,
 }
 
 impl Drop for Running {
@@ -53,11 +63,22 @@ impl ClusterSet {
         readiness: Readiness,
         metrics: Arc<ClusterMetrics>,
     ) -> Arc<Self> {
+        Self::with_companion(sources, readiness, metrics, None)
+    }
+
+    /// As [`ClusterSet::new`], running `companion` beside each cluster's watch.
+    pub fn with_companion(
+        sources: SourceSet,
+        readiness: Readiness,
+        metrics: Arc<ClusterMetrics>,
+        companion: Option<Companion>,
+    ) -> Arc<Self> {
         Arc::new(ClusterSet {
             sources,
             readiness,
             metrics,
             running: Mutex::default(),
+            companion,
         })
     }
 
@@ -79,6 +100,9 @@ impl ClusterSet {
         let source = source_name(id);
         self.readiness.expect(&source);
         self.metrics.synced(id, false);
+        // The old companion ends before the new one starts.
+        running.remove(id);
+        let companion = (self.companion.as_ref()).and_then(|start| start(id, client.clone()));
         let task = tokio::spawn(watch::watch_cluster(
             id.to_string(),
             source,
@@ -93,6 +117,7 @@ impl ClusterSet {
                 owner: owner.to_string(),
                 fingerprint: fingerprint.to_string(),
                 task,
+                _companion: companion,
             },
         );
         true

@@ -30,7 +30,7 @@ const GROUP: &str = "networking.istio.io";
 const MAX_BURST: usize = 4096;
 
 /// The newest ServiceEntry version the cluster serves.
-async fn served_version(client: &kube::Client) -> Result<&'static str, ClusterError> {
+pub async fn served_version(client: &kube::Client) -> Result<&'static str, ClusterError> {
     let group = kube::discovery::group(client, GROUP)
         .await
         .map_err(ClusterError::Api)?;
@@ -47,12 +47,14 @@ async fn served_version(client: &kube::Client) -> Result<&'static str, ClusterEr
 }
 
 /// ServiceEntries of every namespace, in API version `version`.
-fn service_entries(client: kube::Client, version: &str) -> Api<DynamicObject> {
+pub fn service_entries(client: kube::Client, version: &str) -> Api<DynamicObject> {
+    Api::all_with(client, &service_entry_resource(version))
+}
+
+/// The ServiceEntry resource in API version `version`.
+pub fn service_entry_resource(version: &str) -> ApiResource {
     let gvk = GroupVersionKind::gvk(GROUP, version, "ServiceEntry");
-    Api::all_with(
-        client,
-        &ApiResource::from_gvk_with_plural(&gvk, "serviceentries"),
-    )
+    ApiResource::from_gvk_with_plural(&gvk, "serviceentries")
 }
 
 /// Cluster `id`'s ServiceEntries as they are now (one list; malformed entries skipped).
@@ -185,6 +187,13 @@ fn key_of(object: &DynamicObject) -> (String, String) {
         object.metadata.namespace.clone().unwrap_or_default(),
         object.metadata.name.clone().unwrap_or_default(),
     )
+}
+
+/// One ServiceEntry object of cluster `cluster` as its declaration; `None` (logged) when it is
+/// malformed.
+pub fn declaration_of(cluster: &str, object: DynamicObject) -> Option<Declaration> {
+    let origin: Arc<str> = super::source_name(cluster).into();
+    read(cluster, &origin, object).map(|(_, decl)| decl)
 }
 
 /// A ServiceEntry as a declaration; a malformed one is logged and left out.

@@ -1,0 +1,215 @@
+//! What a ServiceEntry's `status.addresses` should hold once our VIPs are in it: decided from
+//! the entry, the allocations as stored, and the status as read, so that only our part changes.
+//!
+//! Our part: for each host of a qualifying entry (the entries istiod allocates for: no
+//! `spec.addresses`, resolution not NONE, not opted out) that has a stored VIP, exactly that VIP
+//! (one per address family with a pool), in place of whatever istiod wrote for the host. Entries
+//! that no longer qualify, and hosts that left the entry, lose the addresses we had written.
+//! Everything else (other hosts' addresses, istiod's for hosts we do not serve) stays as it was,
+//! in its order, so a status that is already right is left untouched.
+
+use std::net::IpAddr;
+
+use hickory_proto::rr::Name;
+use serde_json::{Value, json};
+
+use crate::alloc::{AllocState, Policy, host_key};
+use crate::source::Declaration;
+use crate::source::service_entry::Resolution;
+
+/// The label with which an entry opts out of istiod's allocation (and of ours in its status).
+pub const OPT_OUT_LABEL: &str = "networking.istio.io/enable-autoallocate-ip";
+
+/// Whether istiod gives the entry's hosts VIPs (and so reads them from the status).
+pub fn qualifies(decl: &Declaration) -> bool {
+    decl.needs_vip
+        && decl.resolution != Some(Resolution::None)
+        && decl.labels.get(OPT_OUT_LABEL).map(String::as_str) != Some("false")
+}
+
+/// The VIPs we answer for `host` and would write: stored, live, and outside Istio's ranges
+/// (istiod tracks its own range and would fight over those).
+pub fn our_vips(state: &AllocState, policy: &Policy, host: &Name) -> Vec<IpAddr> {
+    (state.records.get(&host_key(host)))
+        .filter(|r| r.released_at.is_none())
+        .map(|r| {
+            (r.addresses.iter().copied())
+                .filter(|a| policy.istio_range_of(*a).is_none())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `status.addresses` the entry should have, given `current` (as read; `None` when there is
+/// none); `None` when `current` is already right.
+pub fn desired(
+    decl: &Declaration,
+    current: Option<&[Value]>,
+    state: &AllocState,
+    policy: &Policy,
+) -> Option<Vec<Value>> {
+    let current = current.unwrap_or_default();
+    let qualifying = qualifies(decl);
+    // Hosts whose addresses are ours to set in this entry, with what they should be.
+    let managed: Vec<(&Name, Vec<IpAddr>)> = if qualifying {
+        (decl.hosts.iter())
+            .map(|h| (h, our_vips(state, policy, h)))
+            .filter(|(_, vips)| !vips.is_empty())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // What we may have written: a stored VIP outside Istio's ranges.
+    let stored = |host: &Name, address: IpAddr| {
+        policy.istio_range_of(address).is_none()
+            && (state.records.get(&host_key(host))).is_some_and(|r| r.addresses.contains(&address))
+    };
+    let mut next: Vec<Value> = (current.iter())
+        .filter(|entry| {
+            let Some((host, address)) = read_entry(entry) else {
+                return true; // not ours to judge
+            };
+            if managed.iter().any(|(h, _)| **h == host) {
+                return false; // replaced below
+            }
+            // An address we wrote, for a host this entry no longer asks us for.
+            !stored(&host, address)
+        })
+        .cloned()
+        .collect();
+    for (host, vips) in &managed {
+        next.extend(
+            vips.iter()
+                .map(|v| json!({"value": v.to_string(), "host": host_key(host)})),
+        );
+    }
+    (next != current).then_some(next)
+}
+
+/// One status entry as (host, address); `None` for one that does not read.
+pub fn read_entry(entry: &Value) -> Option<(Name, IpAddr)> {
+    let host = entry.get("host")?.as_str()?;
+    let value = entry.get("value")?.as_str()?;
+    let mut name = Name::from_ascii(host).ok()?;
+    name.set_fqdn(true);
+    Some((name.to_lowercase(), value.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::Record;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn decl(hosts: &[&str], labels: &[(&str, &str)]) -> Declaration {
+        Declaration {
+            origin: Arc::from("cluster a"),
+            namespace: "ns".into(),
+            name: "e".into(),
+            hosts: hosts.iter().map(|h| Name::from_ascii(h).unwrap()).collect(),
+            addresses: Vec::new(),
+            needs_vip: true,
+            resolution: None,
+            ports: Box::default(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            claimed: Box::default(),
+        }
+    }
+
+    fn state(records: &[(&str, &str)]) -> AllocState {
+        let mut state = AllocState::default();
+        for (host, address) in records {
+            state.records.insert(
+                host.to_string(),
+                Record {
+                    addresses: vec![address.parse().unwrap()],
+                    ..Default::default()
+                },
+            );
+        }
+        state
+    }
+
+    fn policy() -> Policy {
+        let pool: crate::alloc::Pool = "240.0.0.0/4".parse().unwrap();
+        Policy {
+            pools: vec![
+                pool.excluding(&["240.240.0.0/16".parse().unwrap()])
+                    .unwrap(),
+            ],
+            grace: Duration::from_secs(60),
+        }
+    }
+
+    fn entry(host: &str, value: &str) -> Value {
+        json!({"value": value, "host": host})
+    }
+
+    #[test]
+    fn our_vip_replaces_istiods_for_our_hosts_only() {
+        let d = decl(&["a.global.", "b.example."], &[]);
+        let s = state(&[("a.global", "240.0.0.9")]);
+        let current = [
+            entry("a.global", "240.240.0.1"),
+            entry("a.global", "2001:2::1"),
+            entry("b.example", "240.240.0.2"),
+        ];
+        let next = desired(&d, Some(&current), &s, &policy()).unwrap();
+        assert_eq!(
+            next,
+            [
+                entry("b.example", "240.240.0.2"),
+                entry("a.global", "240.0.0.9")
+            ]
+        );
+        // Written once, then left alone: a restart patches nothing.
+        assert_eq!(desired(&d, Some(&next), &s, &policy()), None);
+        // No status yet: ours alone.
+        assert_eq!(
+            desired(&d, None, &s, &policy()).unwrap(),
+            [entry("a.global", "240.0.0.9")]
+        );
+    }
+
+    #[test]
+    fn entries_that_stop_qualifying_lose_our_addresses_only() {
+        let s = state(&[("a.global", "240.0.0.9")]);
+        let current = [
+            entry("a.global", "240.0.0.9"),
+            entry("c.global", "240.240.0.3"),
+        ];
+        let opted_out = decl(&["a.global.", "c.global."], &[(OPT_OUT_LABEL, "false")]);
+        assert_eq!(
+            desired(&opted_out, Some(&current), &s, &policy()).unwrap(),
+            [entry("c.global", "240.240.0.3")]
+        );
+        let mut explicit = decl(&["a.global."], &[]);
+        explicit.needs_vip = false;
+        assert_eq!(
+            desired(&explicit, Some(&current), &s, &policy()).unwrap(),
+            [entry("c.global", "240.240.0.3")]
+        );
+        let mut none = decl(&["a.global."], &[]);
+        none.resolution = Some(Resolution::None);
+        assert!(desired(&none, Some(&current), &s, &policy()).is_some());
+        // The host left the entry.
+        let left = decl(&["c.global."], &[]);
+        assert_eq!(
+            desired(&left, Some(&current), &s, &policy()).unwrap(),
+            [entry("c.global", "240.240.0.3")]
+        );
+    }
+
+    #[test]
+    fn vips_inside_istios_range_are_never_written() {
+        let d = decl(&["a.global."], &[]);
+        let s = state(&[("a.global", "240.240.0.7")]);
+        let current = [entry("a.global", "240.240.0.5")];
+        assert_eq!(desired(&d, Some(&current), &s, &policy()), None);
+    }
+}

@@ -1,0 +1,290 @@
+//! One cluster's status writer: puts the VIP we answer into `status.addresses` of the cluster's
+//! ServiceEntries, where istiod reads it (and keeps it: istiod allocates only for hosts that
+//! have none there), so the sidecars' listeners and DNS proxies use the address DNS gives out.
+//!
+//! It writes only what the store holds (the allocations it is given are the stored ones), only
+//! when the status differs, and only where the cluster lets us: a SelfSubjectAccessReview asks
+//! first, so a read-only identity (Istio's reader service account) never sends a PATCH; there
+//! the drift is reported instead. Each patch tests the status it was computed from, as istiod
+//! does: a concurrent writer makes it fail, and it is recomputed from a fresh read.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::desired::{desired, our_vips, qualifies, read_entry};
+use super::metrics::StatusMetrics;
+use crate::alloc::{AllocState, Policy};
+use crate::source::Declaration;
+use crate::source::kube::{declaration_of, served_version, service_entry_resource, source_name};
+use crate::source::set::Combined;
+
+/// How often a cluster's permission is asked again (RBAC can change under us).
+const RECHECK: Duration = Duration::from_secs(300);
+/// Tries of one entry's patch when other writers keep changing its status.
+const ATTEMPTS: u32 = 5;
+
+/// What every cluster's writer follows.
+#[derive(Clone)]
+pub struct StatusInputs {
+    pub declarations: watch::Receiver<Combined>,
+    /// The allocations as stored.
+    pub allocations: watch::Receiver<Arc<AllocState>>,
+    pub policy: Arc<Policy>,
+    pub metrics: Arc<StatusMetrics>,
+}
+
+/// Keeps cluster `id`'s statuses in step with our VIPs until the task is aborted; without
+/// `write`, only reports how far they are from them.
+pub async fn write_cluster(
+    id: String,
+    client: kube::Client,
+    mut inputs: StatusInputs,
+    write: bool,
+) {
+    let mut delays = crate::backoff::discovery();
+    let version = loop {
+        match served_version(&client).await {
+            Ok(v) => break v,
+            Err(error) => {
+                let delay = delays.next().expect("discovery never gives up");
+                debug!(cluster = %id, %error, "status writer waits for the ServiceEntry API");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    let origin = source_name(&id);
+    let mut writer = Writer {
+        id: &id,
+        client: &client,
+        version,
+        metrics: &inputs.metrics,
+        write,
+        allowed: None,
+        reported: HashMap::new(),
+    };
+    loop {
+        let state = inputs.allocations.borrow_and_update().clone();
+        let declarations: Vec<Declaration> = (inputs.declarations.borrow_and_update().iter())
+            .filter(|d| *d.origin == *origin)
+            .cloned()
+            .collect();
+        let failed = writer.round(&declarations, &state, &inputs.policy).await;
+        let wait = if failed {
+            Duration::from_secs(5)
+        } else {
+            RECHECK
+        };
+        tokio::select! {
+            changed = inputs.declarations.changed() => if changed.is_err() { return },
+            changed = inputs.allocations.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // A burst of changes (a GitOps sync) is one round.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Writer<'a> {
+    id: &'a str,
+    client: &'a kube::Client,
+    version: &'static str,
+    metrics: &'a StatusMetrics,
+    /// Whether we are to write at all (`--status-writes`).
+    write: bool,
+    /// Whether we may patch statuses, and when that was asked.
+    allowed: Option<(bool, Instant)>,
+    /// What was last reported for each (entry, host) that drifts, so it is logged once a change.
+    reported: HashMap<(String, String), Vec<IpAddr>>,
+}
+
+impl Writer<'_> {
+    /// One pass over the cluster's entries; whether something failed and needs another soon.
+    async fn round(&mut self, decls: &[Declaration], state: &AllocState, policy: &Policy) -> bool {
+        let allowed = self.allowed().await;
+        let mut drift = 0;
+        let mut failed = false;
+        let mut drifting = HashMap::new();
+        for decl in decls {
+            let current: Vec<Value> = (decl.claimed.iter())
+                .map(|(h, a)| json!({"value": a.to_string(), "host": crate::alloc::host_key(h)}))
+                .collect();
+            if desired(decl, Some(&current), state, policy).is_none() {
+                continue;
+            }
+            if allowed {
+                match self.patch(decl, state, policy).await {
+                    Ok(()) => continue,
+                    Err(error) => {
+                        failed = true;
+                        warn!(cluster = self.id, namespace = %decl.namespace, entry = %decl.name, %error, "cannot write our VIPs into the ServiceEntry's status; retrying");
+                    }
+                }
+            }
+            for host in decl.hosts.iter().filter(|_| qualifies(decl)) {
+                let ours = our_vips(state, policy, host);
+                let mut theirs: Vec<IpAddr> = (decl.claimed.iter())
+                    .filter(|(h, _)| h == host)
+                    .map(|(_, a)| *a)
+                    .collect();
+                theirs.sort();
+                let mut sorted = ours.clone();
+                sorted.sort();
+                if ours.is_empty() || theirs == sorted {
+                    continue;
+                }
+                drift += 1;
+                let key = (
+                    format!("{}/{}", decl.namespace, decl.name),
+                    host.to_string(),
+                );
+                if self.reported.get(&key) != Some(&theirs) {
+                    warn!(cluster = self.id, entry = %key.0, host = %key.1, status = ?theirs, answered = ?ours, writable = allowed, "the cluster's sidecars use other VIPs for this host than DNS answers");
+                }
+                drifting.insert(key, theirs);
+            }
+        }
+        self.reported = drifting;
+        self.metrics.drift(self.id, drift);
+        failed
+    }
+
+    /// Whether we may patch ServiceEntry statuses in this cluster (asked again now and then).
+    async fn allowed(&mut self) -> bool {
+        if !self.write {
+            self.metrics.writable(self.id, false);
+            return false;
+        }
+        if let Some((allowed, at)) = self.allowed
+            && at.elapsed() < RECHECK
+        {
+            return allowed;
+        }
+        let allowed = match may_patch_status(self.client).await {
+            Ok(allowed) => allowed,
+            Err(error) => {
+                warn!(cluster = self.id, %error, "cannot ask whether ServiceEntry statuses may be written; not writing them");
+                false
+            }
+        };
+        if self.allowed.map(|(a, _)| a) != Some(allowed) {
+            if allowed {
+                info!(
+                    cluster = self.id,
+                    "writing our VIPs into ServiceEntry statuses"
+                );
+            } else {
+                warn!(
+                    cluster = self.id,
+                    "not permitted to patch serviceentries/status: the cluster keeps istiod's VIPs; drift is reported"
+                );
+            }
+        }
+        self.metrics.writable(self.id, allowed);
+        self.allowed = Some((allowed, Instant::now()));
+        allowed
+    }
+
+    /// Reads the entry afresh and patches its status to what it should be, testing that the
+    /// status is still what was read; again from a fresh read when another writer got there
+    /// first.
+    async fn patch(
+        &mut self,
+        decl: &Declaration,
+        state: &AllocState,
+        policy: &Policy,
+    ) -> Result<(), kube::Error> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &decl.namespace,
+            &service_entry_resource(self.version),
+        );
+        for attempt in 1..=ATTEMPTS {
+            let object = api.get(&decl.name).await?;
+            let status = object.data.get("status").cloned();
+            let Some(fresh) = declaration_of(self.id, object) else {
+                return Ok(()); // malformed now: the watch reports it
+            };
+            let current = status
+                .as_ref()
+                .and_then(|s| s.get("addresses"))
+                .and_then(Value::as_array);
+            let Some(next) = desired(&fresh, current.map(Vec::as_slice), state, policy) else {
+                return Ok(());
+            };
+            let ops = match (&status, current) {
+                (None | Some(Value::Null), _) => json!([
+                    {"op": "test", "path": "/status", "value": null},
+                    {"op": "add", "path": "/status", "value": {"addresses": next}},
+                ]),
+                (Some(status), None) => json!([
+                    {"op": "test", "path": "/status", "value": status},
+                    {"op": "add", "path": "/status/addresses", "value": next},
+                ]),
+                (Some(_), Some(current)) => json!([
+                    {"op": "test", "path": "/status/addresses", "value": current},
+                    {"op": "replace", "path": "/status/addresses", "value": next},
+                ]),
+            };
+            let patch: json_patch::Patch =
+                serde_json::from_value(ops).expect("the operations are a JSON patch");
+            let params = PatchParams::default();
+            match api
+                .patch_status(&decl.name, &params, &Patch::Json::<()>(patch))
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.patched(self.id);
+                    info!(cluster = self.id, namespace = %decl.namespace, entry = %decl.name, addresses = ?next.iter().filter_map(read_entry).map(|(_, a)| a).collect::<Vec<_>>(), "wrote our VIPs into the ServiceEntry's status");
+                    return Ok(());
+                }
+                // The test failed (422) or the object changed (409): someone wrote in between.
+                Err(kube::Error::Api(e))
+                    if (e.code == 422 || e.code == 409) && attempt < ATTEMPTS =>
+                {
+                    self.metrics.conflict(self.id);
+                    debug!(cluster = self.id, entry = %decl.name, attempt, "status changed under us; reading it again");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    self.allowed = Some((false, Instant::now()));
+                    self.metrics.writable(self.id, false);
+                    return Err(kube::Error::Api(e));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks the cluster (SelfSubjectAccessReview) whether our identity may patch ServiceEntry
+/// statuses, in any namespace.
+async fn may_patch_status(client: &kube::Client) -> Result<bool, kube::Error> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("networking.istio.io".into()),
+                resource: Some("serviceentries".into()),
+                subresource: Some("status".into()),
+                verb: Some("patch".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let answer = api.create(&PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}

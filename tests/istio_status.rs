@@ -1,0 +1,224 @@
+//! The VIP we answer is the VIP the sidecars capture (issue 16): globaldns writes it into
+//! `status.addresses` of the ServiceEntries in every cluster, where istiod reads it, against
+//! the real API server with Istio's CRDs. A step plays istiod by writing its own
+//! `240.240.0.0/16` addresses first, as istiod does.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::kube::{Cluster, globaldns, kubeconfig, remote_secret, shared};
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// What istiod would do: set `status.addresses` of entry `ns/name` to `addresses`
+/// (`(value, host)`).
+fn play_istiod(cluster: &Cluster, ns: &str, name: &str, addresses: &[(&str, &str)]) {
+    let entries: Vec<Value> = (addresses.iter())
+        .map(|(value, host)| json!({"value": value, "host": host}))
+        .collect();
+    let patch = json!({"status": {"addresses": entries}}).to_string();
+    cluster.kubectl_ok(&[
+        "patch",
+        "serviceentries.networking.istio.io",
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
+/// Entry `ns/name` as the API server has it.
+fn entry(cluster: &Cluster, ns: &str, name: &str) -> Value {
+    let text = cluster.kubectl_ok(&[
+        "get",
+        "serviceentries.networking.istio.io",
+        name,
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ]);
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `status.addresses` of entry `ns/name` as `(value, host)` pairs, in order.
+fn status(cluster: &Cluster, ns: &str, name: &str) -> Vec<(String, String)> {
+    let e = entry(cluster, ns, name);
+    (e["status"]["addresses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter())
+    .map(|a| {
+        let text = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+        (text("value"), text("host"))
+    })
+    .collect()
+}
+
+fn resource_version(cluster: &Cluster, ns: &str, name: &str) -> String {
+    entry(cluster, ns, name)["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Two clusters declare one address-less host; istiod gave it a different VIP in each. Our VIP
+/// replaces both, the status of another host of the same entry stays, DNS answers the same
+/// VIP, a restart writes nothing, and an entry that opts out loses our address.
+#[test]
+fn our_vip_replaces_istiods_in_every_cluster() {
+    let c = shared(2);
+    let (a, b) = (c[0], c[1]);
+    let host = "shop.st1.global";
+    let other = "ext.st1.example.com";
+    for (cluster, istiod_vip) in [(a, "240.240.0.1"), (b, "240.240.0.2")] {
+        cluster.put_service_entry("st1", "shop", &[host, other], &[]);
+        play_istiod(
+            cluster,
+            "st1",
+            "shop",
+            &[
+                (istiod_vip, host),
+                ("2001:2::1", host),
+                ("240.240.0.9", other),
+            ],
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |dir: &Path| {
+        a.ensure_namespace("st1-dns");
+        let args = ["--namespace", "st1-dns", "--sync-timeout", "10"];
+        globaldns(dir, &kubeconfig(&[("a", a), ("b", b)], "a"), &args)
+    };
+    let server = run(dir.path());
+    assert!(eventually(WITHIN, || a_ips(&server, &format!("{host}."))
+        .len()
+        == 1));
+    let vip = a_ips(&server, &format!("{host}.")).remove(0);
+    assert!(!vip.starts_with("240.240."), "{vip}");
+    let expected = vec![
+        ("240.240.0.9".to_string(), other.to_string()),
+        (vip.clone(), host.to_string()),
+    ];
+    for cluster in [a, b] {
+        assert!(
+            eventually(WITHIN, || status(cluster, "st1", "shop") == expected),
+            "{:?}\n{}",
+            status(cluster, "st1", "shop"),
+            server.log_text()
+        );
+    }
+
+    // A restart finds every status right: nothing is written (same resourceVersions).
+    let before = [a, b].map(|c| resource_version(c, "st1", "shop"));
+    drop(server);
+    let server = run(dir.path());
+    assert!(eventually(WITHIN, || a_ips(&server, &format!("{host}."))
+        == [vip.clone()]));
+    assert!(eventually(WITHIN, || server
+        .log_text()
+        .contains("writing our VIPs into ServiceEntry statuses")));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!([a, b].map(|c| resource_version(c, "st1", "shop")), before);
+
+    // The entry opts out of allocation in one cluster: istiod stops reading its status for the
+    // host, and our address leaves it; the other cluster keeps it. (An entry that gains
+    // spec.addresses loses it the same way: src/status/desired.rs.)
+    a.kubectl_ok(&[
+        "label",
+        "serviceentries.networking.istio.io",
+        "shop",
+        "-n",
+        "st1",
+        "networking.istio.io/enable-autoallocate-ip=false",
+    ]);
+    let kept = vec![("240.240.0.9".to_string(), other.to_string())];
+    assert!(
+        eventually(WITHIN, || status(a, "st1", "shop") == kept),
+        "{:?}",
+        status(a, "st1", "shop")
+    );
+    assert_eq!(status(b, "st1", "shop"), expected);
+}
+
+/// A cluster reached with a read-only identity (Istio's reader service account): no PATCH is
+/// ever sent (the API server's audit log has none from us), the drift is reported, and DNS
+/// still answers our VIP.
+#[test]
+fn a_read_only_cluster_is_never_written_and_its_drift_is_reported() {
+    // A cluster of its own for the read-only side: the other test's server writes wherever it
+    // may, and it watches the first two.
+    let c = shared(3);
+    let (a, b) = (c[0], c[2]);
+    let host = "ro.st2.global";
+    b.put_service_entry("st2", "ro", &[host], &[]);
+    play_istiod(b, "st2", "ro", &[("240.240.0.3", host)]);
+    a.ensure_namespace("st2-dns");
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--namespace",
+        "st2-dns",
+        "--sync-timeout",
+        "10",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let server = globaldns(dir.path(), &kubeconfig(&[("a", a)], "a"), &args);
+    let secret = remote_secret(
+        "istio-remote-secret-ro",
+        &[("ro", reader_kubeconfig(b, "ro"))],
+    );
+    let out = a.kubectl_input(&["apply", "-n", "st2-dns", "-f", "-"], Some(&secret));
+    assert!(out.status.success(), "{out:?}");
+    assert!(eventually(WITHIN, || a_ips(&server, &format!("{host}."))
+        .len()
+        == 1));
+    let vip = a_ips(&server, &format!("{host}.")).remove(0);
+    assert_ne!(vip, "240.240.0.3");
+    let metrics = || http_get(server.metrics.unwrap(), "/metrics").1;
+    assert!(
+        eventually(WITHIN, || {
+            let m = metrics();
+            m.contains(r#"globaldns_status_writable{cluster="ro"} 0"#)
+                && sample(&m, r#"globaldns_status_drift_hosts{cluster="ro"}"#) >= 1.0
+        }),
+        "{}\n{}",
+        metrics(),
+        server.log_text()
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("not permitted to patch serviceentries/status")
+    );
+    assert_eq!(
+        status(b, "st2", "ro"),
+        [("240.240.0.3".to_string(), host.to_string())]
+    );
+    let patches: Vec<_> = (b.requests_in("st2").into_iter())
+        .filter(|(verb, _)| verb == "patch")
+        .collect();
+    assert!(patches.is_empty(), "{patches:?}");
+}
+
+/// A reader account in `cluster` as istioctl makes one: a ServiceAccount allowed to read
+/// ServiceEntries (and nothing else); its kubeconfig, with a TokenRequest token.
+fn reader_kubeconfig(cluster: &Cluster, id: &str) -> String {
+    cluster.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: se-reader, namespace: istio-system}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: se-reader}\n\
+         rules: [{apiGroups: [networking.istio.io], resources: [serviceentries], verbs: [get, list, watch]}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: se-reader}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: se-reader}\n\
+         subjects: [{kind: ServiceAccount, name: se-reader, namespace: istio-system}]\n",
+    );
+    cluster.token_kubeconfig(id, &cluster.token("istio-system", "se-reader"))
+}

@@ -8,6 +8,7 @@
 //! Everything else (other hosts' addresses, istiod's for hosts we do not serve) stays as it was,
 //! in its order, so a status that is already right is left untouched.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use hickory_proto::rr::Name;
@@ -41,18 +42,21 @@ pub fn our_vips(state: &AllocState, policy: &Policy, host: &Name) -> Vec<IpAddr>
 }
 
 /// The `status.addresses` the entry should have, given `current` (as read; `None` when there is
-/// none); `None` when `current` is already right.
+/// none); `None` when `current` is already right. `owns` tells whether this entry is the one
+/// of its cluster that carries a host's VIP (see [`Owners`]).
 pub fn desired(
     decl: &Declaration,
     current: Option<&[Value]>,
     state: &AllocState,
     policy: &Policy,
+    owns: impl Fn(&Name) -> bool,
 ) -> Option<Vec<Value>> {
     let current = current.unwrap_or_default();
     let qualifying = qualifies(decl);
     // Hosts whose addresses are ours to set in this entry, with what they should be.
     let managed: Vec<(&Name, Vec<IpAddr>)> = if qualifying {
         (decl.hosts.iter())
+            .filter(|h| owns(h))
             .map(|h| (h, our_vips(state, policy, h)))
             .filter(|(_, vips)| !vips.is_empty())
             .collect()
@@ -84,6 +88,34 @@ pub fn desired(
         );
     }
     (next != current).then_some(next)
+}
+
+/// Which entry of a cluster carries each host's VIP: the first qualifying one in (namespace,
+/// name) order. istiod takes one address in two entries for a conflict and gives the younger
+/// entry a new one, so writing our VIP into every entry of a host would start a fight.
+pub struct Owners(HashMap<Name, (String, String)>);
+
+impl Owners {
+    pub fn of<'a>(decls: impl IntoIterator<Item = &'a Declaration>) -> Owners {
+        let mut owners: HashMap<Name, (String, String)> = HashMap::new();
+        for decl in decls.into_iter().filter(|d| qualifies(d)) {
+            let key = (decl.namespace.clone(), decl.name.clone());
+            for host in &decl.hosts {
+                let owner = owners.entry(host.clone()).or_insert_with(|| key.clone());
+                if key < *owner {
+                    *owner = key.clone();
+                }
+            }
+        }
+        Owners(owners)
+    }
+
+    /// Whether entry `decl` carries `host`'s VIP (also when no entry was known to: a fresh read).
+    pub fn owns(&self, decl: &Declaration, host: &Name) -> bool {
+        self.0
+            .get(host)
+            .is_none_or(|(ns, name)| *ns == decl.namespace && *name == decl.name)
+    }
 }
 
 /// One status entry as (host, address); `None` for one that does not read.
@@ -159,7 +191,7 @@ mod tests {
             entry("a.global", "2001:2::1"),
             entry("b.example", "240.240.0.2"),
         ];
-        let next = desired(&d, Some(&current), &s, &policy()).unwrap();
+        let next = desired(&d, Some(&current), &s, &policy(), |_| true).unwrap();
         assert_eq!(
             next,
             [
@@ -168,10 +200,10 @@ mod tests {
             ]
         );
         // Written once, then left alone: a restart patches nothing.
-        assert_eq!(desired(&d, Some(&next), &s, &policy()), None);
+        assert_eq!(desired(&d, Some(&next), &s, &policy(), |_| true), None);
         // No status yet: ours alone.
         assert_eq!(
-            desired(&d, None, &s, &policy()).unwrap(),
+            desired(&d, None, &s, &policy(), |_| true).unwrap(),
             [entry("a.global", "240.0.0.9")]
         );
     }
@@ -185,23 +217,54 @@ mod tests {
         ];
         let opted_out = decl(&["a.global.", "c.global."], &[(OPT_OUT_LABEL, "false")]);
         assert_eq!(
-            desired(&opted_out, Some(&current), &s, &policy()).unwrap(),
+            desired(&opted_out, Some(&current), &s, &policy(), |_| true).unwrap(),
             [entry("c.global", "240.240.0.3")]
         );
         let mut explicit = decl(&["a.global."], &[]);
         explicit.needs_vip = false;
         assert_eq!(
-            desired(&explicit, Some(&current), &s, &policy()).unwrap(),
+            desired(&explicit, Some(&current), &s, &policy(), |_| true).unwrap(),
             [entry("c.global", "240.240.0.3")]
         );
         let mut none = decl(&["a.global."], &[]);
         none.resolution = Some(Resolution::None);
-        assert!(desired(&none, Some(&current), &s, &policy()).is_some());
+        assert!(desired(&none, Some(&current), &s, &policy(), |_| true).is_some());
         // The host left the entry.
         let left = decl(&["c.global."], &[]);
         assert_eq!(
-            desired(&left, Some(&current), &s, &policy()).unwrap(),
+            desired(&left, Some(&current), &s, &policy(), |_| true).unwrap(),
             [entry("c.global", "240.240.0.3")]
+        );
+    }
+
+    #[test]
+    fn one_entry_per_host_carries_its_vip() {
+        let s = state(&[("a.global", "240.0.0.9")]);
+        let mut first = decl(&["a.global."], &[]);
+        first.name = "a-first".into();
+        let mut second = decl(&["a.global."], &[]);
+        second.name = "b-second".into();
+        let owners = Owners::of([&second, &first]);
+        assert!(owners.owns(&first, &first.hosts[0]) && !owners.owns(&second, &second.hosts[0]));
+        let istiods = [entry("a.global", "240.240.0.4")];
+        assert_eq!(
+            desired(&first, Some(&istiods), &s, &policy(), |h: &Name| owners
+                .owns(&first, h))
+            .unwrap(),
+            [entry("a.global", "240.0.0.9")]
+        );
+        assert_eq!(
+            desired(&second, Some(&istiods), &s, &policy(), |h: &Name| owners
+                .owns(&second, h)),
+            None
+        );
+        // Ours, left in the other entry from before: taken out.
+        let ours = [entry("a.global", "240.0.0.9")];
+        assert_eq!(
+            desired(&second, Some(&ours), &s, &policy(), |h: &Name| owners
+                .owns(&second, h))
+            .unwrap(),
+            Vec::<Value>::new()
         );
     }
 
@@ -210,6 +273,6 @@ mod tests {
         let d = decl(&["a.global."], &[]);
         let s = state(&[("a.global", "240.240.0.7")]);
         let current = [entry("a.global", "240.240.0.5")];
-        assert_eq!(desired(&d, Some(&current), &s, &policy()), None);
+        assert_eq!(desired(&d, Some(&current), &s, &policy(), |_| true), None);
     }
 }

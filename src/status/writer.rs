@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hickory_proto::rr::Name;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::desired::{desired, our_vips, qualifies, read_entry};
+use super::desired::{Owners, desired, our_vips, qualifies, read_entry};
 use super::metrics::StatusMetrics;
 use crate::alloc::{AllocState, Policy};
 use crate::source::Declaration;
@@ -115,15 +116,17 @@ impl Writer<'_> {
         let mut drift = 0;
         let mut failed = false;
         let mut drifting = HashMap::new();
+        let owners = Owners::of(decls);
         for decl in decls {
+            let owns = |host: &Name| owners.owns(decl, host);
             let current: Vec<Value> = (decl.claimed.iter())
                 .map(|(h, a)| json!({"value": a.to_string(), "host": crate::alloc::host_key(h)}))
                 .collect();
-            if desired(decl, Some(&current), state, policy).is_none() {
+            if desired(decl, Some(&current), state, policy, owns).is_none() {
                 continue;
             }
             if allowed {
-                match self.patch(decl, state, policy).await {
+                match self.patch(decl, state, policy, &owners).await {
                     Ok(()) => continue,
                     Err(error) => {
                         failed = true;
@@ -131,7 +134,7 @@ impl Writer<'_> {
                     }
                 }
             }
-            for host in decl.hosts.iter().filter(|_| qualifies(decl)) {
+            for host in decl.hosts.iter().filter(|h| qualifies(decl) && owns(h)) {
                 let ours = our_vips(state, policy, host);
                 let mut theirs: Vec<IpAddr> = (decl.claimed.iter())
                     .filter(|(h, _)| h == host)
@@ -203,6 +206,7 @@ impl Writer<'_> {
         decl: &Declaration,
         state: &AllocState,
         policy: &Policy,
+        owners: &Owners,
     ) -> Result<(), kube::Error> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
@@ -219,7 +223,9 @@ impl Writer<'_> {
                 .as_ref()
                 .and_then(|s| s.get("addresses"))
                 .and_then(Value::as_array);
-            let Some(next) = desired(&fresh, current.map(Vec::as_slice), state, policy) else {
+            let owns = |host: &Name| owners.owns(&fresh, host);
+            let Some(next) = desired(&fresh, current.map(Vec::as_slice), state, policy, owns)
+            else {
                 return Ok(());
             };
             let ops = match (&status, current) {

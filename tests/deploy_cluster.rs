@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::kube::{Cluster, globaldns};
+use support::kube::{Cluster, globaldns_writing as globaldns};
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(15);
@@ -82,6 +82,23 @@ fn deploy_applies_and_its_rbac_is_exactly_enough() {
             .any(|cm| cm["data"].get("cart.shop.global").is_some())
     );
     assert_eq!(cluster.objects("leases", "globaldns").len(), 1);
+    // Our VIP went into the entry's status, where istiod reads it: deploy/'s RBAC allows that.
+    let vip = a_ips(&server, "cart.shop.global.").remove(0);
+    let status = || {
+        let entries = cluster.objects("serviceentries.networking.istio.io", "shop");
+        let cart = entries
+            .iter()
+            .find(|e| e["metadata"]["name"] == "cart")
+            .cloned();
+        cart.map(|e| e["status"]["addresses"].clone())
+    };
+    let ours = serde_json::json!([{"value": vip, "host": "cart.shop.global"}]);
+    assert!(
+        eventually(WITHIN, || status() == Some(ours.clone())),
+        "{:?}\n{}",
+        status(),
+        server.log_text()
+    );
     assert!(
         !server.log_text().contains("forbidden"),
         "{}",

@@ -34,6 +34,11 @@ use crate::source::set::Combined;
 const RECHECK: Duration = Duration::from_secs(300);
 /// Tries of one entry's patch when other writers keep changing its status.
 const ATTEMPTS: u32 = 5;
+/// Patches of one entry within [`FIGHT_WINDOW`] that mean another writer keeps undoing ours
+/// (another globaldns with a store of its own, say): the entry is then left alone until the
+/// window ends, with a warning, rather than patched without end.
+const FIGHT_PATCHES: u32 = 5;
+const FIGHT_WINDOW: Duration = Duration::from_secs(600);
 
 /// What every cluster's writer follows.
 #[derive(Clone)]
@@ -73,6 +78,7 @@ pub async fn write_cluster(
         write,
         allowed: None,
         reported: HashMap::new(),
+        patched: HashMap::new(),
     };
     loop {
         let state = inputs.allocations.borrow_and_update().clone();
@@ -107,6 +113,8 @@ struct Writer<'a> {
     allowed: Option<(bool, Instant)>,
     /// What was last reported for each (entry, host) that drifts, so it is logged once a change.
     reported: HashMap<(String, String), Vec<IpAddr>>,
+    /// Patches per entry since the start of its window (see [`FIGHT_PATCHES`]).
+    patched: HashMap<(String, String), (u32, Instant)>,
 }
 
 impl Writer<'_> {
@@ -125,7 +133,7 @@ impl Writer<'_> {
             if desired(decl, Some(&current), state, policy, owns).is_none() {
                 continue;
             }
-            if allowed {
+            if allowed && self.may_patch_again(decl) {
                 match self.patch(decl, state, policy, &owners).await {
                     Ok(()) => continue,
                     Err(error) => {
@@ -160,6 +168,21 @@ impl Writer<'_> {
         self.reported = drifting;
         self.metrics.drift(self.id, drift);
         failed
+    }
+
+    /// Counts a patch of `decl`'s status; false (warned once) while another writer seems to
+    /// undo each of ours.
+    fn may_patch_again(&mut self, decl: &Declaration) -> bool {
+        let key = (decl.namespace.clone(), decl.name.clone());
+        let (count, since) = self.patched.entry(key).or_insert((0, Instant::now()));
+        if since.elapsed() > FIGHT_WINDOW {
+            (*count, *since) = (0, Instant::now());
+        }
+        *count += 1;
+        if *count == FIGHT_PATCHES + 1 {
+            warn!(cluster = self.id, namespace = %decl.namespace, entry = %decl.name, "another writer keeps changing this ServiceEntry's status back (another globaldns with its own store?); leaving it alone for a while");
+        }
+        *count <= FIGHT_PATCHES
     }
 
     /// Whether we may patch ServiceEntry statuses in this cluster (asked again now and then).

@@ -506,8 +506,17 @@ pub fn remote_secret(name: &str, entries: &[(&str, String)]) -> String {
 }
 
 /// `globaldns` watching the clusters of `kubeconfig` (text, written into `dir`) with `args`, and
-/// an empty zones directory in `dir`.
+/// an empty zones directory in `dir`. It only reads ServiceEntry statuses: the tests of one
+/// binary share clusters, and servers with stores of their own would each write their VIPs
+/// into the same entries ([`globaldns_writing`] writes them).
 pub fn globaldns(dir: &Path, kubeconfig: &str, args: &[&str]) -> crate::support::GlobalDns {
+    let mut all = vec!["--no-status-writes"];
+    all.extend_from_slice(args);
+    globaldns_writing(dir, kubeconfig, &all)
+}
+
+/// [`globaldns`], writing our VIPs into ServiceEntry statuses where it may (the default).
+pub fn globaldns_writing(dir: &Path, kubeconfig: &str, args: &[&str]) -> crate::support::GlobalDns {
     let path = dir.join("kubeconfig");
     std::fs::write(&path, kubeconfig).unwrap();
     let zones = dir.join("zones");

@@ -443,7 +443,8 @@ fn parse_identity(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+/// `IP` (port 53) or `IP:PORT`.
+pub fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
         .map_err(|_| format!("{s:?} is not IP or IP:PORT"))

@@ -191,7 +191,8 @@ fn three_concurrent_processes_get_300_distinct_vips() {
         (code, out.as_str()),
         (
             0,
-            "ok: 300 hosts, 300 addresses, unique and inside the pools\n"
+            "ok: 300 hosts, 300 addresses, unique and inside the pools; \
+             ServiceEntry statuses hold them\n"
         )
     );
 }

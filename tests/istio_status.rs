@@ -117,8 +117,11 @@ fn our_vip_replaces_istiods_in_every_cluster() {
         );
     }
 
-    // A restart finds every status right: nothing is written (same resourceVersions).
+    // A restart finds every status right: nothing is written (same resourceVersions). The
+    // first server settles first: its last round may still be reading the entries.
+    std::thread::sleep(Duration::from_secs(2));
     let before = [a, b].map(|c| resource_version(c, "st1", "shop"));
+    let first_log = server.log_text();
     drop(server);
     let server = run(dir.path());
     assert!(eventually(WITHIN, || a_ips(&server, &format!("{host}."))
@@ -127,19 +130,51 @@ fn our_vip_replaces_istiods_in_every_cluster() {
         .log_text()
         .contains("writing our VIPs into ServiceEntry statuses")));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!([a, b].map(|c| resource_version(c, "st1", "shop")), before);
+    assert_eq!(
+        [a, b].map(|c| resource_version(c, "st1", "shop")),
+        before,
+        "{:?}\n{:?}\n--- first server:\n{first_log}\n--- second:\n{}",
+        entry(a, "st1", "shop"),
+        entry(b, "st1", "shop"),
+        server.log_text()
+    );
+
+    // The operator's view: store, statuses and the server agree.
+    let kc = dir.path().join("kubeconfig");
+    let dnsctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnsctl"))
+            .args(["--kubeconfig", kc.to_str().unwrap(), "--context", "a"])
+            .args(["-n", "st1-dns"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let server_addr = server.addr.to_string();
+    let (code, out) = dnsctl(&["check", "--server", &server_addr]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ServiceEntry statuses hold them; the servers answer them"),
+        "{out}"
+    );
 
     // The entry opts out of allocation in one cluster: istiod stops reading its status for the
     // host, and our address leaves it; the other cluster keeps it. (An entry that gains
     // spec.addresses loses it the same way: src/status/desired.rs.)
-    a.kubectl_ok(&[
-        "label",
-        "serviceentries.networking.istio.io",
-        "shop",
-        "-n",
-        "st1",
-        "networking.istio.io/enable-autoallocate-ip=false",
-    ]);
+    let label = |value: &str| {
+        let label = format!("networking.istio.io/enable-autoallocate-ip{value}");
+        a.kubectl_ok(&[
+            "label",
+            "serviceentries.networking.istio.io",
+            "shop",
+            "-n",
+            "st1",
+            &label,
+        ]);
+    };
+    label("=false");
     let kept = vec![("240.240.0.9".to_string(), other.to_string())];
     assert!(
         eventually(WITHIN, || status(a, "st1", "shop") == kept),
@@ -147,6 +182,24 @@ fn our_vip_replaces_istiods_in_every_cluster() {
         status(a, "st1", "shop")
     );
     assert_eq!(status(b, "st1", "shop"), expected);
+
+    // With the server gone, istiod's VIP comes back into a status: `dnsctl check` names it.
+    drop(server);
+    label("-");
+    play_istiod(
+        a,
+        "st1",
+        "shop",
+        &[("240.240.0.5", host), ("240.240.0.9", other)],
+    );
+    let (code, out) = dnsctl(&["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{host}: cluster a entry st1/shop: status.addresses holds [240.240.0.5], the store [{vip}]"
+        )),
+        "{out}"
+    );
 }
 
 /// A cluster reached with a read-only identity (Istio's reader service account): no PATCH is

@@ -5,6 +5,7 @@
 //! could not be read or written.
 
 mod output;
+mod probe;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,12 +16,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::alloc::{
     AllocError, Allocator, ConfigMapStore, FileStore, Reserved, Store, StoreError, Unavailable,
-    check, host_key_from_str, operate, unix_now, usage,
+    check, host_key, host_key_from_str, operate, unix_now, usage,
 };
 use crate::cluster::one_line;
 use crate::config::AllocArgs;
 use crate::source::Declaration;
 use crate::source::kube::{clusters_in, list_cluster, owner_of, remote_secrets};
+use crate::status::drifts;
 
 /// Operate globaldns: allocate, pin, release and inspect the VIPs of `.global` hosts.
 #[derive(Parser, Debug)]
@@ -89,8 +91,14 @@ pub enum Command {
         #[arg(long, default_value = "global", value_name = "NAME")]
         zone: hickory_proto::rr::Name,
     },
-    /// Verify that addresses are unique, inside the pools and outside Istio's ranges.
-    Check,
+    /// Verify that addresses are unique, inside the pools and outside Istio's ranges; with a
+    /// cluster, that every cluster's ServiceEntry statuses hold the stored VIPs; with --server,
+    /// that each DNS server answers them.
+    Check {
+        /// A DNS server to ask for every allocated host (repeatable; port 53 by default).
+        #[arg(long = "server", value_name = "IP[:PORT]", value_parser = crate::config::parse_upstream)]
+        servers: Vec<std::net::SocketAddr>,
+    },
     /// Show how full each pool is.
     Pools,
 }
@@ -315,7 +323,7 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             let state = store.load().await?;
             Ok(output::etc_hosts(&state, &explicit, &state_location(&cli)))
         }
-        Command::Check => {
+        Command::Check { ref servers } => {
             let state = store.load().await?;
             let mut problems = check(&policy, &state);
             if !state.unreadable.is_empty() {
@@ -324,12 +332,55 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                     state.unreadable.len()
                 ));
             }
+            let mut agreed = Vec::new();
+            if let Some(client) = client {
+                let id = cli.context.as_deref().unwrap_or("cluster");
+                let mut declared = list_cluster(id, client.clone()).await?;
+                declared.extend(remote_declarations(client, &cli.alloc.namespace).await);
+                problems.extend(drifts(&declared, &state, &policy).iter().map(|d| {
+                    format!(
+                        "{}: {} entry {}: status.addresses holds {:?}, the store {:?}",
+                        host_key(&d.host),
+                        d.origin,
+                        d.entry,
+                        d.status,
+                        d.ours
+                    )
+                }));
+                agreed.push("ServiceEntry statuses hold them");
+            }
+            // What a server answers: the hosts it serves from the store (pinned ones only
+            // when declared, which only the server knows: left out).
+            let served =
+                (state.records.iter()).filter(|(_, r)| r.released_at.is_none() && !r.pinned);
+            for server in servers {
+                for (host, record) in served.clone() {
+                    let mut stored = record.addresses.clone();
+                    stored.sort();
+                    match probe::addresses(*server, host).await {
+                        Ok(answered) if answered == stored => {}
+                        Ok(answered) => problems.push(format!(
+                            "{host}: {server} answers {answered:?}, the store {stored:?}"
+                        )),
+                        Err(error) => problems.push(format!("{host}: {server}: {error}")),
+                    }
+                }
+            }
+            if !servers.is_empty() {
+                agreed.push("the servers answer them");
+            }
             if problems.is_empty() {
                 let addresses: usize = state.records.values().map(|r| r.addresses.len()).sum();
-                Ok(format!(
-                    "ok: {} hosts, {addresses} addresses, unique and inside the pools\n",
+                let mut line = format!(
+                    "ok: {} hosts, {addresses} addresses, unique and inside the pools",
                     state.records.len()
-                ))
+                );
+                for what in agreed {
+                    line.push_str("; ");
+                    line.push_str(what);
+                }
+                line.push('\n');
+                Ok(line)
             } else {
                 Err(CtlError::Problems(problems.join("\n")))
             }

@@ -118,6 +118,61 @@ impl Owners {
     }
 }
 
+/// A host whose status in one entry of one cluster holds other VIPs than we answer (an empty
+/// status holds none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    /// The declaration's origin (`cluster ID`).
+    pub origin: String,
+    /// `namespace/name`.
+    pub entry: String,
+    pub host: Name,
+    /// What the status holds for the host, sorted.
+    pub status: Vec<IpAddr>,
+    /// What we answer (and would write), sorted.
+    pub ours: Vec<IpAddr>,
+}
+
+/// Every drift among `decls` (of any clusters): hosts of qualifying entries, in the entry that
+/// carries their VIP in its cluster, whose status does not hold exactly our VIPs.
+pub fn drifts(decls: &[Declaration], state: &AllocState, policy: &Policy) -> Vec<Drift> {
+    let mut by_origin: HashMap<&str, Vec<&Declaration>> = HashMap::new();
+    for decl in decls {
+        by_origin.entry(&decl.origin).or_default().push(decl);
+    }
+    let mut out = Vec::new();
+    for (origin, decls) in by_origin {
+        let owners = Owners::of(decls.iter().copied());
+        for decl in decls.into_iter().filter(|d| qualifies(d)) {
+            for host in decl.hosts.iter().filter(|h| owners.owns(decl, h)) {
+                let mut ours = our_vips(state, policy, host);
+                if ours.is_empty() {
+                    continue;
+                }
+                ours.sort();
+                let mut status: Vec<IpAddr> = (decl.claimed.iter())
+                    .filter(|(h, _)| h == host)
+                    .map(|(_, a)| *a)
+                    .collect();
+                status.sort();
+                // An empty status is no drift: no istiod allocates there (before Istio 1.25,
+                // or with its allocation off), so the sidecars have no other VIP.
+                if !status.is_empty() && status != ours {
+                    out.push(Drift {
+                        origin: origin.to_string(),
+                        entry: format!("{}/{}", decl.namespace, decl.name),
+                        host: host.clone(),
+                        status,
+                        ours,
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.host, &a.origin, &a.entry).cmp(&(&b.host, &b.origin, &b.entry)));
+    out
+}
+
 /// One status entry as (host, address); `None` for one that does not read.
 pub fn read_entry(entry: &Value) -> Option<(Name, IpAddr)> {
     let host = entry.get("host")?.as_str()?;

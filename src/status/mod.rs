@@ -6,7 +6,7 @@ mod desired;
 mod metrics;
 mod writer;
 
-pub use desired::{OPT_OUT_LABEL, qualifies};
+pub use desired::{Drift, OPT_OUT_LABEL, drifts, qualifies};
 pub use metrics::StatusMetrics;
 pub use writer::{StatusInputs, write_cluster};
 

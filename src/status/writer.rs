@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::desired::{Owners, desired, our_vips, qualifies, read_entry};
+use super::desired::{Owners, desired, drifts, read_entry};
 use super::metrics::StatusMetrics;
 use crate::alloc::{AllocState, Policy};
 use crate::source::Declaration;
@@ -123,8 +123,9 @@ impl Writer<'_> {
         let allowed = self.allowed().await;
         let mut drift = 0;
         let mut failed = false;
-        let mut drifting = HashMap::new();
         let owners = Owners::of(decls);
+        // Entries written this round: what `decls` says of their status is out of date.
+        let mut written = std::collections::HashSet::new();
         for decl in decls {
             let owns = |host: &Name| owners.owns(decl, host);
             let current: Vec<Value> = (decl.claimed.iter())
@@ -135,35 +136,27 @@ impl Writer<'_> {
             }
             if allowed && self.may_patch_again(decl) {
                 match self.patch(decl, state, policy, &owners).await {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        written.insert(format!("{}/{}", decl.namespace, decl.name));
+                    }
                     Err(error) => {
                         failed = true;
                         warn!(cluster = self.id, namespace = %decl.namespace, entry = %decl.name, %error, "cannot write our VIPs into the ServiceEntry's status; retrying");
                     }
                 }
             }
-            for host in decl.hosts.iter().filter(|h| qualifies(decl) && owns(h)) {
-                let ours = our_vips(state, policy, host);
-                let mut theirs: Vec<IpAddr> = (decl.claimed.iter())
-                    .filter(|(h, _)| h == host)
-                    .map(|(_, a)| *a)
-                    .collect();
-                theirs.sort();
-                let mut sorted = ours.clone();
-                sorted.sort();
-                if ours.is_empty() || theirs == sorted {
-                    continue;
-                }
-                drift += 1;
-                let key = (
-                    format!("{}/{}", decl.namespace, decl.name),
-                    host.to_string(),
-                );
-                if self.reported.get(&key) != Some(&theirs) {
-                    warn!(cluster = self.id, entry = %key.0, host = %key.1, status = ?theirs, answered = ?ours, writable = allowed, "the cluster's sidecars use other VIPs for this host than DNS answers");
-                }
-                drifting.insert(key, theirs);
+        }
+        let mut drifting = HashMap::new();
+        for d in drifts(decls, state, policy) {
+            if written.contains(&d.entry) {
+                continue;
             }
+            let key = (d.entry, d.host.to_string());
+            if self.reported.get(&key) != Some(&d.status) {
+                warn!(cluster = self.id, entry = %key.0, host = %key.1, status = ?d.status, answered = ?d.ours, writable = allowed, "the cluster's sidecars use other VIPs for this host than DNS answers");
+            }
+            drifting.insert(key, d.status);
+            drift += 1;
         }
         self.reported = drifting;
         self.metrics.drift(self.id, drift);

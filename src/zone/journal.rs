@@ -62,7 +62,11 @@ impl Journal {
                 continue;
             }
             let mut zone = previous;
-            let (delta, size) = diff(before, after, old.serial());
+            let Some((delta, size)) = diff(before, after, old.serial()) else {
+                // Bigger than the zone: nothing before it is worth keeping either.
+                journal.zones.insert(apex.into(), ZoneJournal::default());
+                continue;
+            };
             zone.records += delta.size();
             zone.deltas.push_back(Arc::new(delta));
             // Worth keeping only while sending it beats sending the zone.
@@ -86,8 +90,10 @@ impl Journal {
 }
 
 /// What `after` deleted from and added to `before` (its serial `from`), and how many records
-/// `after` holds. Both sides sorted and walked together: no record is copied but the changes.
-fn diff(before: ZoneContent<'_>, after: ZoneContent<'_>, from: u32) -> (Delta, usize) {
+/// `after` holds. Both sides sorted and walked together: no record is copied but the changes,
+/// and not those either once they outnumber the zone (the first table, a big change): `None`
+/// then, as such a difference is never kept.
+fn diff(before: ZoneContent<'_>, after: ZoneContent<'_>, from: u32) -> Option<(Delta, usize)> {
     let mut old: Vec<OwnedRecord<'_>> = before.records.collect();
     let mut new: Vec<OwnedRecord<'_>> = after.records.collect();
     old.sort_unstable();
@@ -98,6 +104,9 @@ fn diff(before: ZoneContent<'_>, after: ZoneContent<'_>, from: u32) -> (Delta, u
     let (mut deleted, mut added) = (Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
+        if deleted.len() + added.len() > new.len() {
+            return None;
+        }
         match (old.get(i), new.get(j)) {
             (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
             (Some(a), Some(b)) if a < b => {
@@ -122,7 +131,7 @@ fn diff(before: ZoneContent<'_>, after: ZoneContent<'_>, from: u32) -> (Delta, u
         deleted,
         added,
     };
-    (delta, new.len() + 2)
+    Some((delta, new.len() + 2))
 }
 
 #[cfg(test)]

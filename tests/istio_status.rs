@@ -267,3 +267,73 @@ fn reader_kubeconfig(cluster: &Cluster, id: &str) -> String {
     );
     cluster.token_kubeconfig(id, &cluster.token("istio-system", "se-reader"))
 }
+
+/// Another writer changes the status between our read and our patch (here: we are handed the
+/// read from before its change). Our patch's `test` fails at the API server, we read again and
+/// patch again, and its change survives beside our VIP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_changed_between_our_read_and_our_patch_is_read_again_and_kept() {
+    use globaldns::alloc::{AllocState, ISTIO_RANGES, Policy, Pool, Record};
+    use globaldns::source::kube::{declaration_of, served_version, service_entry_resource};
+    use globaldns::status::{Entry, Owners, StatusMetrics, write_entry};
+    use ::kube::api::{Api, DynamicObject};
+
+    let cluster = shared(3)[2];
+    let host = "race.st3.global";
+    let other = "other.st3.example.com";
+    cluster.put_service_entry("st3", "race", &[host], &[]);
+    play_istiod(cluster, "st3", "race", &[("240.240.0.6", host)]);
+    let client = cluster.client().await;
+    let version = served_version(&client).await.unwrap();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client, "st3", &service_entry_resource(version));
+    let ours_read = api.get("race").await.unwrap();
+    // The other writer (istiod, for another host) gets in between.
+    play_istiod(
+        cluster,
+        "st3",
+        "race",
+        &[("240.240.0.6", host), ("240.240.0.7", other)],
+    );
+
+    let mut state = AllocState::default();
+    let record = Record {
+        addresses: vec!["240.0.33.3".parse().unwrap()],
+        ..Default::default()
+    };
+    state.records.insert(host.to_string(), record);
+    let ranges = ISTIO_RANGES.map(|r| r.parse().unwrap());
+    let pool = "240.0.0.0/4".parse::<Pool>().unwrap();
+    let policy = Policy {
+        pools: vec![pool.excluding(&ranges).unwrap()],
+        grace: Duration::from_secs(60),
+    };
+    let decl = declaration_of("race", ours_read.clone()).unwrap();
+    let owners = Owners::of([&decl]);
+    let metrics = std::sync::Arc::new(StatusMetrics::default());
+    let entry = Entry {
+        api: &api,
+        cluster: "race",
+        name: "race",
+    };
+    let wrote = write_entry(entry, Some(ours_read), &state, &policy, &owners, &metrics)
+        .await
+        .unwrap();
+    assert!(wrote);
+    assert_eq!(
+        status(cluster, "st3", "race"),
+        [
+            ("240.240.0.7".to_string(), other.to_string()),
+            ("240.0.33.3".to_string(), host.to_string()),
+        ]
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(metrics.clone()));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert_eq!(
+        sample(&text, r#"globaldns_status_conflicts_total{cluster="race"}"#),
+        1.0,
+        "{text}"
+    );
+}

@@ -4,10 +4,12 @@
 
 mod desired;
 mod metrics;
+mod patch;
 mod writer;
 
-pub use desired::{Drift, OPT_OUT_LABEL, drifts, qualifies};
+pub use desired::{Drift, OPT_OUT_LABEL, Owners, drifts, qualifies};
 pub use metrics::StatusMetrics;
+pub use patch::{Entry, write_entry};
 pub use writer::{StatusInputs, write_cluster};
 
 use std::sync::Arc;

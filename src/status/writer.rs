@@ -17,23 +17,22 @@ use hickory_proto::rr::Name;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::desired::{Owners, desired, drifts, read_entry};
+use super::desired::{Owners, desired, drifts};
 use super::metrics::StatusMetrics;
+use super::patch::{Entry, write_entry};
 use crate::alloc::{AllocState, Policy};
 use crate::source::Declaration;
-use crate::source::kube::{declaration_of, served_version, service_entry_resource, source_name};
+use crate::source::kube::{served_version, service_entry_resource, source_name};
 use crate::source::set::Combined;
 
 /// How often a cluster's permission is asked again (RBAC can change under us).
 const RECHECK: Duration = Duration::from_secs(300);
-/// Tries of one entry's patch when other writers keep changing its status.
-const ATTEMPTS: u32 = 5;
 /// Patches of one entry within [`FIGHT_WINDOW`] that mean another writer keeps undoing ours
 /// (another globaldns with a store of its own, say): the entry is then left alone until the
 /// window ends, with a warning, rather than patched without end.
@@ -214,9 +213,8 @@ impl Writer<'_> {
         allowed
     }
 
-    /// Reads the entry afresh and patches its status to what it should be, testing that the
-    /// status is still what was read; again from a fresh read when another writer got there
-    /// first.
+    /// Writes `decl`'s status as it should be (see [`write_entry`]); a 403 marks the cluster
+    /// read-only.
     async fn patch(
         &mut self,
         decl: &Declaration,
@@ -229,64 +227,19 @@ impl Writer<'_> {
             &decl.namespace,
             &service_entry_resource(self.version),
         );
-        for attempt in 1..=ATTEMPTS {
-            let object = api.get(&decl.name).await?;
-            let status = object.data.get("status").cloned();
-            let Some(fresh) = declaration_of(self.id, object) else {
-                return Ok(()); // malformed now: the watch reports it
-            };
-            let current = status
-                .as_ref()
-                .and_then(|s| s.get("addresses"))
-                .and_then(Value::as_array);
-            let owns = |host: &Name| owners.owns(&fresh, host);
-            let Some(next) = desired(&fresh, current.map(Vec::as_slice), state, policy, owns)
-            else {
-                return Ok(());
-            };
-            let ops = match (&status, current) {
-                (None | Some(Value::Null), _) => json!([
-                    {"op": "test", "path": "/status", "value": null},
-                    {"op": "add", "path": "/status", "value": {"addresses": next}},
-                ]),
-                (Some(status), None) => json!([
-                    {"op": "test", "path": "/status", "value": status},
-                    {"op": "add", "path": "/status/addresses", "value": next},
-                ]),
-                (Some(_), Some(current)) => json!([
-                    {"op": "test", "path": "/status/addresses", "value": current},
-                    {"op": "replace", "path": "/status/addresses", "value": next},
-                ]),
-            };
-            let patch: json_patch::Patch =
-                serde_json::from_value(ops).expect("the operations are a JSON patch");
-            let params = PatchParams::default();
-            match api
-                .patch_status(&decl.name, &params, &Patch::Json::<()>(patch))
-                .await
-            {
-                Ok(_) => {
-                    self.metrics.patched(self.id);
-                    info!(cluster = self.id, namespace = %decl.namespace, entry = %decl.name, addresses = ?next.iter().filter_map(read_entry).map(|(_, a)| a).collect::<Vec<_>>(), "wrote our VIPs into the ServiceEntry's status");
-                    return Ok(());
-                }
-                // The test failed (422) or the object changed (409): someone wrote in between.
+        let entry = Entry {
+            api: &api,
+            cluster: self.id,
+            name: &decl.name,
+        };
+        match write_entry(entry, None, state, policy, owners, self.metrics).await {
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                self.allowed = Some((false, Instant::now()));
+                self.metrics.writable(self.id, false);
                 Err(kube::Error::Api(e))
-                    if (e.code == 422 || e.code == 409) && attempt < ATTEMPTS =>
-                {
-                    self.metrics.conflict(self.id);
-                    debug!(cluster = self.id, entry = %decl.name, attempt, "status changed under us; reading it again");
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-                }
-                Err(kube::Error::Api(e)) if e.code == 403 => {
-                    self.allowed = Some((false, Instant::now()));
-                    self.metrics.writable(self.id, false);
-                    return Err(kube::Error::Api(e));
-                }
-                Err(error) => return Err(error),
             }
+            other => other.map(drop),
         }
-        Ok(())
     }
 }
 

@@ -273,10 +273,10 @@ fn reader_kubeconfig(cluster: &Cluster, id: &str) -> String {
 /// patch again, and its change survives beside our VIP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_changed_between_our_read_and_our_patch_is_read_again_and_kept() {
+    use ::kube::api::{Api, DynamicObject};
     use globaldns::alloc::{AllocState, ISTIO_RANGES, Policy, Pool, Record};
     use globaldns::source::kube::{declaration_of, served_version, service_entry_resource};
     use globaldns::status::{Entry, Owners, StatusMetrics, write_entry};
-    use ::kube::api::{Api, DynamicObject};
 
     let cluster = shared(3)[2];
     let host = "race.st3.global";

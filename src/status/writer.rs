@@ -36,7 +36,7 @@ const RECHECK: Duration = Duration::from_secs(300);
 /// Patches of one entry within [`FIGHT_WINDOW`] that mean another writer keeps undoing ours
 /// (another globaldns with a store of its own, say): the entry is then left alone until the
 /// window ends, with a warning, rather than patched without end.
-const FIGHT_PATCHES: u32 = 5;
+const FIGHT_PATCHES: u32 = 10;
 const FIGHT_WINDOW: Duration = Duration::from_secs(600);
 
 /// What every cluster's writer follows.
@@ -106,7 +106,7 @@ struct Writer<'a> {
     client: &'a kube::Client,
     version: &'static str,
     metrics: &'a StatusMetrics,
-    /// Whether we are to write at all (`--status-writes`).
+    /// Whether we are to write at all (off with `--no-status-writes`).
     write: bool,
     /// Whether we may patch statuses, and when that was asked.
     allowed: Option<(bool, Instant)>,
@@ -133,11 +133,13 @@ impl Writer<'_> {
             if desired(decl, Some(&current), state, policy, owns).is_none() {
                 continue;
             }
-            if allowed && self.may_patch_again(decl) {
+            if allowed && !self.fought_over(decl) {
                 match self.patch(decl, state, policy, &owners).await {
-                    Ok(()) => {
+                    Ok(true) => {
+                        self.count_write(decl);
                         written.insert(format!("{}/{}", decl.namespace, decl.name));
                     }
+                    Ok(false) => {}
                     Err(error) => {
                         failed = true;
                         warn!(cluster = self.id, namespace = %decl.namespace, entry = %decl.name, %error, "cannot write our VIPs into the ServiceEntry's status; retrying");
@@ -162,19 +164,28 @@ impl Writer<'_> {
         failed
     }
 
-    /// Counts a patch of `decl`'s status; false (warned once) while another writer seems to
-    /// undo each of ours.
-    fn may_patch_again(&mut self, decl: &Declaration) -> bool {
+    /// Whether another writer seems to undo each of our writes of `decl`'s status (warned
+    /// once): it is then left alone until its window ends.
+    fn fought_over(&mut self, decl: &Declaration) -> bool {
         let key = (decl.namespace.clone(), decl.name.clone());
-        let (count, since) = self.patched.entry(key).or_insert((0, Instant::now()));
+        let Some((count, since)) = self.patched.get(&key) else {
+            return false;
+        };
         if since.elapsed() > FIGHT_WINDOW {
-            (*count, *since) = (0, Instant::now());
+            self.patched.remove(&key);
+            return false;
         }
+        *count >= FIGHT_PATCHES
+    }
+
+    /// Counts a write of `decl`'s status, for [`Writer::fought_over`].
+    fn count_write(&mut self, decl: &Declaration) {
+        let key = (decl.namespace.clone(), decl.name.clone());
+        let (count, _) = self.patched.entry(key).or_insert((0, Instant::now()));
         *count += 1;
-        if *count == FIGHT_PATCHES + 1 {
+        if *count == FIGHT_PATCHES {
             warn!(cluster = self.id, namespace = %decl.namespace, entry = %decl.name, "another writer keeps changing this ServiceEntry's status back (another globaldns with its own store?); leaving it alone for a while");
         }
-        *count <= FIGHT_PATCHES
     }
 
     /// Whether we may patch ServiceEntry statuses in this cluster (asked again now and then).
@@ -221,7 +232,7 @@ impl Writer<'_> {
         state: &AllocState,
         policy: &Policy,
         owners: &Owners,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<bool, kube::Error> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &decl.namespace,
@@ -238,7 +249,7 @@ impl Writer<'_> {
                 self.metrics.writable(self.id, false);
                 Err(kube::Error::Api(e))
             }
-            other => other.map(drop),
+            other => other,
         }
     }
 }

@@ -72,7 +72,8 @@ fn resource_version(cluster: &Cluster, ns: &str, name: &str) -> String {
 
 /// Two clusters declare one address-less host; istiod gave it a different VIP in each. Our VIP
 /// replaces both, the status of another host of the same entry stays, DNS answers the same
-/// VIP, a restart writes nothing, and an entry that opts out loses our address.
+/// VIP, a restart writes nothing, and an entry that gains spec.addresses, loses a host or opts
+/// out loses our address for it.
 #[test]
 fn our_vip_replaces_istiods_in_every_cluster() {
     let c = shared(2);
@@ -158,6 +159,43 @@ fn our_vip_replaces_istiods_in_every_cluster() {
     assert!(
         out.contains("ServiceEntry statuses hold them; the servers answer them"),
         "{out}"
+    );
+
+    // An entry that gains spec.addresses, or loses a host, loses our addresses for it.
+    let vip_of = |name: &str| {
+        let fqdn = format!("{name}.");
+        assert!(
+            eventually(WITHIN, || a_ips(&server, &fqdn).len() == 1),
+            "{name}"
+        );
+        a_ips(&server, &fqdn).remove(0)
+    };
+    let pair = ["p1.st1.global", "p2.st1.global"];
+    a.put_service_entry("st1", "solo", &["solo.st1.global"], &[]);
+    a.put_service_entry("st1", "pair", &pair, &[]);
+    let solo_vip = vip_of("solo.st1.global");
+    let (p1, p2) = (vip_of(pair[0]), vip_of(pair[1]));
+    let ours = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        (pairs.iter())
+            .map(|(v, h)| (v.to_string(), h.to_string()))
+            .collect()
+    };
+    let solo_ours = ours(&[(&solo_vip, "solo.st1.global")]);
+    assert!(eventually(WITHIN, || status(a, "st1", "solo") == solo_ours));
+    let both = ours(&[(&p1, pair[0]), (&p2, pair[1])]);
+    assert!(eventually(WITHIN, || status(a, "st1", "pair") == both));
+    a.put_service_entry("st1", "solo", &["solo.st1.global"], &["240.0.78.1"]);
+    a.put_service_entry("st1", "pair", &pair[..1], &[]);
+    assert!(
+        eventually(WITHIN, || status(a, "st1", "solo").is_empty()),
+        "{:?}",
+        status(a, "st1", "solo")
+    );
+    let first_only = ours(&[(&p1, pair[0])]);
+    assert!(
+        eventually(WITHIN, || status(a, "st1", "pair") == first_only),
+        "{:?}",
+        status(a, "st1", "pair")
     );
 
     // The entry opts out of allocation in one cluster: istiod stops reading its status for the

@@ -154,12 +154,14 @@ fn our_vip_replaces_istiods_in_every_cluster() {
         (out.status.code(), text)
     };
     let server_addr = server.addr.to_string();
-    let (code, out) = dnsctl(&["check", "--server", &server_addr]);
+    let (code, out) = dnsctl(&["check", "--server", &server_addr, "--hosts"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("ServiceEntry statuses hold them; the servers answer them"),
         "{out}"
     );
+    let line = format!("{host} store {vip}; cluster a {vip}; {server_addr} {vip}\n");
+    assert!(out.contains(&line), "{line} in\n{out}");
 
     // An entry that gains spec.addresses, or loses a host, loses our addresses for it.
     let vip_of = |name: &str| {

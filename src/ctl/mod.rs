@@ -7,6 +7,7 @@
 mod output;
 mod probe;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +23,7 @@ use crate::cluster::one_line;
 use crate::config::AllocArgs;
 use crate::source::Declaration;
 use crate::source::kube::{clusters_in, list_cluster, owner_of, remote_secrets};
-use crate::status::drifts;
+use crate::status::{drifts, held};
 
 /// Operate globaldns: allocate, pin, release and inspect the VIPs of `.global` hosts.
 #[derive(Parser, Debug)]
@@ -98,6 +99,10 @@ pub enum Command {
         /// A DNS server to ask for every allocated host (repeatable; port 53 by default).
         #[arg(long = "server", value_name = "IP[:PORT]", value_parser = crate::config::parse_upstream)]
         servers: Vec<std::net::SocketAddr>,
+        /// Also print, for each allocated host, what the store, every cluster's status and
+        /// every --server hold for it.
+        #[arg(long)]
+        hosts: bool,
     },
     /// Show how full each pool is.
     Pools,
@@ -323,8 +328,10 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
             let state = store.load().await?;
             Ok(output::etc_hosts(&state, &explicit, &state_location(&cli)))
         }
-        Command::Check { ref servers } => {
+        Command::Check { ref servers, hosts } => {
             let state = store.load().await?;
+            // Host → what each place holds for it, for --hosts.
+            let mut view: BTreeMap<String, Vec<(String, Vec<IpAddr>)>> = BTreeMap::new();
             let mut problems = check(&policy, &state);
             if !state.unreadable.is_empty() {
                 problems.push(format!(
@@ -337,6 +344,11 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                 let id = cli.context.as_deref().unwrap_or("cluster");
                 let mut declared = list_cluster(id, client.clone()).await?;
                 declared.extend(remote_declarations(client, &cli.alloc.namespace).await);
+                for (host, origin, status) in held(&declared, &state, &policy) {
+                    view.entry(host_key(&host))
+                        .or_default()
+                        .push((origin, status));
+                }
                 problems.extend(drifts(&declared, &state, &policy).iter().map(|d| {
                     format!(
                         "{}: {} entry {}: status.addresses holds {:?}, the store {:?}",
@@ -358,16 +370,25 @@ async fn execute(cli: Cli) -> Result<String, CtlError> {
                     let mut stored = record.addresses.clone();
                     stored.sort();
                     match probe::addresses(*server, host).await {
-                        Ok(answered) if answered == stored => {}
-                        Ok(answered) => problems.push(format!(
-                            "{host}: {server} answers {answered:?}, the store {stored:?}"
-                        )),
+                        Ok(answered) => {
+                            if answered != stored {
+                                problems.push(format!(
+                                    "{host}: {server} answers {answered:?}, the store {stored:?}"
+                                ));
+                            }
+                            let place = (server.to_string(), answered);
+                            view.entry(host.clone()).or_default().push(place);
+                        }
                         Err(error) => problems.push(format!("{host}: {server}: {error}")),
                     }
                 }
             }
             if !servers.is_empty() {
                 agreed.push("the servers answer them");
+            }
+            if hosts {
+                // Printed whatever the verdict: it is what the verdict is about.
+                print!("{}", output::host_view(&state, &view));
             }
             if problems.is_empty() {
                 let addresses: usize = state.records.values().map(|r| r.addresses.len()).sum();

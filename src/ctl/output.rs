@@ -1,5 +1,8 @@
 //! What dnsctl prints.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
 use serde::Serialize;
 
 use super::Format;
@@ -122,6 +125,36 @@ pub fn pools(usage: &[PoolUsage]) -> String {
             "{:<24}  {:>12}  {:>12}  {:>12}\n",
             u.pool, u.capacity, u.used, free
         ));
+    }
+    out
+}
+
+/// `dnsctl check --hosts`: one line per allocated, live host: what the store holds, then what
+/// each other place (`cluster ID`'s status, a server) holds, `-` for nothing.
+pub fn host_view(
+    state: &AllocState,
+    places: &BTreeMap<String, Vec<(String, Vec<IpAddr>)>>,
+) -> String {
+    let list = |addresses: &[IpAddr]| {
+        if addresses.is_empty() {
+            return "-".to_string();
+        }
+        let text: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        text.join(",")
+    };
+    let mut out = String::new();
+    for (host, record) in state
+        .records
+        .iter()
+        .filter(|(_, r)| r.released_at.is_none())
+    {
+        let mut stored = record.addresses.clone();
+        stored.sort();
+        out.push_str(&format!("{host} store {}", list(&stored)));
+        for (place, addresses) in places.get(host).into_iter().flatten() {
+            out.push_str(&format!("; {place} {}", list(addresses)));
+        }
+        out.push('\n');
     }
     out
 }

@@ -136,6 +136,47 @@ pub struct Drift {
 /// Every drift among `decls` (of any clusters): hosts of qualifying entries, in the entry that
 /// carries their VIP in its cluster, whose status does not hold exactly our VIPs.
 pub fn drifts(decls: &[Declaration], state: &AllocState, policy: &Policy) -> Vec<Drift> {
+    let mut out = Vec::new();
+    for (host, origin, status, entry) in held_in_entries(decls, state, policy) {
+        let mut ours = our_vips(state, policy, &host);
+        ours.sort();
+        // An empty status is no drift: no istiod allocates there (before Istio 1.25, or with
+        // its allocation off), so the sidecars have no other VIP.
+        if !status.is_empty() && status != ours {
+            out.push(Drift {
+                origin,
+                entry,
+                host,
+                status,
+                ours,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.host, &a.origin, &a.entry).cmp(&(&b.host, &b.origin, &b.entry)));
+    out
+}
+
+/// What each cluster's status holds for each host with a VIP of ours, in the entry that carries
+/// it there: `(host, origin, addresses sorted)`, for `dnsctl check --hosts`.
+pub fn held(
+    decls: &[Declaration],
+    state: &AllocState,
+    policy: &Policy,
+) -> Vec<(Name, String, Vec<IpAddr>)> {
+    let mut out: Vec<_> = (held_in_entries(decls, state, policy).into_iter())
+        .map(|(host, origin, status, _)| (host, origin, status))
+        .collect();
+    out.sort();
+    out
+}
+
+/// For each host with a VIP of ours and each cluster: what the status of the entry carrying
+/// the host's VIP there holds (sorted), and that entry (`namespace/name`).
+fn held_in_entries(
+    decls: &[Declaration],
+    state: &AllocState,
+    policy: &Policy,
+) -> Vec<(Name, String, Vec<IpAddr>, String)> {
     let mut by_origin: HashMap<&str, Vec<&Declaration>> = HashMap::new();
     for decl in decls {
         by_origin.entry(&decl.origin).or_default().push(decl);
@@ -145,31 +186,19 @@ pub fn drifts(decls: &[Declaration], state: &AllocState, policy: &Policy) -> Vec
         let owners = Owners::of(decls.iter().copied());
         for decl in decls.into_iter().filter(|d| qualifies(d)) {
             for host in decl.hosts.iter().filter(|h| owners.owns(decl, h)) {
-                let mut ours = our_vips(state, policy, host);
-                if ours.is_empty() {
+                if our_vips(state, policy, host).is_empty() {
                     continue;
                 }
-                ours.sort();
                 let mut status: Vec<IpAddr> = (decl.claimed.iter())
                     .filter(|(h, _)| h == host)
                     .map(|(_, a)| *a)
                     .collect();
                 status.sort();
-                // An empty status is no drift: no istiod allocates there (before Istio 1.25,
-                // or with its allocation off), so the sidecars have no other VIP.
-                if !status.is_empty() && status != ours {
-                    out.push(Drift {
-                        origin: origin.to_string(),
-                        entry: format!("{}/{}", decl.namespace, decl.name),
-                        host: host.clone(),
-                        status,
-                        ours,
-                    });
-                }
+                let entry = format!("{}/{}", decl.namespace, decl.name);
+                out.push((host.clone(), origin.to_string(), status, entry));
             }
         }
     }
-    out.sort_by(|a, b| (&a.host, &a.origin, &a.entry).cmp(&(&b.host, &b.origin, &b.entry)));
     out
 }
 

@@ -7,7 +7,7 @@ mod metrics;
 mod patch;
 mod writer;
 
-pub use desired::{Drift, OPT_OUT_LABEL, Owners, drifts, qualifies};
+pub use desired::{Drift, OPT_OUT_LABEL, Owners, drifts, held, qualifies};
 pub use metrics::StatusMetrics;
 pub use patch::{Entry, write_entry};
 pub use writer::{StatusInputs, write_cluster};

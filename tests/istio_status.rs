@@ -243,26 +243,44 @@ fn our_vip_replaces_istiods_in_every_cluster() {
 }
 
 /// A cluster reached with a read-only identity (Istio's reader service account): no PATCH is
-/// ever sent (the API server's audit log has none from us), the drift is reported, and DNS
-/// still answers our VIP. A cluster of its own, reached only through the reader's token (the
-/// allocations in a file): the other test's server writes wherever it may.
+/// ever sent (the API server's audit log has none from us), the drift is reported by the
+/// metric and by `dnsctl check`, and DNS still answers our VIP. A cluster of its own: the
+/// other tests' servers write wherever they may. The allocations live there too, through an
+/// admin context whose statuses are left alone (`--status-skip-cluster`), so that the reader
+/// is the only way globaldns could write them.
 #[test]
 fn a_read_only_cluster_is_never_written_and_its_drift_is_reported() {
     let ro = shared(3)[2];
     let host = "ro.st2.global";
     ro.put_service_entry("st2", "ro", &[host], &[]);
     play_istiod(ro, "st2", "ro", &[("240.240.0.3", host)]);
+    ro.ensure_namespace("st2-dns");
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
-    let args = [
-        "--state",
-        state.to_str().unwrap(),
-        "--sync-timeout",
-        "10",
-        "--metrics",
-        "127.0.0.1:0",
-    ];
-    let server = globaldns(dir.path(), &reader_kubeconfig(ro, "ro"), &args);
+    let (admin, reader) = (
+        dir.path().join("admin.kubeconfig"),
+        dir.path().join("ro.kubeconfig"),
+    );
+    std::fs::write(&admin, ro.kubeconfig("store")).unwrap();
+    std::fs::write(&reader, reader_kubeconfig(ro, "ro")).unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    let server = GlobalDns::start(
+        &zones,
+        &[
+            "--kubeconfig",
+            admin.to_str().unwrap(),
+            "--kubeconfig",
+            reader.to_str().unwrap(),
+            "--namespace",
+            "st2-dns",
+            "--status-skip-cluster",
+            "store",
+            "--sync-timeout",
+            "10",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
     assert!(eventually(WITHIN, || a_ips(&server, &format!("{host}."))
         .len()
         == 1));
@@ -292,6 +310,24 @@ fn a_read_only_cluster_is_never_written_and_its_drift_is_reported() {
         .filter(|(verb, _)| verb == "patch")
         .collect();
     assert!(patches.is_empty(), "{patches:?}");
+
+    // The operator's view says the same, and fails.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnsctl"))
+        .args([
+            "--kubeconfig",
+            admin.to_str().unwrap(),
+            "-n",
+            "st2-dns",
+            "check",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = format!(
+        "{host}: cluster cluster entry st2/ro: status.addresses holds [240.240.0.3], the store [{vip}]"
+    );
+    assert!(text.contains(&line), "{line} in\n{text}");
 }
 
 /// A reader account in `cluster` as istioctl makes one: a ServiceAccount allowed to read

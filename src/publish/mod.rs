@@ -348,13 +348,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// What the table is built from (the zone settings are fixed for the process), as hex: equal for
 /// equal content, whatever order the sources listed it in, in every process of one build, so
-/// a rebuild keeps its serial and replicas agree on theirs.
+/// a rebuild keeps its serial and replicas agree on theirs. Each host is digested on its own and
+/// the digests summed, which ignores their order without sorting a big mesh's names.
 fn fingerprint(hosts: &[HostEntry]) -> String {
-    let mut sorted: Vec<&HostEntry> = hosts.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut hasher = DigestHasher(Sha256::new());
-    sorted.hash(&mut hasher);
-    data_encoding::HEXLOWER.encode(&hasher.0.finalize()[..16])
+    let mut sum = 0u128;
+    for host in hosts {
+        let mut hasher = DigestHasher(Sha256::new());
+        host.hash(&mut hasher);
+        let digest = hasher.0.finalize();
+        let part = u128::from_be_bytes(digest[..16].try_into().expect("SHA-256 is 32 bytes"));
+        sum = sum.wrapping_add(part);
+    }
+    format!("{sum:032x}")
 }
 
 /// Feeds what `Hash` writes into SHA-256, which (unlike std's hasher) promises the same result

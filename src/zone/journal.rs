@@ -51,6 +51,11 @@ impl Journal {
     /// both serve. A zone whose serial did not move carries its history over unchanged.
     pub fn follow(old: &NameTable, new: &NameTable) -> Journal {
         let mut journal = Journal::default();
+        // The first table of a process (the one before it is empty): its difference is the
+        // whole zone, never worth keeping, and costly to work out for a big mesh.
+        if old.host_count() == 0 {
+            return journal;
+        }
         for apex in new.apexes() {
             let previous = old.journal().zones.get(apex).cloned().unwrap_or_default();
             let (Some(before), Some(after)) = (old.zone_content(apex), new.zone_content(apex))

@@ -199,19 +199,7 @@ fn an_address_a_status_holds_for_one_host_is_never_given_to_another() {
         .unwrap();
     let wanted = pool.probe(host_b).next().unwrap().to_string();
     cluster.put_service_entry(ns, "a", &["a.st1.global"], &[]);
-    let patch =
-        format!(r#"{{"status":{{"addresses":[{{"value":"{wanted}","host":"a.st1.global"}}]}}}}"#);
-    cluster.kubectl_ok(&[
-        "patch",
-        "serviceentries.networking.istio.io",
-        "a",
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &patch,
-    ]);
+    cluster.set_status_addresses(ns, "a", &[(&wanted, "a.st1.global")]);
     cluster.put_service_entry(ns, "b", &[host_b], &[]);
 
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::kube::{Cluster, globaldns_writing as globaldns, kubeconfig, shared};
 use support::*;
 
@@ -17,21 +17,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 /// What istiod would do: set `status.addresses` of entry `ns/name` to `addresses`
 /// (`(value, host)`).
 fn play_istiod(cluster: &Cluster, ns: &str, name: &str, addresses: &[(&str, &str)]) {
-    let entries: Vec<Value> = (addresses.iter())
-        .map(|(value, host)| json!({"value": value, "host": host}))
-        .collect();
-    let patch = json!({"status": {"addresses": entries}}).to_string();
-    cluster.kubectl_ok(&[
-        "patch",
-        "serviceentries.networking.istio.io",
-        name,
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &patch,
-    ]);
+    cluster.set_status_addresses(ns, name, addresses);
 }
 
 /// Entry `ns/name` as the API server has it.

@@ -28,7 +28,7 @@ use super::metrics::StatusMetrics;
 use super::patch::{Entry, write_entry};
 use crate::alloc::{AllocState, Policy};
 use crate::source::Declaration;
-use crate::source::kube::{served_version, service_entry_resource, source_name};
+use crate::source::kube::{discover_version, service_entry_resource, source_name};
 use crate::source::set::Combined;
 
 /// How often a cluster's permission is asked again (RBAC can change under us).
@@ -57,17 +57,11 @@ pub async fn write_cluster(
     mut inputs: StatusInputs,
     write: bool,
 ) {
-    let mut delays = crate::backoff::discovery();
-    let version = loop {
-        match served_version(&client).await {
-            Ok(v) => break v,
-            Err(error) => {
-                let delay = delays.next().expect("discovery never gives up");
-                debug!(cluster = %id, %error, "status writer waits for the ServiceEntry API");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    };
+    // The cluster's watch warns of a missing API; the writer only waits for it.
+    let version = discover_version(&client, |error, _| {
+        debug!(cluster = %id, %error, "status writer waits for the ServiceEntry API");
+    })
+    .await;
     let origin = source_name(&id);
     let mut writer = Writer {
         id: &id,

@@ -16,7 +16,8 @@ pub use secrets::{
     REMOTE_SECRET_LABEL, RemoteCluster, clusters_in, owner_of, remote_secrets, watch_remote_secrets,
 };
 pub use watch::{
-    declaration_of, list_cluster, served_version, service_entries, service_entry_resource,
+    declaration_of, discover_version, list_cluster, served_version, service_entries,
+    service_entry_resource,
 };
 
 use super::readiness::Readiness;

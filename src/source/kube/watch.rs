@@ -46,6 +46,25 @@ pub async fn served_version(client: &kube::Client) -> Result<&'static str, Clust
         })
 }
 
+/// [`served_version`], asked again on the discovery backoff until the cluster serves one (a
+/// cluster without Istio's CRDs yet may get them later); `failed` hears of each failure.
+pub async fn discover_version(
+    client: &kube::Client,
+    failed: impl Fn(&ClusterError, std::time::Duration),
+) -> &'static str {
+    let mut delays = crate::backoff::discovery();
+    loop {
+        match served_version(client).await {
+            Ok(version) => return version,
+            Err(error) => {
+                let delay = delays.next().expect("discovery never gives up");
+                failed(&error, delay);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
 /// ServiceEntries of every namespace, in API version `version`.
 pub fn service_entries(client: kube::Client, version: &str) -> Api<DynamicObject> {
     Api::all_with(client, &service_entry_resource(version))
@@ -84,17 +103,10 @@ pub async fn watch_cluster(
     readiness: Readiness,
     metrics: Arc<ClusterMetrics>,
 ) {
-    let mut delays = crate::backoff::discovery();
-    let version = loop {
-        match served_version(&client).await {
-            Ok(v) => break v,
-            Err(error) => {
-                let delay = delays.next().expect("discovery never gives up");
-                warn!(cluster = %id, %error, retry_in = ?delay, "cannot discover the ServiceEntry API");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    };
+    let version = discover_version(&client, |error, delay| {
+        warn!(cluster = %id, %error, retry_in = ?delay, "cannot discover the ServiceEntry API");
+    })
+    .await;
     info!(cluster = %id, version, "watching ServiceEntries");
     let api = service_entries(client, version);
     let mut events = crate::cluster::relisting_watcher(

@@ -341,6 +341,28 @@ impl Cluster {
     }
 
     /// Deletes an object (no error when it is absent).
+    /// Sets `status.addresses` of ServiceEntry `ns/name` to `addresses` (`(value, host)`), as
+    /// istiod writes it.
+    pub fn set_status_addresses(&self, ns: &str, name: &str, addresses: &[(&str, &str)]) {
+        let entries: Vec<Value> = (addresses.iter())
+            .map(|(value, host)| serde_json::json!({"value": value, "host": host}))
+            .collect();
+        let patch = serde_json::json!({"status": {"addresses": entries}}).to_string();
+        let resource = "serviceentries.networking.istio.io";
+        let status = "--subresource=status";
+        self.kubectl_ok(&[
+            "patch",
+            resource,
+            name,
+            "-n",
+            ns,
+            status,
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+    }
+
     pub fn delete(&self, resource: &str, ns: &str, name: &str) {
         self.kubectl_ok(&["delete", resource, name, "-n", ns, "--ignore-not-found"]);
     }

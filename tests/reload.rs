@@ -62,6 +62,56 @@ fn added_changed_and_removed_files_show_within_seconds() {
 }
 
 #[test]
+fn changes_update_the_table_in_place_and_a_broken_edit_takes_nothing_down() {
+    let zones = zones_copy();
+    let server = GlobalDns::start(
+        zones.path(),
+        &["--rescan-interval", "60", "--metrics", "127.0.0.1:0"],
+    );
+    let http = server.metrics.expect("metrics address on stdout");
+    let tables = |path: &str| {
+        let metrics = http_get(http, "/metrics").1;
+        sample(
+            &metrics,
+            &format!("globaldns_table_updates_total{{path=\"{path}\"}}"),
+        )
+    };
+    assert_eq!((tables("full"), tables("incremental")), (1.0, 0.0));
+
+    let file = zones.path().join("productpage.yaml");
+    std::fs::write(&file, entry("productpage.default.global", "240.0.0.20")).unwrap();
+    assert!(eventually(WITHIN, || resolves_to(
+        &server,
+        "productpage.default.global.",
+        "240.0.0.20"
+    )));
+    // A half-written or broken edit: what the file declared before stays served.
+    std::fs::write(
+        &file,
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nspec: {hosts: [",
+    )
+    .unwrap();
+    assert!(eventually(WITHIN, || server
+        .log_text()
+        .contains("serving what it declared when it last parsed")));
+    assert!(resolves_to(
+        &server,
+        "productpage.default.global.",
+        "240.0.0.20"
+    ));
+    std::fs::write(&file, entry("productpage.default.global", "240.0.0.21")).unwrap();
+    assert!(eventually(WITHIN, || resolves_to(
+        &server,
+        "productpage.default.global.",
+        "240.0.0.21"
+    )));
+    assert!(resolves_to(&server, "reviews.default.global.", "240.0.0.3"));
+    // Only the first table was built whole; every change since changed it in place.
+    assert_eq!(tables("full"), 1.0);
+    assert!(tables("incremental") >= 2.0, "{}", tables("incremental"));
+}
+
+#[test]
 fn nested_directories_are_watched_too() {
     let zones = zones_copy();
     let server = GlobalDns::start(zones.path(), &["--rescan-interval", "60"]);

@@ -20,6 +20,9 @@ pub struct PublishMetrics {
     store_reached: AtomicBool,
     pools: Mutex<Vec<PoolUsage>>,
     in_istio_ranges: AtomicU64,
+    /// Tables made by changing the one before, and built whole.
+    incremental: AtomicU64,
+    rebuilt: AtomicU64,
 }
 
 impl std::fmt::Debug for PublishMetrics {
@@ -46,6 +49,21 @@ impl PublishMetrics {
     /// Whether the allocation store was ever read or written: part of readiness.
     pub fn store_reached(&self) -> bool {
         self.store_reached.load(Relaxed)
+    }
+
+    /// A table was swapped in: made from the one before by its changes, or built whole.
+    pub fn table_made(&self, incremental: bool) {
+        let counter = if incremental {
+            &self.incremental
+        } else {
+            &self.rebuilt
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Tables made from the one before (`true`) and built whole (`false`) so far.
+    pub fn tables_made(&self) -> (u64, u64) {
+        (self.incremental.load(Relaxed), self.rebuilt.load(Relaxed))
     }
 
     pub fn conflicts(&self, count: u64) {
@@ -82,6 +100,19 @@ impl Collector for PublishMetrics {
             "Stored VIPs inside a range istiod allocates from: still answered, to be moved (dnsctl allocate HOST --force).",
             Gauge,
             self.in_istio_ranges.load(Relaxed) as f64,
+        )?;
+        family(
+            &mut encoder,
+            "globaldns_table_updates",
+            "Name tables swapped in, by how they were made: from the table before by what changed (incremental), or built whole (full: the first, and after big changes).",
+            Counter,
+            [
+                (
+                    vec![("path", "incremental")],
+                    self.incremental.load(Relaxed) as f64,
+                ),
+                (vec![("path", "full")], self.rebuilt.load(Relaxed) as f64),
+            ],
         )?;
         let pools = self.pools.lock().expect("metrics lock").clone();
         for (metric, help, value) in [

@@ -4,28 +4,28 @@
 //! A host whose VIP could not be stored yet is published as pending (SERVFAIL), never with an
 //! address that only exists in memory.
 
-use std::collections::{BTreeSet, HashSet};
-use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::alloc::{
-    AllocState, Policy, Reconciled, Reserved, Store, ZoneSerial, host_key, in_istio_ranges,
-    reconcile, unix_now, usage,
+    AllocState, Policy, Reconciled, Reserved, Store, ZoneSerial, in_istio_ranges, reconcile,
+    unix_now, usage,
 };
-use crate::catalog::{Catalog, HostEntry};
+use crate::catalog::HostEntry;
 use crate::source::readiness::Readiness;
 use crate::source::set::Combined;
 use crate::zone::{BuildError, NameTable, SharedTable, ZoneSettings};
 
+pub mod hosts;
 mod metrics;
 
 pub use metrics::PublishMetrics;
+
+use hosts::Hosts;
 
 pub struct Publisher {
     zone: ZoneSettings,
@@ -44,8 +44,16 @@ pub struct Publisher {
     metrics: Arc<PublishMetrics>,
     /// The serial of the table last swapped in, for whoever announces changes (NOTIFY).
     published: watch::Sender<u32>,
-    /// What the current serial was given for (see [`fingerprint`]).
+    /// What the current serial was given for (see [`hosts::Served::fingerprint`]).
     fingerprint: String,
+    /// Every host: its declarations, what it holds and what is served for it.
+    hosts: Hosts,
+    /// The store is to be asked again whatever changed: it changed, or a write failed.
+    allocate_due: bool,
+    /// Whether the sources were complete when the allocator last ran (it releases only then).
+    complete: bool,
+    /// The last table was built whole (its predecessor's memory is worth handing back).
+    rebuilt: bool,
     /// Stored VIPs inside an Istio range, as last reported.
     stranded: usize,
     /// The allocations as stored, for whoever writes them on (ServiceEntry statuses).
@@ -82,6 +90,10 @@ impl Publisher {
             metrics,
             published: watch::Sender::new(0),
             fingerprint: String::new(),
+            hosts: Hosts::default(),
+            allocate_due: true,
+            complete: false,
+            rebuilt: false,
             stranded: 0,
             allocations,
         };
@@ -105,61 +117,97 @@ impl Publisher {
             let retry = self.retry.as_ref().map(|(wait, _)| *wait);
             tokio::select! {
                 changed = sources.changed() => if changed.is_err() { return },
-                _ = self.store.changed() => {}
+                _ = self.store.changed() => self.allocate_due = true,
                 _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
             }
             let declarations = sources.borrow_and_update().clone();
             if let Err(error) = self.publish(&declarations).await {
                 warn!(%error, "keeping the previous name table");
             }
-            // After publish: its scratch (catalog, host list) is freed by now.
-            tokio::task::spawn_blocking(release_free_memory);
+            // After a whole rebuild: its scratch and the table before are freed by now. A
+            // table changed in place frees little, and trimming a big heap takes a while.
+            if self.rebuilt {
+                tokio::task::spawn_blocking(release_free_memory);
+            }
         }
     }
 
     async fn publish(&mut self, declarations: &Combined) -> Result<(), BuildError> {
-        let decls = declarations.clone();
-        // Merging and building are CPU work that grows with the mesh: off the runtime's threads.
-        let catalog = blocking(move || Catalog::merge(decls.iter())).await;
-        for c in &catalog.conflicts {
-            warn!(host = %c.host, kept = %c.kept, ignored = %c.ignored, "host declared with different addresses; keeping the first");
+        // Taking the change in is CPU work that grows with it (with the mesh, the first time):
+        // off the runtime's threads.
+        let (mut hosts, decls, zone) = (
+            std::mem::take(&mut self.hosts),
+            declarations.clone(),
+            self.zone.clone(),
+        );
+        let (hosts_back, update) = blocking(move || {
+            let update = hosts.update(&decls, &zone);
+            (hosts, update)
+        })
+        .await;
+        self.hosts = hosts_back;
+        let complete = self.readiness.is_ready();
+        // The allocator is asked only when what it decides from changed (or the store did, or
+        // a write is to be retried, or the sources just became complete).
+        let mut reserved = self.hosts.reserved(&self.durable);
+        if update.allocation || self.allocate_due || complete != self.complete {
+            self.allocate(self.hosts.wanted(), reserved.clone(), complete)
+                .await;
+            reserved = self.hosts.reserved(&self.durable);
         }
-        let wanted: BTreeSet<String> = catalog
-            .unaddressed
-            .iter()
-            .filter(|n| self.zone.serves(n))
-            .map(host_key)
-            .collect();
-        let reserved = Arc::new(reserved(&catalog, &self.durable));
-        self.allocate(&wanted, &reserved).await;
-
-        let hosts = self.resolve(catalog, &reserved);
-        let durable = &self.durable;
-        self.allocations.send_if_modified(|sent| {
-            let changed = **sent != *durable;
-            if changed {
-                *sent = Arc::new(durable.clone());
-            }
-            changed
-        });
+        // Hosts whose stored record changed since the last publish (by us or another replica)
+        // are looked at again, beside those whose declarations changed. So are all that need a
+        // VIP when the reservations changed but could not be stored: a record may clash now.
+        let (records, durable) = (
+            changed_records(&self.allocations.borrow(), &self.durable),
+            &self.durable,
+        );
+        if !records.is_empty() {
+            self.allocations.send_replace(Arc::new(durable.clone()));
+        }
+        let change = self.hosts.resolve(
+            &update.touched,
+            &records,
+            update.allocation && self.allocate_due,
+            &self.durable,
+            &reserved,
+        );
+        let served = self.hosts.served();
         // A new serial only for new content: a republish that changes nothing (a store write
         // by another replica, a rescan) must not send secondaries transferring the same zone.
-        let content = fingerprint(&hosts);
+        let content = served.fingerprint();
         self.serial = self.serial_for(&content).await;
         self.fingerprint = content;
-        let pending = hosts.iter().filter(|h| h.addresses.is_empty()).count();
+        let served = self.hosts.served();
+        let pending = served.hosts().filter(|h| h.addresses.is_empty()).count();
         let (zone, serial) = (self.zone.clone(), self.serial);
-        // The scratch is dropped off the runtime's threads too: freeing a big mesh takes a while.
         let previous = self.table.load_full();
+        // The first table, and a change to most of the mesh, are built whole; otherwise the
+        // table before is changed where the hosts changed, sharing the rest.
+        let incremental = previous.host_count() > 0 && change.size() <= previous.host_count() / 2;
+        let all: Vec<HostEntry> = if incremental {
+            Vec::new()
+        } else {
+            served.hosts().cloned().collect()
+        };
+        // The scratch is dropped off the runtime's threads too: freeing a big mesh takes a while.
         let table = blocking(move || {
-            let table = NameTable::build(&zone, serial, &hosts).map(|mut table| {
-                table.follow(&previous);
-                table
-            });
-            drop((hosts, reserved));
+            let table = if incremental {
+                let removed: Vec<&HostEntry> = change.removed.iter().collect();
+                let added: Vec<&HostEntry> = change.added.iter().collect();
+                previous.apply(&zone, serial, &removed, &added)
+            } else {
+                NameTable::build(&zone, serial, &all).map(|mut table| {
+                    table.follow(&previous);
+                    table
+                })
+            };
+            drop((all, reserved, change));
             table
         })
         .await?;
+        self.metrics.table_made(incremental);
+        self.rebuilt = !incremental;
         info!(
             hosts = table.host_count(),
             pending,
@@ -190,10 +238,13 @@ impl Publisher {
     /// What the stored run decided (hosts left without a VIP, hosts moved off a VIP an explicit
     /// entry claims) is logged and counted here, once: the store may run the mutation more than
     /// once, so the mutation only reports.
-    async fn allocate(&mut self, wanted: &BTreeSet<String>, reserved: &Arc<Reserved>) {
-        let complete = self.readiness.is_ready();
-        let (policy, wanted2, reserved2) =
-            (self.policy.clone(), wanted.clone(), Arc::clone(reserved));
+    async fn allocate(
+        &mut self,
+        wanted: Arc<BTreeSet<String>>,
+        reserved: Arc<Reserved>,
+        complete: bool,
+    ) {
+        let (policy, wanted2, reserved2) = (self.policy.clone(), wanted, reserved);
         let report = Arc::new(Mutex::new(Reconciled::default()));
         let last_run = report.clone();
         let mutation = Box::new(move |state: &mut AllocState| {
@@ -208,6 +259,8 @@ impl Publisher {
             Ok(state) => {
                 self.durable = state;
                 self.retry = None;
+                self.allocate_due = false;
+                self.complete = complete;
                 let outcome =
                     std::mem::take(&mut *report.lock().unwrap_or_else(PoisonError::into_inner));
                 for m in &outcome.moved {
@@ -219,6 +272,7 @@ impl Publisher {
                 }
             }
             Err(error) => {
+                self.allocate_due = true;
                 let (_, mut delays) = self
                     .retry
                     .take()
@@ -274,107 +328,43 @@ impl Publisher {
         }
         next_serial(floor)
     }
-
-    /// Explicit hosts as declared, plus address-less hosts with their stored VIPs. A stored VIP
-    /// that an explicit entry now claims is withheld, so no address is served for two hosts.
-    fn resolve(&self, catalog: Catalog, reserved: &Reserved) -> Vec<HostEntry> {
-        let Catalog {
-            mut hosts,
-            unaddressed,
-            mut ports,
-            ..
-        } = catalog;
-        for host in &mut hosts {
-            host.ports = ports.remove(&host.name).unwrap_or_default();
-        }
-        for name in unaddressed.into_iter().filter(|n| self.zone.serves(n)) {
-            let key = host_key(&name);
-            let record = self
-                .durable
-                .records
-                .get(&key)
-                .filter(|r| r.released_at.is_none());
-            let addresses = record.map_or_else(Vec::new, |r| {
-                let clash = r
-                    .addresses
-                    .iter()
-                    .any(|a| reserved.get(a).is_some_and(|owner| **owner != *key));
-                if clash {
-                    Vec::new()
-                } else {
-                    r.addresses.clone()
-                }
-            });
-            let ports = ports.remove(&name).unwrap_or_default();
-            hosts.push(HostEntry {
-                name,
-                addresses,
-                ports,
-            });
-        }
-        hosts
-    }
 }
 
-/// Explicit addresses and the host each belongs to: the allocator must not hand them out. Then
-/// what some cluster's `status.addresses` holds for a host (istiod's VIPs, or ours written
-/// back): not handed to another host either, except an address one of our records already
-/// holds, which stays where it is (a VIP never moves on its own; one inside Istio's range is
-/// reported for an operator to move).
-fn reserved(catalog: &Catalog, durable: &AllocState) -> Reserved {
-    let mut reserved = Reserved::with_capacity(catalog.hosts.len() + catalog.claimed.len());
-    for host in &catalog.hosts {
-        let key: Arc<str> = host_key(&host.name).into();
-        reserved.extend(host.addresses.iter().map(|a| (*a, key.clone())));
-    }
-    if !catalog.claimed.is_empty() {
-        let held: HashSet<IpAddr> = (durable.records.values())
-            .flat_map(|r| r.addresses.iter().copied())
-            .collect();
-        for (host, address) in &catalog.claimed {
-            if !held.contains(address) {
-                (reserved.entry(*address)).or_insert_with(|| host_key(host).into());
+/// Keys of the records that differ between `old` and `new` (added, removed or changed): one walk
+/// over both, in key order.
+fn changed_records(old: &AllocState, new: &AllocState) -> Vec<String> {
+    let mut changed = Vec::new();
+    let (mut a, mut b) = (old.records.iter().peekable(), new.records.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return changed,
+            (Some((ka, ra)), Some((kb, rb))) if ka == kb => {
+                if ra != rb {
+                    changed.push((*ka).clone());
+                }
+                a.next();
+                b.next();
+            }
+            (Some((ka, _)), Some((kb, _))) if ka < kb => {
+                changed.push((*ka).clone());
+                a.next();
+            }
+            (Some((ka, _)), None) => {
+                changed.push((*ka).clone());
+                a.next();
+            }
+            (_, Some((kb, _))) => {
+                changed.push((*kb).clone());
+                b.next();
             }
         }
     }
-    reserved
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .expect("publisher work does not panic")
-}
-
-/// What the table is built from (the zone settings are fixed for the process), as hex: equal for
-/// equal content, whatever order the sources listed it in, in every process of one build, so
-/// a rebuild keeps its serial and replicas agree on theirs. Each host is digested on its own and
-/// the digests summed, which ignores their order without sorting a big mesh's names.
-fn fingerprint(hosts: &[HostEntry]) -> String {
-    let mut sum = 0u128;
-    for host in hosts {
-        let mut hasher = DigestHasher(Sha256::new());
-        host.hash(&mut hasher);
-        let digest = hasher.0.finalize();
-        let part = u128::from_be_bytes(digest[..16].try_into().expect("SHA-256 is 32 bytes"));
-        sum = sum.wrapping_add(part);
-    }
-    format!("{sum:032x}")
-}
-
-/// Feeds what `Hash` writes into SHA-256, which (unlike std's hasher) promises the same result
-/// in every process and release.
-struct DigestHasher(Sha256);
-
-impl Hasher for DigestHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    fn finish(&self) -> u64 {
-        let digest = self.0.clone().finalize();
-        u64::from_be_bytes(digest[..8].try_into().expect("SHA-256 is 32 bytes"))
-    }
 }
 
 /// SOA serials follow the clock but always move forward, even for rebuilds within a second.

@@ -29,6 +29,11 @@ impl Combined {
         self.0.iter().map(|set| set.len()).sum()
     }
 
+    /// The sets themselves: one that did not change is the same allocation as before.
+    pub fn sets(&self) -> impl Iterator<Item = &DeclarationSet> {
+        self.0.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

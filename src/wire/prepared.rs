@@ -77,13 +77,13 @@ impl<'a> Body<'a> {
 
 /// The answers of one name, one per query type, in two allocations whatever their number: a
 /// big mesh holds hundreds of thousands of names.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Answers {
     slots: Box<[Slot]>,
     bytes: Box<[u8]>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Slot {
     qtype: u16,
     rcode: ResponseCode,

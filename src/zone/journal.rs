@@ -16,6 +16,9 @@ use super::table::{NameTable, OwnedRecord, ZoneContent};
 /// length and data).
 pub type JournalRecord = (Box<[u8]>, Box<[u8]>);
 
+/// Records one step deleted from and added to each zone, by zone apex.
+pub type ZoneChanges = HashMap<Box<[u8]>, (Vec<JournalRecord>, Vec<JournalRecord>)>;
+
 /// How one zone went from one serial to the next.
 #[derive(Debug)]
 pub struct Delta {
@@ -46,6 +49,25 @@ struct ZoneJournal {
     records: usize,
 }
 
+impl ZoneJournal {
+    /// This history followed by `step` (a difference, and the size of the zone after it), kept
+    /// while sending it beats sending the zone; `None` (a difference bigger than the zone)
+    /// leaves nothing before it worth keeping either.
+    fn then(mut self, step: Option<(Delta, usize)>) -> ZoneJournal {
+        let Some((delta, size)) = step else {
+            return ZoneJournal::default();
+        };
+        self.records += delta.size();
+        self.deltas.push_back(Arc::new(delta));
+        while self.records > size
+            && let Some(dropped) = self.deltas.pop_front()
+        {
+            self.records -= dropped.size();
+        }
+        self
+    }
+}
+
 impl Journal {
     /// The journal of `new`: `old`'s, followed by what changed from `old` to `new` in every zone
     /// both serve. A zone whose serial did not move carries its history over unchanged.
@@ -66,21 +88,39 @@ impl Journal {
                 journal.zones.insert(apex.into(), previous);
                 continue;
             }
-            let mut zone = previous;
-            let Some((delta, size)) = diff(before, after, old.serial()) else {
-                // Bigger than the zone: nothing before it is worth keeping either.
-                journal.zones.insert(apex.into(), ZoneJournal::default());
+            let step = diff(before, after, old.serial());
+            journal.zones.insert(apex.into(), previous.then(step));
+        }
+        journal
+    }
+
+    /// The journal of `new`, made from `old` by [`NameTable::apply`]: `old`'s, followed by
+    /// `changes` (by zone apex: the records deleted and added), which that step worked out from
+    /// the names it touched rather than from the whole zones.
+    pub fn advance(old: &NameTable, new: &NameTable, mut changes: ZoneChanges) -> Journal {
+        let mut journal = Journal::default();
+        for apex in new.apexes() {
+            let previous = old.journal().zones.get(apex).cloned().unwrap_or_default();
+            if old.serial() == new.serial() {
+                journal.zones.insert(apex.into(), previous);
+                continue;
+            }
+            let soa = |t: &NameTable| t.zone_content(apex).map(|c| Box::<[u8]>::from(c.soa));
+            let (Some(from_soa), Some(to_soa), Some(size)) =
+                (soa(old), soa(new), new.zone_size(apex))
+            else {
                 continue;
             };
-            zone.records += delta.size();
-            zone.deltas.push_back(Arc::new(delta));
-            // Worth keeping only while sending it beats sending the zone.
-            while zone.records > size
-                && let Some(dropped) = zone.deltas.pop_front()
-            {
-                zone.records -= dropped.size();
-            }
-            journal.zones.insert(apex.into(), zone);
+            let (deleted, added) = changes.remove(apex).unwrap_or_default();
+            let delta = Delta {
+                from_soa,
+                to_soa,
+                from: old.serial(),
+                deleted,
+                added,
+            };
+            let step = (delta.size() <= size).then_some((delta, size));
+            journal.zones.insert(apex.into(), previous.then(step));
         }
         journal
     }

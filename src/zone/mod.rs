@@ -1,6 +1,7 @@
 //! The name table: what we answer for names inside the served zones.
 
 mod journal;
+mod nodes;
 mod reverse;
 mod soa;
 mod table;

@@ -14,11 +14,13 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use hickory_proto::ProtoError;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::PTR;
 use hickory_proto::rr::{Name, RData};
+use imbl::OrdMap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::table::{ZoneContent, ZoneNegatives, apex_answers, negatives, soa_of, without_soa};
@@ -37,7 +39,30 @@ pub struct ReverseZones {
     zones: Vec<ReverseZone>,
     /// Zone index by its network (as written in the tree: IPv4 /8, /16…, IPv6 /4, /8…).
     by_net: HashMap<IpNet, usize>,
-    ptrs: BTreeMap<IpAddr, Prepared>,
+    /// Shared with the tables before and after, but for the addresses a change touched.
+    ptrs: OrdMap<IpAddr, Arc<Ptr>>,
+    /// TTL of the PTR records.
+    ttl: u32,
+}
+
+/// The hosts on one address, in name order, and the PTR answer naming them.
+#[derive(Clone)]
+struct Ptr {
+    names: Vec<Name>,
+    answer: Prepared,
+}
+
+impl Ptr {
+    fn new(names: Vec<Name>, ttl: u32) -> Result<Ptr, ProtoError> {
+        let mut b = BodyBuilder::default();
+        for name in &names {
+            b.answer(Owner::QueryName, ttl, &RData::PTR(PTR(name.clone())))?;
+        }
+        Ok(Ptr {
+            names,
+            answer: b.finish(ResponseCode::NoError),
+        })
+    }
 }
 
 struct ReverseZone {
@@ -46,6 +71,8 @@ struct ReverseZone {
     apex_key: Box<[u8]>,
     apex: Answers,
     negatives: ZoneNegatives,
+    /// PTR records in the zone.
+    records: usize,
 }
 
 /// How a family's reverse names are written.
@@ -154,13 +181,37 @@ impl ReverseZones {
         glue: bool,
         hosts: impl IntoIterator<Item = (&'a Name, &'a [IpAddr])>,
     ) -> Result<Self, ProtoError> {
+        let mut this = Self::empty(settings, serial, glue)?;
+        if this.zones.is_empty() {
+            return Ok(this);
+        }
+        let mut names: BTreeMap<IpAddr, Vec<Name>> = BTreeMap::new();
+        for (name, addresses) in hosts {
+            for address in addresses {
+                if this.zone_index(address).is_some() {
+                    let on = names.entry(*address).or_default();
+                    if !on.contains(name) {
+                        on.push(name.clone());
+                    }
+                }
+            }
+        }
+        for (address, mut names) in names {
+            names.sort();
+            let zone = this.zone_index(&address).expect("kept above");
+            this.zones[zone].records += names.len();
+            this.ptrs
+                .insert(address, Arc::new(Ptr::new(names, settings.ttl)?));
+        }
+        Ok(this)
+    }
+
+    /// The zones of `settings.reverse` with no addresses in them yet.
+    fn empty(settings: &ZoneSettings, serial: u32, glue: bool) -> Result<Self, ProtoError> {
         let Some(forward) = settings.zones.first() else {
             return Ok(Self::default());
         };
         let nets = zone_nets(&settings.reverse);
-        if nets.is_empty() {
-            return Ok(Self::default());
-        }
         // The SOA and NS of a reverse zone name the forward zone's server and mailbox.
         let soa = settings.soa.record(forward, serial);
         let reverse_settings = ZoneSettings {
@@ -181,37 +232,110 @@ impl ReverseZones {
                 apex_key: lower_wire(&apex).into(),
                 apex: apex_answers(&reverse_settings, serial, &apex, glue)?,
                 negatives: negatives(&reverse_settings, serial, &apex)?,
+                records: 0,
             });
-        }
-
-        let mut names: BTreeMap<IpAddr, Vec<&Name>> = BTreeMap::new();
-        for (name, addresses) in hosts {
-            for address in addresses {
-                if nets.iter().any(|n| n.contains(address)) {
-                    let on = names.entry(*address).or_default();
-                    if !on.contains(&name) {
-                        on.push(name);
-                    }
-                }
-            }
-        }
-        let mut ptrs = BTreeMap::new();
-        for (address, names) in names {
-            let mut b = BodyBuilder::default();
-            for name in names {
-                b.answer(
-                    Owner::QueryName,
-                    settings.ttl,
-                    &RData::PTR(PTR(name.clone())),
-                )?;
-            }
-            ptrs.insert(address, b.finish(ResponseCode::NoError));
         }
         Ok(ReverseZones {
             zones,
             by_net,
-            ptrs,
+            ptrs: OrdMap::new(),
+            ttl: settings.ttl,
         })
+    }
+
+    /// These zones at `serial` (their SOA, NS and negative answers), sharing every address.
+    pub fn with_serial(
+        &self,
+        settings: &ZoneSettings,
+        serial: u32,
+        glue: bool,
+    ) -> Result<Self, ProtoError> {
+        let mut next = Self::empty(settings, serial, glue)?;
+        for (zone, old) in next.zones.iter_mut().zip(&self.zones) {
+            zone.records = old.records;
+        }
+        next.ptrs = self.ptrs.clone();
+        Ok(next)
+    }
+
+    fn zone_index(&self, address: &IpAddr) -> Option<usize> {
+        self.zones.iter().position(|z| z.net.contains(address))
+    }
+
+    /// Names `name` on each of `addresses` inside the zones; the addresses whose PTR answer
+    /// changed are added to `touched`.
+    pub fn add(&mut self, name: &Name, addresses: &[IpAddr], touched: &mut Vec<IpAddr>) {
+        self.edit(addresses, touched, |names| {
+            match names.binary_search(name) {
+                Ok(_) => false,
+                Err(at) => {
+                    names.insert(at, name.clone());
+                    true
+                }
+            }
+        });
+    }
+
+    /// Takes `name` off each of `addresses`, as [`ReverseZones::add`] puts it on.
+    pub fn remove(&mut self, name: &Name, addresses: &[IpAddr], touched: &mut Vec<IpAddr>) {
+        self.edit(addresses, touched, |names| {
+            match names.binary_search(name) {
+                Ok(at) => {
+                    names.remove(at);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+    }
+
+    fn edit(
+        &mut self,
+        addresses: &[IpAddr],
+        touched: &mut Vec<IpAddr>,
+        change: impl Fn(&mut Vec<Name>) -> bool,
+    ) {
+        for address in addresses {
+            let Some(zone) = self.zone_index(address) else {
+                continue;
+            };
+            let mut names = (self.ptrs.get(address)).map_or_else(Vec::new, |p| p.names.clone());
+            let before = names.len();
+            if !change(&mut names) {
+                continue;
+            }
+            self.zones[zone].records = self.zones[zone].records + names.len() - before;
+            touched.push(*address);
+            if names.is_empty() {
+                self.ptrs.remove(address);
+                continue;
+            }
+            // A PTR answer that cannot be encoded was not encodable at build time either.
+            if let Ok(ptr) = Ptr::new(names, self.ttl) {
+                self.ptrs.insert(*address, Arc::new(ptr));
+            }
+        }
+    }
+
+    /// The apex of the zone `address` is in and the address's reverse name (lower-cased wire
+    /// forms); `None` outside the zones.
+    pub fn owner_of(&self, address: &IpAddr) -> Option<(&[u8], Vec<u8>)> {
+        let zone = &self.zones[self.zone_index(address)?];
+        let owner = lower_wire(&reverse_name(&IpNet::from(*address)).ok()?);
+        Some((&zone.apex_key, owner))
+    }
+
+    /// The PTR records of `address` (none when no host is on it).
+    pub fn records_at(&self, address: &IpAddr) -> Vec<&[u8]> {
+        (self.ptrs.get(address))
+            .map(|p| p.answer.view().answer_records().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records an AXFR of the zone at `apex` sends (its SOA first and last).
+    pub fn zone_size(&self, apex: &[u8]) -> Option<usize> {
+        let zone = self.zones.iter().find(|z| *z.apex_key == *apex)?;
+        Some(zone.records + without_soa(zone.apex.get(TYPE_ANY)).count() + 2)
     }
 
     pub fn apexes(&self) -> impl Iterator<Item = &[u8]> {
@@ -230,7 +354,10 @@ impl ReverseZones {
                     &reverse_name(&IpNet::from(*address)).expect("an address has a reverse name"),
                 );
                 let owner: Cow<'_, [u8]> = Cow::Owned(owner);
-                ptr.view().answer_records().map(move |r| (owner.clone(), r))
+                ptr.answer
+                    .view()
+                    .answer_records()
+                    .map(move |r| (owner.clone(), r))
             },
         );
         Some(ZoneContent {
@@ -297,7 +424,7 @@ impl ReverseZones {
         let net = family.net(value, address_labels);
         if address_labels == family.labels() {
             return Some(match self.ptrs.get(&net.addr()) {
-                Some(ptr) if matches!(qtype, TYPE_PTR | TYPE_ANY) => ptr.view(),
+                Some(ptr) if matches!(qtype, TYPE_PTR | TYPE_ANY) => ptr.answer.view(),
                 Some(_) => negatives.nodata.view(),
                 None => negatives.nxdomain.view(),
             });

@@ -4,8 +4,8 @@
 //! locks. Every (node, type) answer is a body computed at build time ([`Answers`]).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use foldhash::fast::RandomState;
@@ -16,7 +16,8 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use ipnet::IpNet;
 use rayon::prelude::*;
 
-use super::journal::Journal;
+use super::journal::{Journal, JournalRecord, ZoneChanges};
+use super::nodes::{Keyed, Shards};
 use super::reverse::ReverseZones;
 use super::soa::SoaSettings;
 use crate::catalog::HostEntry;
@@ -54,12 +55,22 @@ pub enum Lookup<'a> {
     NotOurs,
 }
 
+/// A name in the table: what is declared at it, and its answers computed from that.
+#[derive(Clone)]
 struct Node {
-    zone: u16,
-    wildcard: Option<u32>,
-    /// Declared, but its VIP is not durably stored yet.
-    pending: bool,
+    key: Box<[u8]>,
+    data: DraftNode,
+    /// Nodes directly below this one: a node with no data and none below it is removed.
+    children: u32,
+    /// `*.<this name>` exists (RFC 4592: answers for names below that do not exist).
+    wildcard: bool,
     answers: Answers,
+}
+
+impl Keyed for Node {
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
 }
 
 pub(super) struct ZoneNegatives {
@@ -69,11 +80,17 @@ pub(super) struct ZoneNegatives {
 }
 
 pub struct NameTable {
-    index: HashMap<Box<[u8]>, u32, RandomState>,
-    nodes: Vec<Node>,
+    nodes: Shards<Node>,
     zones: Vec<ZoneNegatives>,
     /// Lower-cased wire names of the zone apexes, by zone index.
     apexes: Vec<Box<[u8]>>,
+    /// The apexes as names, and whether each zone's NS answer carries the name server's
+    /// addresses, by zone index: what re-encoding a node needs.
+    apex_names: Vec<Name>,
+    glue: Vec<bool>,
+    /// Records of each zone but its SOA (pending hosts' left out), by zone index: the size of
+    /// a transfer, which bounds the journal.
+    records: Vec<usize>,
     reverse: ReverseZones,
     hosts: usize,
     serial: u32,
@@ -170,22 +187,16 @@ impl NameTable {
             if node.name_server {
                 continue;
             }
+            node.host = true;
             node.addresses.extend(&host.addresses);
-            node.pending = node.addresses.is_empty() && !node.apex;
+            node.settle();
             if !is_wildcard(&key) {
                 named.push((&host.name, &host.addresses[..]));
-                // RFC 4592 gives `_p._tcp.*.x` no wildcard meaning: SRV for named hosts only.
-                for (labels, srv) in srv_nodes(host) {
-                    let srv_key = [&labels[..], &key[..]].concat();
-                    if srv_key.len() > MAX_NAME_LEN {
-                        continue;
-                    }
+                for (srv_key, srv) in srv_nodes(host, &key) {
                     draft.place(&srv_key, zone as u16, &zones[zone].0);
                     let node = draft.node(&srv_key, zone as u16);
-                    // A question for this name leaves this much room in a 512-byte reply.
-                    let room = CLASSIC_UDP_PAYLOAD as usize - HEADER_LEN - srv_key.len() - 4 - 11;
-                    node.pending = host.addresses.is_empty();
-                    node.srv = Some(Box::new(Srv { room, ..srv }));
+                    node.srv = Some(Box::new(srv));
+                    node.settle();
                 }
             }
         }
@@ -193,10 +204,12 @@ impl NameTable {
             .map_err(|e| encode_err(b"reverse zones", e))?;
 
         let mut table = NameTable {
-            index: HashMap::default(),
-            nodes: Vec::with_capacity(draft.keys.len()),
+            nodes: Shards::with_capacity(draft.keys.len()),
             zones: Vec::with_capacity(zones.len()),
             apexes: zones.iter().map(|(k, _)| k[..].into()).collect(),
+            apex_names: zones.iter().map(|(_, n)| (*n).clone()).collect(),
+            glue: glue.clone(),
+            records: vec![0; zones.len()],
             reverse,
             hosts: host_count,
             serial,
@@ -216,41 +229,271 @@ impl NameTable {
                 (node.answers(settings, serial, apex, glue[zone])).map_err(|e| encode_err(key, e))
             })
             .collect::<Result<_, _>>()?;
-        for (node, answers) in draft.nodes.iter().zip(answers) {
-            table.nodes.push(Node {
-                zone: node.zone,
-                wildcard: None,
-                pending: node.pending,
-                answers,
-            });
-        }
-        for (key, &idx) in &draft.positions {
-            if is_wildcard(key) {
-                let parent_idx = draft.positions[parent(key).expect("wildcard has a parent")];
-                table.nodes[parent_idx as usize].wildcard = Some(idx);
+        // What each node has below it, counted once here and kept up by every change after.
+        let mut children = vec![0u32; draft.keys.len()];
+        let mut wildcard = vec![false; draft.keys.len()];
+        for key in &draft.keys {
+            if table.apexes.iter().any(|a| **a == **key) {
+                continue;
+            }
+            let above = parent(key).and_then(|p| draft.positions.get(p));
+            if let Some(&at) = above {
+                children[at as usize] += 1;
+                wildcard[at as usize] |= is_wildcard(key);
             }
         }
-        // Draft positions are node indexes: the index is the draft's, not a copy.
-        table.index = draft.positions;
+        drop(draft.positions);
+        for (i, ((key, data), answers)) in (draft.keys.into_iter())
+            .zip(draft.nodes)
+            .zip(answers)
+            .enumerate()
+        {
+            let node = Node {
+                key,
+                data,
+                children: children[i],
+                wildcard: wildcard[i],
+                answers,
+            };
+            table.records[node.data.zone as usize] += node.records().count();
+            table.nodes.insert(node);
+        }
         Ok(table)
+    }
+
+    /// The table after the hosts `removed` went and `added` came (a changed host is in both, as
+    /// it was and as it is), with `serial`: what [`NameTable::build`] makes of the new host
+    /// list, at the cost of what changed. Nodes, shards and reverse names that did not change
+    /// are shared with this table. The journal continues this table's with the difference.
+    pub fn apply(
+        &self,
+        settings: &ZoneSettings,
+        serial: u32,
+        removed: &[&HostEntry],
+        added: &[&HostEntry],
+    ) -> Result<NameTable, BuildError> {
+        let glue_first = self.glue.first() == Some(&true);
+        let mut next = NameTable {
+            nodes: self.nodes.clone(),
+            zones: Vec::with_capacity(self.zones.len()),
+            apexes: self.apexes.clone(),
+            apex_names: self.apex_names.clone(),
+            glue: self.glue.clone(),
+            records: self.records.clone(),
+            reverse: (self.reverse.with_serial(settings, serial, glue_first))
+                .map_err(|e| encode_err(b"reverse zones", e))?,
+            hosts: self.hosts,
+            serial,
+            journal: Journal::default(),
+        };
+        for (key, apex) in self.apexes.iter().zip(&self.apex_names) {
+            next.zones
+                .push(negatives(settings, serial, apex).map_err(|e| encode_err(key, e))?);
+        }
+        // Every apex changes: its SOA carries the serial.
+        let mut edit = Edit {
+            touched: self.apexes.iter().cloned().collect(),
+            addresses: Vec::new(),
+        };
+        for host in removed {
+            next.unplace_host(host, &mut edit);
+        }
+        for host in added {
+            next.place_host(host, &mut edit);
+        }
+        for key in &edit.touched {
+            next.settle(settings, key)?;
+        }
+
+        // What each zone lost and gained, node by node: the records count and the journal.
+        let mut changes = ZoneChanges::new();
+        for key in &edit.touched {
+            let (before, after) = (self.nodes.get(key), next.nodes.get(key));
+            let Some(zone) = after.or(before).map(|n| n.data.zone as usize) else {
+                continue;
+            };
+            let old: Vec<&[u8]> = before.into_iter().flat_map(|n| n.records()).collect();
+            let new: Vec<&[u8]> = after.into_iter().flat_map(|n| n.records()).collect();
+            next.records[zone] = next.records[zone] + new.len() - old.len();
+            let change = changes.entry(self.apexes[zone].clone()).or_default();
+            difference(key, &old, &new, change);
+        }
+        edit.addresses.sort_unstable();
+        edit.addresses.dedup();
+        for address in &edit.addresses {
+            let Some((apex, owner)) = next.reverse.owner_of(address) else {
+                continue;
+            };
+            let old = self.reverse.records_at(address);
+            let new = next.reverse.records_at(address);
+            difference(&owner, &old, &new, changes.entry(apex.into()).or_default());
+        }
+        next.journal = Journal::advance(self, &next, changes);
+        Ok(next)
+    }
+
+    /// The zone `key` falls in: the deepest served zone containing it.
+    fn owner(&self, key: &[u8]) -> Option<u16> {
+        suffix_offsets(key).find_map(|off| {
+            (self.apexes.iter())
+                .position(|a| **a == key[off..])
+                .map(|z| z as u16)
+        })
+    }
+
+    /// Adds `key` and every missing name between it and its zone's apex (empty non-terminals),
+    /// counting each new name as a child of the one above it.
+    fn place(&mut self, key: &[u8], zone: u16) {
+        let apex = &self.apexes[zone as usize];
+        let mut missing = Vec::new();
+        let mut name = key;
+        while self.nodes.get(name).is_none() {
+            missing.push(name);
+            match parent(name).filter(|_| name != &apex[..]) {
+                Some(up) => name = up,
+                None => break,
+            }
+        }
+        for name in missing.into_iter().rev() {
+            self.nodes.insert(Node {
+                key: name.into(),
+                data: DraftNode {
+                    zone,
+                    ..Default::default()
+                },
+                children: 0,
+                wildcard: false,
+                answers: Answers::default(),
+            });
+            if let Some(above) = parent(name).and_then(|up| self.nodes.get_mut(up)) {
+                above.children += 1;
+                above.wildcard |= is_wildcard(name);
+            }
+        }
+    }
+
+    fn place_host(&mut self, host: &HostEntry, edit: &mut Edit) {
+        let key = lower_wire(&host.name);
+        let Some(zone) = self.owner(&key) else {
+            return;
+        };
+        self.hosts += 1;
+        self.place(&key, zone);
+        let node = self.nodes.get_mut(&key).expect("placed");
+        if node.data.name_server {
+            return;
+        }
+        node.data.host = true;
+        node.data.addresses.extend(&host.addresses);
+        node.data.settle();
+        if !is_wildcard(&key) {
+            self.reverse
+                .add(&host.name, &host.addresses, &mut edit.addresses);
+            for (srv_key, srv) in srv_nodes(host, &key) {
+                self.place(&srv_key, zone);
+                let node = self.nodes.get_mut(&srv_key).expect("placed");
+                node.data.srv = Some(Box::new(srv));
+                node.data.settle();
+                edit.touched.insert(srv_key.into());
+            }
+        }
+        edit.touched.insert(key.into());
+    }
+
+    fn unplace_host(&mut self, host: &HostEntry, edit: &mut Edit) {
+        let key = lower_wire(&host.name);
+        if self.owner(&key).is_none() {
+            return;
+        }
+        self.hosts -= 1;
+        let Some(node) = self.nodes.get_mut(&key) else {
+            return;
+        };
+        if node.data.name_server {
+            return;
+        }
+        node.data.host = false;
+        node.data.addresses.clear();
+        node.data.settle();
+        if !is_wildcard(&key) {
+            self.reverse
+                .remove(&host.name, &host.addresses, &mut edit.addresses);
+            for (srv_key, _) in srv_nodes(host, &key) {
+                if let Some(node) = self.nodes.get_mut(&srv_key) {
+                    node.data.srv = None;
+                    node.data.settle();
+                    edit.touched.insert(srv_key.into());
+                }
+            }
+        }
+        edit.touched.insert(key.into());
+    }
+
+    /// Brings the node at `key` in line with what is declared at it: new answers, or gone
+    /// (with the empty non-terminals above it) when nothing is declared at or below it.
+    fn settle(&mut self, settings: &ZoneSettings, key: &[u8]) -> Result<(), BuildError> {
+        let Some(node) = self.nodes.get(key) else {
+            return Ok(());
+        };
+        if node.data.is_empty() && node.children == 0 {
+            self.prune(key);
+            return Ok(());
+        }
+        let node = self.nodes.get_mut(key).expect("found above");
+        let zone = node.data.zone as usize;
+        node.answers = (node.data)
+            .answers(
+                settings,
+                self.serial,
+                &self.apex_names[zone],
+                self.glue[zone],
+            )
+            .map_err(|e| encode_err(key, e))?;
+        Ok(())
+    }
+
+    /// Removes the node at `key`, then each name above it left with nothing declared and
+    /// nothing below.
+    fn prune(&mut self, key: &[u8]) {
+        let mut key = key.to_vec();
+        loop {
+            match self.nodes.get(&key) {
+                Some(node) if node.data.is_empty() && node.children == 0 => {}
+                _ => return,
+            }
+            self.nodes.remove(&key);
+            let Some(up) = parent(&key) else { return };
+            if let Some(above) = self.nodes.get_mut(up) {
+                above.children -= 1;
+                if is_wildcard(&key) {
+                    above.wildcard = false;
+                }
+            }
+            key = up.to_vec();
+        }
     }
 
     /// Looks up a lower-cased wire-format query name (RFC 1034 §4.3.2 with RFC 4592 wildcards).
     pub fn lookup(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
         for off in suffix_offsets(qname) {
-            let Some(&idx) = self.index.get(&qname[off..]) else {
+            let Some(node) = self.nodes.get(&qname[off..]) else {
                 continue;
             };
-            let node = &self.nodes[idx as usize];
-            let zone = &self.zones[node.zone as usize];
+            let zone = &self.zones[node.data.zone as usize];
             let answer = if off == 0 {
                 node.answer(qtype, zone)
-            } else {
-                // `node` is the closest encloser: synthesise from its wildcard or deny.
-                match node.wildcard {
-                    Some(w) => self.nodes[w as usize].answer(qtype, zone),
+            } else if node.wildcard {
+                // `node` is the closest encloser: synthesise from its wildcard.
+                let mut key = [0u8; MAX_NAME_LEN + 2];
+                let encloser = &qname[off..];
+                key[..2].copy_from_slice(b"\x01*");
+                key[2..2 + encloser.len()].copy_from_slice(encloser);
+                match self.nodes.get(&key[..2 + encloser.len()]) {
+                    Some(w) => w.answer(qtype, zone),
                     None => zone.nxdomain.view(),
                 }
+            } else {
+                zone.nxdomain.view()
             };
             return Lookup::Authoritative(answer);
         }
@@ -293,31 +536,69 @@ impl NameTable {
         let Some(zone) = self.apexes.iter().position(|a| **a == *apex) else {
             return self.reverse.zone_content(apex);
         };
-        let apex_node = &self.nodes[*self.index.get(apex)? as usize];
-        let soa = soa_of(apex_node.answers.get(TYPE_ANY))?;
-        let nodes = &self.nodes;
-        let records = (self.index.iter())
-            .filter(move |&(_, &i)| {
-                let node = &nodes[i as usize];
-                node.zone as usize == zone && !node.pending
-            })
-            .flat_map(move |(key, &i)| {
-                without_soa(nodes[i as usize].answers.get(TYPE_ANY))
-                    .map(move |record| (Cow::Borrowed(&key[..]), record))
-            });
+        let soa = soa_of(self.nodes.get(apex)?.answers.get(TYPE_ANY))?;
+        let records = (self.nodes.iter())
+            .filter(move |node| node.data.zone as usize == zone)
+            .flat_map(|node| node.records().map(|r| (Cow::Borrowed(&node.key[..]), r)));
         Some(ZoneContent {
             soa,
             records: Box::new(records),
         })
     }
+
+    /// Records an AXFR of the zone whose apex is `apex` sends (its SOA first and last).
+    pub fn zone_size(&self, apex: &[u8]) -> Option<usize> {
+        match self.apexes.iter().position(|a| **a == *apex) {
+            Some(zone) => Some(self.records[zone] + 2),
+            None => self.reverse.zone_size(apex),
+        }
+    }
 }
 
 impl Node {
     fn answer<'a>(&'a self, qtype: u16, zone: &'a ZoneNegatives) -> Body<'a> {
-        if self.pending {
+        if self.data.pending {
             return zone.servfail.view();
         }
         (self.answers.get(qtype)).unwrap_or_else(|| zone.nodata.view())
+    }
+
+    /// The node's records in a zone transfer: all but the SOA, none while pending.
+    fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let shown = (!self.data.pending)
+            .then(|| self.answers.get(TYPE_ANY))
+            .flatten();
+        without_soa(shown)
+    }
+}
+
+/// What one change touched: names (lower-cased wire form) whose node changed, and addresses
+/// whose PTR records did.
+struct Edit {
+    touched: HashSet<Box<[u8]>, RandomState>,
+    addresses: Vec<IpAddr>,
+}
+
+/// Adds to `change` (deleted, added) the records at `owner` that `old` has and `new` has not,
+/// and the other way round.
+fn difference(
+    owner: &[u8],
+    old: &[&[u8]],
+    new: &[&[u8]],
+    change: &mut (Vec<JournalRecord>, Vec<JournalRecord>),
+) {
+    let record = |r: &[u8]| -> JournalRecord { (owner.into(), r.into()) };
+    let mut kept = vec![false; new.len()];
+    for r in old {
+        match (0..new.len()).find(|&i| !kept[i] && new[i] == *r) {
+            Some(i) => kept[i] = true,
+            None => change.0.push(record(r)),
+        }
+    }
+    for (i, r) in new.iter().enumerate() {
+        if !kept[i] {
+            change.1.push(record(r));
+        }
     }
 }
 
@@ -364,6 +645,7 @@ pub(super) fn apex_answers(
 }
 
 /// The SRV records of one `_<service>._<protocol>.<host>` name.
+#[derive(Clone)]
 struct Srv {
     target: Name,
     ports: Vec<u16>,
@@ -373,39 +655,52 @@ struct Srv {
     room: usize,
 }
 
-/// The SRV names of `host` (their first two labels, in wire form) and their records: one name
-/// per service and protocol, with every port number declared for it.
-fn srv_nodes(host: &HostEntry) -> Vec<(Vec<u8>, Srv)> {
+/// The SRV names of `host`, whose name is `key` (lower-cased wire form), and their records:
+/// one name per service and protocol, with every port number declared for it. A name that
+/// would be too long has none.
+fn srv_nodes(host: &HostEntry, key: &[u8]) -> Vec<(Vec<u8>, Srv)> {
     let mut out: Vec<(Vec<u8>, Srv)> = Vec::new();
     for port in &host.ports {
-        let mut labels = Vec::with_capacity(port.service.len() + port.protocol.len() + 2);
+        let mut labels =
+            Vec::with_capacity(port.service.len() + port.protocol.len() + 2 + key.len());
         for label in [&*port.service, port.protocol] {
             labels.push(label.len() as u8);
             labels.extend_from_slice(label.as_bytes());
         }
+        labels.extend_from_slice(key);
+        if labels.len() > MAX_NAME_LEN {
+            continue;
+        }
         match out.iter_mut().find(|(l, _)| *l == labels) {
             Some((_, srv)) => srv.ports.push(port.number),
-            None => out.push((
-                labels,
-                Srv {
-                    target: host.name.clone(),
-                    ports: vec![port.number],
-                    glue: host.addresses.clone(),
-                    room: 0,
-                },
-            )),
+            None => {
+                // A question for this name leaves this much room in a 512-byte reply.
+                let room = CLASSIC_UDP_PAYLOAD as usize - HEADER_LEN - labels.len() - 4 - 11;
+                out.push((
+                    labels,
+                    Srv {
+                        target: host.name.clone(),
+                        ports: vec![port.number],
+                        glue: host.addresses.clone(),
+                        room,
+                    },
+                ))
+            }
         }
     }
     out
 }
 
-/// Mutable form of a node while the table is assembled.
-#[derive(Default)]
+/// What is declared at a name: what its answers are computed from.
+#[derive(Clone, Default)]
 struct DraftNode {
     zone: u16,
     apex: bool,
     /// The name the apex NS names, with `--ns-address`es: no ServiceEntry changes it.
     name_server: bool,
+    /// A host by this name is declared (its addresses are `addresses`, none while pending).
+    host: bool,
+    /// Declared, but its VIP is not durably stored yet: SERVFAIL.
     pending: bool,
     addresses: Vec<IpAddr>,
     srv: Option<Box<Srv>>,
@@ -448,6 +743,21 @@ impl Draft {
 }
 
 impl DraftNode {
+    /// Sets `pending` from what is declared here: a host with no address yet, or the SRV name
+    /// of one.
+    fn settle(&mut self) {
+        self.pending = if self.host {
+            self.addresses.is_empty() && !self.apex
+        } else {
+            self.srv.as_ref().is_some_and(|srv| srv.glue.is_empty())
+        };
+    }
+
+    /// Nothing is declared here: the name exists only while names below it do.
+    fn is_empty(&self) -> bool {
+        !(self.apex || self.name_server || self.host || self.srv.is_some())
+    }
+
     fn answers(
         &self,
         settings: &ZoneSettings,

@@ -27,6 +27,10 @@ pub struct FileStore {
     path: PathBuf,
     /// What this process last read or wrote, to tell others' changes from its own.
     seen: Arc<Mutex<Fingerprint>>,
+    /// The state as this process last read or wrote it, and the file's fingerprint then: a
+    /// write finds the file unchanged since and skips reading and parsing it again, which for
+    /// a big mesh costs more than the write.
+    last: Arc<Mutex<Option<(Fingerprint, AllocState)>>>,
 }
 
 impl FileStore {
@@ -34,6 +38,7 @@ impl FileStore {
         FileStore {
             path: path.into(),
             seen: Arc::new(Mutex::new(None)),
+            last: Arc::default(),
         }
     }
 
@@ -93,11 +98,19 @@ impl FileStore {
             .open(&lock_path)
             .map_err(|e| self.io(e))?;
         lock.lock().map_err(|e| self.io(e))?;
-        let mut state = self.read()?;
+        let fp = self.fingerprint();
+        let cached = (self.last.lock().expect("state cache lock").as_ref())
+            .filter(|(at, _)| fp.is_some() && *at == fp)
+            .map(|(_, state)| state.clone());
+        let mut state = match cached {
+            Some(state) => state,
+            None => self.read()?,
+        };
         if mutate(&mut state)? {
             self.write(dir, &state.to_json()).map_err(|e| self.io(e))?;
             self.remember(self.fingerprint());
         }
+        *self.last.lock().expect("state cache lock") = Some((self.fingerprint(), state.clone()));
         // The lock is released when `lock` is dropped, after the rename is durable.
         Ok(state)
     }

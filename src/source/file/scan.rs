@@ -21,6 +21,8 @@ pub struct Scan {
     pub unlisted: Vec<(PathBuf, std::io::Error)>,
     /// Files reported in an earlier scan that still fail, unchanged (not reported again).
     pub still_failing: usize,
+    /// Failing files whose last good declarations are still served (among `declarations`).
+    pub stale: Vec<PathBuf>,
 }
 
 impl Scan {
@@ -47,6 +49,9 @@ pub struct Scanner {
     parsed: BTreeMap<PathBuf, (Stamp, DeclarationSet)>,
     /// Files that failed, by the stamp they failed at.
     failing: BTreeMap<PathBuf, Stamp>,
+    /// The declarations a failing file had when it last parsed: served until it parses again
+    /// or goes away, so a half-written or broken edit takes nothing down.
+    stale: BTreeMap<PathBuf, DeclarationSet>,
     /// Every manifest path and its stamp at the last scan; `None` before the first.
     seen: Option<Vec<(PathBuf, Stamp)>>,
 }
@@ -95,24 +100,30 @@ impl Scanner {
             .collect();
         let mut parsed = BTreeMap::new();
         let mut failing = BTreeMap::new();
+        let mut stale = BTreeMap::new();
         for ((path, stamp), decls) in stamps.iter().zip(read) {
             match decls {
                 Some(Ok(decls)) => {
                     out.declarations.push(decls.clone());
                     parsed.insert(path.clone(), (*stamp, decls));
+                    continue;
                 }
-                Some(Err(e)) => {
-                    out.failed.push((path.clone(), e));
-                    failing.insert(path.clone(), *stamp);
-                }
-                None => {
-                    out.still_failing += 1;
-                    failing.insert(path.clone(), *stamp);
-                }
+                Some(Err(e)) => out.failed.push((path.clone(), e)),
+                None => out.still_failing += 1,
+            }
+            failing.insert(path.clone(), *stamp);
+            let last_good = (self.parsed.get(path).map(|(_, d)| d))
+                .or_else(|| self.stale.get(path))
+                .cloned();
+            if let Some(decls) = last_good {
+                out.declarations.push(decls.clone());
+                out.stale.push(path.clone());
+                stale.insert(path.clone(), decls);
             }
         }
         self.parsed = parsed;
         self.failing = failing;
+        self.stale = stale;
         self.seen = Some(stamps);
         Some(out)
     }
@@ -188,6 +199,27 @@ mod tests {
             "127.255.0.4"
         );
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert_eq!(scanner.rescan(dir.path()).unwrap().entries(), 2);
+    }
+
+    #[test]
+    fn a_file_that_breaks_keeps_what_it_declared_until_it_parses_or_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, GOOD).unwrap();
+        let mut scanner = Scanner::default();
+        let good = scanner.rescan(dir.path()).unwrap();
+        std::fs::write(&file, "kind: [").unwrap();
+        let broken = scanner.rescan(dir.path()).unwrap();
+        assert_eq!(broken.failed.len(), 1);
+        assert_eq!(broken.stale, std::slice::from_ref(&file));
+        assert!(Arc::ptr_eq(&good.declarations[0], &broken.declarations[0]));
+        // Still broken, and another file changes: not reported again, still served.
+        std::fs::write(dir.path().join("b.yaml"), GOOD).unwrap();
+        let again = scanner.rescan(dir.path()).unwrap();
+        assert_eq!((again.failed.len(), again.still_failing), (0, 1));
+        assert_eq!(again.entries(), 4);
+        std::fs::remove_file(&file).unwrap();
         assert_eq!(scanner.rescan(dir.path()).unwrap().entries(), 2);
     }
 

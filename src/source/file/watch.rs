@@ -16,6 +16,9 @@ use crate::source::set::SourceSet;
 /// of files takes well under a second.
 const STALL_WARNING: Duration = Duration::from_secs(10);
 
+/// How long after a filesystem event the directory is read.
+const SETTLE: Duration = Duration::from_millis(20);
+
 /// The name the file source publishes under.
 pub const SOURCE: &str = "files";
 
@@ -62,7 +65,11 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
                 warn!(dir = %path.display(), %error, "cannot list directory; keeping the manifests last read below it");
             }
             for (path, error) in &result.failed {
-                warn!(file = %path.display(), %error, "skipping manifest");
+                if result.stale.contains(path) {
+                    warn!(file = %path.display(), %error, "cannot read manifest; serving what it declared when it last parsed");
+                } else {
+                    warn!(file = %path.display(), %error, "skipping manifest");
+                }
             }
             let failed = result.failed.len() + result.still_failing;
             info!(dir = %dir.display(), entries = result.entries(), failed, "loaded manifests");
@@ -70,8 +77,10 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
         }
         tokio::select! {
             _ = changed.notified() => {
-                // Let an editor or `kubectl cp` finish writing before reading.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Events come in bursts (an editor's writes, a `git checkout`): read once they
+                // pause. A file read half-written that fails to parse keeps what it declared
+                // before, and its next write brings another event.
+                tokio::time::sleep(SETTLE).await;
             }
             _ = ticker.tick() => {}
             _ = sources.closed() => return,

@@ -5,6 +5,8 @@
 //! declarations that disagree are reported. Hosts that only entries without `spec.addresses`
 //! declare need a VIP from the allocator.
 
+pub mod live;
+
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -72,17 +74,7 @@ impl Catalog {
         let mut claimed = Vec::new();
         for decl in ordered {
             claimed.extend(decl.claimed.iter().cloned());
-            let named: Vec<SrvPort> = (decl.ports.iter())
-                .filter_map(|p| match p.srv_labels() {
-                    Ok(Some((service, protocol))) => Some(SrvPort {
-                        service: service.into(),
-                        protocol,
-                        number: p.number,
-                    }),
-                    // Unnamed ports have no SRV name; bad names were reported by the source.
-                    _ => None,
-                })
-                .collect();
+            let named: Vec<SrvPort> = srv_ports(decl).collect();
             if !named.is_empty() {
                 for host in &decl.hosts {
                     let all = ports.entry(host.clone()).or_default();
@@ -136,6 +128,19 @@ impl Catalog {
             claimed,
         }
     }
+}
+
+/// The SRV records' worth of `decl`'s ports: those with a name.
+fn srv_ports(decl: &Declaration) -> impl Iterator<Item = SrvPort> + '_ {
+    (decl.ports.iter()).filter_map(|p| match p.srv_labels() {
+        Ok(Some((service, protocol))) => Some(SrvPort {
+            service: service.into(),
+            protocol,
+            number: p.number,
+        }),
+        // Unnamed ports have no SRV name; bad names were reported by the source.
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! hosts they name and nothing else, so its cost does not grow with the mesh.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 use hickory_proto::rr::Name;
 use sha2::{Digest, Sha256};
 use tracing::warn;
@@ -22,10 +23,12 @@ use crate::zone::ZoneSettings;
 #[derive(Default)]
 pub struct Hosts {
     catalog: LiveCatalog,
-    views: HashMap<Name, HostView, RandomState>,
-    /// The hosts declaring each explicit address, and those a status holds it for (by key).
-    explicit: HashMap<IpAddr, BTreeSet<Arc<str>>, RandomState>,
-    claims: HashMap<IpAddr, BTreeSet<Arc<str>>, RandomState>,
+    /// What each host held at the last update (hosts holding nothing are left out).
+    held: HashMap<Name, Held, RandomState>,
+    /// The hosts declaring each explicit address, and those a status holds it for (by key,
+    /// sorted; nearly always one, so a vector, not a tree).
+    explicit: HashMap<IpAddr, Vec<Arc<str>>, RandomState>,
+    claims: HashMap<IpAddr, Vec<Arc<str>>, RandomState>,
     /// Explicit addresses and their host, as the allocator reads them.
     reserved: Arc<Reserved>,
     /// Hosts in the served zones that need a VIP: their names by key, and the keys for the
@@ -33,6 +36,40 @@ pub struct Hosts {
     vip_hosts: HashMap<String, Name, RandomState>,
     wanted: Arc<BTreeSet<String>>,
     served: Served,
+}
+
+/// What the publisher keeps of a host between updates: the addresses it holds, and which
+/// conflicts were reported for it.
+#[derive(Default, PartialEq)]
+struct Held {
+    explicit: Box<[IpAddr]>,
+    claimed: Box<[IpAddr]>,
+    /// A digest of the conflicts reported (0: none), to report only new ones.
+    conflicts: u64,
+}
+
+impl Held {
+    fn of(view: &HostView) -> Held {
+        let explicit = if view.declared {
+            &view.addresses[..]
+        } else {
+            &[]
+        };
+        let conflicts = if view.conflicts.is_empty() {
+            0
+        } else {
+            let mut hasher = std::hash::DefaultHasher::new();
+            for c in &view.conflicts {
+                (&c.kept, &c.ignored).hash(&mut hasher);
+            }
+            hasher.finish() | 1
+        };
+        Held {
+            explicit: explicit.into(),
+            claimed: view.claimed[..].into(),
+            conflicts,
+        }
+    }
 }
 
 /// What one update of the declarations touched.
@@ -66,28 +103,26 @@ impl Hosts {
         let touched = self.catalog.update(combined);
         let mut allocation = false;
         for name in &touched {
-            let view = self.catalog.view(name);
-            let old = match &view {
-                Some(view) => self.views.insert(name.clone(), view.clone()),
-                None => self.views.remove(name),
+            let new = self.catalog.view(name).unwrap_or_default();
+            let held = Held::of(&new);
+            let fresh = held != Held::default();
+            let old = match fresh {
+                true => self.held.insert(name.clone(), held),
+                false => self.held.remove(name),
             };
-            let new = view.unwrap_or_default();
             let old = old.unwrap_or_default();
-            if new.conflicts != old.conflicts {
+            let now = self.held.get(name);
+            if now.map_or(0, |h| h.conflicts) != old.conflicts {
                 for c in &new.conflicts {
                     warn!(host = %c.host, kept = %c.kept, ignored = %c.ignored, "host declared with different addresses; keeping the first");
                 }
             }
             let key: Arc<str> = host_key(name).into();
-            let explicit = |v: &HostView| {
-                if v.declared {
-                    v.addresses.clone()
-                } else {
-                    vec![]
-                }
-            };
-            allocation |= self.own(&key, &explicit(&old), &explicit(&new), false);
-            allocation |= self.own(&key, &old.claimed, &new.claimed, true);
+            let (explicit, claimed) =
+                now.map_or((&[][..], &[][..]), |h| (&h.explicit[..], &h.claimed[..]));
+            let (explicit, claimed) = (explicit.to_vec(), claimed.to_vec());
+            allocation |= self.own(&key, &old.explicit, &explicit, false);
+            allocation |= self.own(&key, &old.claimed, &claimed, true);
             let wants = new.declared && new.needs_vip && zone.serves(name);
             if wants != self.vip_hosts.contains_key(&*key) {
                 allocation = true;
@@ -120,14 +155,18 @@ impl Hosts {
         };
         for address in old.iter().filter(|a| !new.contains(a)) {
             if let Some(hosts) = owners.get_mut(address) {
-                hosts.remove(host);
+                hosts.retain(|h| h != host);
                 if hosts.is_empty() {
                     owners.remove(address);
                 }
             }
         }
         for address in new {
-            owners.entry(*address).or_default().insert(host.clone());
+            let hosts = owners.entry(*address).or_default();
+            if let Err(at) = hosts.binary_search(host) {
+                hosts.insert(at, host.clone());
+                hosts.shrink_to_fit();
+            }
         }
         if !claim {
             // The first host in key order owns an address several declare: the same on every
@@ -200,7 +239,7 @@ impl Hosts {
     /// pending). A stored VIP that an explicit entry now claims is withheld, so no address is
     /// served for two hosts.
     fn entry(&self, name: &Name, durable: &AllocState, reserved: &Reserved) -> Option<HostEntry> {
-        let view = self.views.get(name).filter(|v| v.declared)?;
+        let view = self.catalog.view(name).filter(|v| v.declared)?;
         let entry = |addresses| HostEntry {
             name: name.clone(),
             addresses,
@@ -234,7 +273,9 @@ impl Hosts {
 /// The hosts of the current table, and what they add up to.
 #[derive(Default)]
 pub struct Served {
-    hosts: HashMap<Name, HostEntry, RandomState>,
+    /// By the entry's own name (a big mesh's names are not kept twice).
+    hosts: HashTable<HostEntry>,
+    hasher: RandomState,
     /// The sum of every host's [`digest`].
     sum: u128,
 }
@@ -242,10 +283,18 @@ pub struct Served {
 impl Served {
     /// Serves `entry` for `name` (nothing, for `None`), noting any difference in `change`.
     fn set(&mut self, name: &Name, entry: Option<HostEntry>, change: &mut HostChange) {
-        let old = match &entry {
-            Some(new) if self.hosts.get(name) == Some(new) => return,
-            Some(new) => self.hosts.insert(name.clone(), new.clone()),
-            None => self.hosts.remove(name),
+        let hash = self.hasher.hash_one(name);
+        let found = self.hosts.find_entry(hash, |h| h.name == *name);
+        let old = match (found, &entry) {
+            (Ok(slot), Some(new)) if slot.get() == new => return,
+            (Ok(mut slot), Some(new)) => Some(std::mem::replace(slot.get_mut(), new.clone())),
+            (Ok(slot), None) => Some(slot.remove().0),
+            (Err(_), Some(new)) => {
+                let hasher = &self.hasher;
+                (self.hosts).insert_unique(hash, new.clone(), |h| hasher.hash_one(&h.name));
+                None
+            }
+            (Err(_), None) => None,
         };
         if let Some(old) = old {
             self.sum = self.sum.wrapping_sub(digest(&old));
@@ -258,7 +307,7 @@ impl Served {
     }
 
     pub fn hosts(&self) -> impl Iterator<Item = &HostEntry> {
-        self.hosts.values()
+        self.hosts.iter()
     }
 
     /// What the table is built from (the zone settings are fixed for the process), as hex:

@@ -5,6 +5,7 @@
 //! server is unreachable the last-known set stays published: names only go when the cluster
 //! says they are gone, or when the cluster is removed.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
@@ -17,17 +18,22 @@ use tracing::{info, warn};
 use super::listed::{Applied, Listed};
 use super::metrics::ClusterMetrics;
 use crate::cluster::ClusterError;
-use crate::source::Declaration;
 use crate::source::readiness::Readiness;
 use crate::source::service_entry::{
     API_VERSIONS, ObjectMeta, ServiceEntry, ServiceEntrySpec, ServiceEntryStatus,
 };
 use crate::source::set::SourceSet;
+use crate::source::{Declaration, DeclarationSet};
 
 const GROUP: &str = "networking.istio.io";
 
 /// Events already waiting that are applied before publishing once.
 const MAX_BURST: usize = 4096;
+
+/// A cluster's declarations are published in this many sets, by a hash of the entry's
+/// namespace and name: an event rebuilds only its entry's set, and the publisher, which tells
+/// changes by the sets that are new, looks at that set's entries alone.
+const BUCKETS: usize = 64;
 
 /// The newest ServiceEntry version the cluster serves.
 pub async fn served_version(client: &kube::Client) -> Result<&'static str, ClusterError> {
@@ -121,11 +127,12 @@ pub async fn watch_cluster(
         entries: Listed::default(),
         restarts: 0,
         listed: false,
+        buckets: vec![Arc::default(); BUCKETS],
+        dirty: vec![false; BUCKETS],
     };
     while let Some(event) = events.next().await {
         let mut change = view.apply(event);
-        // A burst (a namespace deleted, a GitOps sync) is published once: each publish copies
-        // the cluster's whole set.
+        // A burst (a namespace deleted, a GitOps sync) is published once.
         for _ in 0..MAX_BURST {
             let Some(Some(event)) = events.next().now_or_never() else {
                 break;
@@ -133,8 +140,7 @@ pub async fn watch_cluster(
             change = change.max(view.apply(event));
         }
         if change >= Change::Changed {
-            let current = view.entries.current().values().cloned().collect();
-            sources.publish(&source, Arc::new(current));
+            sources.publish_chunks(&source, view.rebuild_dirty());
         }
         if change == Change::Synced {
             readiness.synced(&source);
@@ -160,11 +166,47 @@ struct ClusterView<'a> {
     restarts: u64,
     /// Listed at least once: from then on, the watch being up means we are in sync.
     listed: bool,
+    /// The entries as published, in [`BUCKETS`] sets, and which sets an event changed since.
+    buckets: Vec<DeclarationSet>,
+    dirty: Vec<bool>,
+}
+
+/// The set an entry is published in.
+fn bucket_of(key: &(String, String)) -> usize {
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish() as usize % BUCKETS
 }
 
 impl ClusterView<'_> {
+    /// The sets to publish: those no event touched as they were (the same allocations), the
+    /// others built again from the entries.
+    fn rebuild_dirty(&mut self) -> Vec<DeclarationSet> {
+        let mut fresh: Vec<Option<Vec<Declaration>>> =
+            (self.dirty.iter()).map(|&d| d.then(Vec::new)).collect();
+        for (key, decl) in self.entries.current() {
+            if let Some(set) = &mut fresh[bucket_of(key)] {
+                set.push(decl.clone());
+            }
+        }
+        for (at, set) in fresh.into_iter().enumerate() {
+            if let Some(set) = set {
+                self.buckets[at] = Arc::new(set);
+            }
+        }
+        self.dirty.fill(false);
+        self.buckets.clone()
+    }
+
     fn apply(&mut self, event: Result<watcher::Event<DynamicObject>, watcher::Error>) -> Change {
         let id = self.id;
+        match &event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                self.dirty[bucket_of(&key_of(object))] = true;
+            }
+            Ok(watcher::Event::InitDone) => self.dirty.fill(true),
+            _ => {}
+        }
         if event.is_ok() && self.listed {
             self.metrics.synced(id, true);
         }

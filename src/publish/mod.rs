@@ -54,6 +54,8 @@ pub struct Publisher {
     complete: bool,
     /// The last table was built whole (its predecessor's memory is worth handing back).
     rebuilt: bool,
+    /// The last table could not be made: the next is built whole from the served hosts.
+    out_of_step: bool,
     /// Stored VIPs inside an Istio range, as last reported.
     stranded: usize,
     /// The allocations as stored, for whoever writes them on (ServiceEntry statuses).
@@ -94,6 +96,7 @@ impl Publisher {
             allocate_due: true,
             complete: false,
             rebuilt: false,
+            out_of_step: false,
             stranded: 0,
             allocations,
         };
@@ -183,29 +186,47 @@ impl Publisher {
         let (zone, serial) = (self.zone.clone(), self.serial);
         let previous = self.table.load_full();
         // The first table, and a change to most of the mesh, are built whole; otherwise the
-        // table before is changed where the hosts changed, sharing the rest.
-        let incremental = previous.host_count() > 0 && change.size() <= previous.host_count() / 2;
-        let all: Vec<HostEntry> = if incremental {
-            Vec::new()
-        } else {
-            served.hosts().cloned().collect()
-        };
+        // table before is changed where the hosts changed, sharing the rest. After a table that
+        // could not be made, the served hosts are ahead of the table: built whole then too.
+        let incremental = !self.out_of_step
+            && previous.host_count() > 0
+            && change.size() <= previous.host_count() / 2;
         // The scratch is dropped off the runtime's threads too: freeing a big mesh takes a while.
-        let table = blocking(move || {
-            let table = if incremental {
+        let mut made = None;
+        drop(reserved);
+        let mut change = Some(change);
+        if incremental && let Some(change) = change.take() {
+            let (before, zone) = (previous.clone(), zone.clone());
+            let changed = blocking(move || {
                 let removed: Vec<&HostEntry> = change.removed.iter().collect();
                 let added: Vec<&HostEntry> = change.added.iter().collect();
-                previous.apply(&zone, serial, &removed, &added)
-            } else {
-                NameTable::build(&zone, serial, &all).map(|mut table| {
-                    table.follow(&previous);
+                before.apply(&zone, serial, &removed, &added)
+            })
+            .await;
+            match changed {
+                Ok(table) => made = Some(Ok((table, true))),
+                Err(error) => {
+                    warn!(%error, "cannot change the name table in place; building it whole")
+                }
+            }
+        }
+        let made = match made {
+            Some(made) => made,
+            None => {
+                let all: Vec<HostEntry> = self.hosts.served().hosts().cloned().collect();
+                blocking(move || {
+                    let table = NameTable::build(&zone, serial, &all).map(|mut table| {
+                        table.follow(&previous);
+                        (table, false)
+                    });
+                    drop((all, change));
                     table
                 })
-            };
-            drop((all, reserved, change));
-            table
-        })
-        .await?;
+                .await
+            }
+        };
+        self.out_of_step = made.is_err();
+        let (table, incremental) = made?;
         self.metrics.table_made(incremental);
         self.rebuilt = !incremental;
         info!(

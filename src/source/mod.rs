@@ -1,5 +1,6 @@
-//! Sources of ServiceEntries. A source knows nothing about DNS: it publishes the complete set of
-//! what it currently declares, and the name table is rebuilt from that.
+//! Sources of ServiceEntries. A source knows nothing about DNS: it publishes what it currently
+//! declares as shared sets, rebuilding only the sets a change touched (a file, a bucket of a
+//! cluster's entries); the publisher tells the change by the sets that are new.
 
 pub mod file;
 pub mod kube;

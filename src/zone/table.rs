@@ -1,7 +1,9 @@
 //! The name table: an immutable snapshot of everything we answer authoritatively.
 //!
-//! Built once per change of the catalog and swapped in whole, so the query path reads it without
-//! locks. Every (node, type) answer is a body computed at build time ([`Answers`]).
+//! Built whole ([`NameTable::build`]) or made from the table before by the hosts that changed
+//! ([`NameTable::apply`], sharing every shard of nodes it did not touch), then swapped in whole,
+//! so the query path reads it without locks. Every (node, type) answer is a body computed when
+//! its node was last built or changed ([`Answers`]).
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;

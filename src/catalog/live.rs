@@ -187,9 +187,4 @@ impl LiveCatalog {
         }
         Some(view)
     }
-
-    /// Every host named or claimed.
-    pub fn hosts(&self) -> impl Iterator<Item = &Name> {
-        self.hosts.keys()
-    }
 }

@@ -105,22 +105,20 @@ impl Hosts {
         for name in &touched {
             let new = self.catalog.view(name).unwrap_or_default();
             let held = Held::of(&new);
-            let fresh = held != Held::default();
-            let old = match fresh {
-                true => self.held.insert(name.clone(), held),
-                false => self.held.remove(name),
+            let (explicit, claimed) = (held.explicit.to_vec(), held.claimed.to_vec());
+            let conflicts = held.conflicts;
+            let old = if held == Held::default() {
+                self.held.remove(name)
+            } else {
+                self.held.insert(name.clone(), held)
             };
             let old = old.unwrap_or_default();
-            let now = self.held.get(name);
-            if now.map_or(0, |h| h.conflicts) != old.conflicts {
+            if conflicts != old.conflicts {
                 for c in &new.conflicts {
                     warn!(host = %c.host, kept = %c.kept, ignored = %c.ignored, "host declared with different addresses; keeping the first");
                 }
             }
             let key: Arc<str> = host_key(name).into();
-            let (explicit, claimed) =
-                now.map_or((&[][..], &[][..]), |h| (&h.explicit[..], &h.claimed[..]));
-            let (explicit, claimed) = (explicit.to_vec(), claimed.to_vec());
             allocation |= self.own(&key, &old.explicit, &explicit, false);
             allocation |= self.own(&key, &old.claimed, &claimed, true);
             let wants = new.declared && new.needs_vip && zone.serves(name);

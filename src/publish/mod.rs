@@ -175,14 +175,14 @@ impl Publisher {
             &self.durable,
             &reserved,
         );
-        let served = self.hosts.served();
         // A new serial only for new content: a republish that changes nothing (a store write
         // by another replica, a rescan) must not send secondaries transferring the same zone.
-        let content = served.fingerprint();
+        let content = self.hosts.served().fingerprint();
         self.serial = self.serial_for(&content).await;
         self.fingerprint = content;
-        let served = self.hosts.served();
-        let pending = served.hosts().filter(|h| h.addresses.is_empty()).count();
+        let pending = (self.hosts.served().hosts())
+            .filter(|h| h.addresses.is_empty())
+            .count();
         let (zone, serial) = (self.zone.clone(), self.serial);
         let previous = self.table.load_full();
         // The first table, and a change to most of the mesh, are built whole; otherwise the
@@ -265,11 +265,11 @@ impl Publisher {
         reserved: Arc<Reserved>,
         complete: bool,
     ) {
-        let (policy, wanted2, reserved2) = (self.policy.clone(), wanted, reserved);
+        let policy = self.policy.clone();
         let report = Arc::new(Mutex::new(Reconciled::default()));
         let last_run = report.clone();
         let mutation = Box::new(move |state: &mut AllocState| {
-            let outcome = reconcile(state, &policy, &wanted2, &reserved2, unix_now(), complete);
+            let outcome = reconcile(state, &policy, &wanted, &reserved, unix_now(), complete);
             let changed = outcome.changed;
             *last_run.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
             Ok(changed)

@@ -153,10 +153,8 @@ impl NameTable {
             zones.push((key, apex));
         }
 
-        // The deepest zone containing a name owns it.
-        let owner = |key: &[u8]| {
-            suffix_offsets(key).find_map(|off| zones.iter().position(|(k, _)| k[..] == key[off..]))
-        };
+        let apexes: Vec<Box<[u8]>> = zones.iter().map(|(k, _)| k[..].into()).collect();
+        let owner = |key: &[u8]| owning_zone(&apexes, key).map(usize::from);
         let mut draft = Draft::default();
         for (zone, (key, _)) in zones.iter().enumerate() {
             draft.node(key, zone as u16).apex = true;
@@ -208,7 +206,7 @@ impl NameTable {
         let mut table = NameTable {
             nodes: Shards::with_capacity(draft.keys.len()),
             zones: Vec::with_capacity(zones.len()),
-            apexes: zones.iter().map(|(k, _)| k[..].into()).collect(),
+            apexes: apexes.clone(),
             apex_names: zones.iter().map(|(_, n)| (*n).clone()).collect(),
             glue: glue.clone(),
             records: vec![0; zones.len()],
@@ -334,13 +332,9 @@ impl NameTable {
         Ok(next)
     }
 
-    /// The zone `key` falls in: the deepest served zone containing it.
+    /// The zone `key` falls in.
     fn owner(&self, key: &[u8]) -> Option<u16> {
-        suffix_offsets(key).find_map(|off| {
-            (self.apexes.iter())
-                .position(|a| **a == key[off..])
-                .map(|z| z as u16)
-        })
+        owning_zone(&self.apexes, key)
     }
 
     /// Adds `key` and every missing name between it and its zone's apex (empty non-terminals),
@@ -572,6 +566,16 @@ impl Node {
             .flatten();
         without_soa(shown)
     }
+}
+
+/// The zone (index into `apexes`) a lower-cased wire name falls in: the deepest one containing
+/// it.
+fn owning_zone(apexes: &[Box<[u8]>], key: &[u8]) -> Option<u16> {
+    suffix_offsets(key).find_map(|off| {
+        (apexes.iter())
+            .position(|a| **a == key[off..])
+            .map(|z| z as u16)
+    })
 }
 
 /// What one change touched: names (lower-cased wire form) whose node changed, and addresses

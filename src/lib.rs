@@ -12,6 +12,7 @@
 //! is given. `tests/layering.rs` keeps it that way.
 
 pub mod alloc;
+pub mod background;
 pub mod backoff;
 pub mod bounded;
 pub mod catalog;

@@ -100,11 +100,7 @@ fn raise_file_limit() {
 fn start_rebuild_threads() {
     let pool = rayon::ThreadPoolBuilder::new()
         .thread_name(|i| format!("rebuild-{i}"))
-        .start_handler(|_| {
-            // On Linux the nice value is per thread; 0 names the calling one.
-            // SAFETY: setpriority only reads its arguments.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-        })
+        .start_handler(|_| globaldns::background::lower_this_thread())
         .build_global();
     if let Err(e) = pool {
         error!(error = %e, "cannot start the rebuild threads; using the default pool");

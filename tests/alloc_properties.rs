@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use globaldns::alloc::{
-    AllocState, Allocator, FileStore, Policy, Reserved, Store, StoreError, check, reconcile,
+    AllocState, Allocator, FileStore, Holders, Policy, Reserved, Scope, Store, StoreError, check,
+    reconcile,
 };
 use proptest::prelude::*;
 
@@ -70,12 +71,23 @@ proptest! {
         let mut now = 1_000u64;
         // Addresses a host held, and until when they are promised to it.
         let mut promised: HashMap<String, (Vec<IpAddr>, u64)> = HashMap::new();
+        // The publisher's way: the index of who holds what is carried from one transaction to
+        // the next (whatever changed the state in between), and a change to one host looks at
+        // that host only.
+        let mut holders = Holders::default();
 
         for op in ops {
             let mut moved_by_operator = None;
+            let mut scope = Scope::All;
             match op {
-                Op::Declare(h) => { declared.insert(host(h)); }
-                Op::Undeclare(h) => { declared.remove(&host(h)); }
+                Op::Declare(h) | Op::Undeclare(h) => {
+                    if matches!(op, Op::Declare(_)) {
+                        declared.insert(host(h));
+                    } else {
+                        declared.remove(&host(h));
+                    }
+                    scope = Scope::Changed { hosts: vec![host(h)], addresses: Vec::new() };
+                }
                 Op::Pin(h, last) => {
                     let ip: IpAddr = format!("10.0.0.{last}").parse().unwrap();
                     let none = Reserved::new();
@@ -99,7 +111,8 @@ proptest! {
                 }
                 Op::Wait(secs) => now += secs,
             }
-            reconcile(&mut state, &policy, &declared, &Reserved::new(), now, true);
+            let none = Reserved::new();
+            reconcile(&mut state, &policy, &declared, &none, now, true, &scope, &mut holders);
 
             // 1. No address is held by two hosts.
             let mut owners: HashMap<IpAddr, &String> = HashMap::new();

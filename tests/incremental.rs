@@ -303,6 +303,8 @@ proptest! {
         let mut hosts = Hosts::default();
         let mut sources: BTreeMap<usize, Vec<DeclarationSet>> = BTreeMap::new();
         let mut table = NameTable::build(&zone, 1, &[]).unwrap();
+        let mut wanted_before = BTreeSet::new();
+        let mut reserved_before = Reserved::new();
         for (i, step) in steps.iter().enumerate() {
             let serial = 2 + i as u32;
             match step {
@@ -329,8 +331,21 @@ proptest! {
             let unaddressed: BTreeSet<String> =
                 merged.unaddressed.iter().filter(|h| zone.serves(h)).map(host_key).collect();
             prop_assert_eq!(&*hosts.wanted(), &unaddressed);
+            // What the allocator looks at: the hosts that came or ceased to want a VIP, and
+            // at least every address newly kept from it.
+            let need: BTreeSet<String> = update.need.iter().cloned().collect();
+            let flipped: BTreeSet<String> =
+                wanted_before.symmetric_difference(&unaddressed).cloned().collect();
+            prop_assert_eq!(need.len(), update.need.len(), "each host once");
+            prop_assert_eq!(&need, &flipped);
+            wanted_before = unaddressed;
             let reserved: Arc<Reserved> = hosts.reserved(&durable);
-            let change = hosts.resolve(&update.touched, &[], update.allocation, &durable, &reserved);
+            for address in reserved.keys().filter(|a| !reserved_before.contains_key(*a)) {
+                prop_assert!(update.reserved.contains(address), "{} newly reserved", address);
+            }
+            prop_assert!(*reserved == reserved_before || update.reservations);
+            reserved_before = (*reserved).clone();
+            let change = hosts.resolve(&update.touched, &[], update.allocation(), &durable, &reserved);
             let removed: Vec<&HostEntry> = change.removed.iter().collect();
             let added: Vec<&HostEntry> = change.added.iter().collect();
             table = table.apply(&zone, serial, &removed, &added).unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::holders::Holders;
 use super::pool::Pool;
 use super::state::AllocState;
 
@@ -59,8 +60,11 @@ pub struct Allocator<'a> {
     policy: &'a Policy,
     state: &'a mut AllocState,
     reserved: &'a Reserved,
-    owners: HashMap<IpAddr, String>,
-    used: Vec<u128>,
+    /// Built when first needed: a transaction that only confirms hosts' VIPs (most of them, in
+    /// a big mesh) never needs it.
+    index: Option<Index>,
+    /// An index of an earlier state, to follow to this one when the index is first needed.
+    earlier: Option<Holders>,
     now: u64,
     changed: bool,
     /// Allocated VIPs taken back because a ServiceEntry declared them explicitly.
@@ -77,6 +81,19 @@ pub struct Moved {
     pub declared_by: String,
 }
 
+/// Who holds each address, and how many addresses of each pool are in use.
+struct Index {
+    holders: Holders,
+    /// Per pool: addresses reserved by explicit declarations or unreadable storage.
+    kept: Vec<u128>,
+}
+
+impl Index {
+    fn used(&self, pool: usize) -> u128 {
+        self.holders.held(pool).saturating_add(self.kept[pool])
+    }
+}
+
 impl<'a> Allocator<'a> {
     /// Opens `state` at time `now` (Unix seconds), dropping records whose grace period ended.
     pub fn new(
@@ -85,39 +102,80 @@ impl<'a> Allocator<'a> {
         reserved: &'a Reserved,
         now: u64,
     ) -> Self {
-        let grace = policy.grace.as_secs();
-        let before = state.records.len();
-        state
-            .records
-            .retain(|_, r| r.pinned || r.released_at.is_none_or(|t| now < t.saturating_add(grace)));
-        let changed = state.records.len() != before;
-        let mut this = Allocator {
+        let mut this = Self::open(policy, state, reserved, now);
+        this.expire();
+        this
+    }
+
+    /// Opens `state` as it is: records past their grace period stay until [`Allocator::expire`].
+    fn open(
+        policy: &'a Policy,
+        state: &'a mut AllocState,
+        reserved: &'a Reserved,
+        now: u64,
+    ) -> Self {
+        Allocator {
             policy,
             state,
             reserved,
-            owners: HashMap::new(),
-            used: vec![0; policy.pools.len()],
+            index: None,
+            earlier: None,
             now,
-            changed,
+            changed: false,
             moved: Vec::new(),
-        };
-        let held: Vec<(IpAddr, String)> = this
-            .state
-            .records
-            .iter()
-            .flat_map(|(h, r)| r.addresses.iter().map(move |a| (*a, h.clone())))
+        }
+    }
+
+    /// Drops the records whose grace period ended (their addresses are free again).
+    fn expire(&mut self) {
+        let (grace, now) = (self.policy.grace.as_secs(), self.now);
+        let expired: Vec<String> = (self.state.records.iter())
+            .filter(|(_, r)| {
+                !r.pinned
+                    && r.released_at
+                        .is_some_and(|t| now >= t.saturating_add(grace))
+            })
+            .map(|(host, _)| host.clone())
             .collect();
-        for (address, host) in held {
-            this.take(address, host);
+        for host in &expired {
+            self.state.records.remove(host);
         }
-        for address in reserved.keys() {
-            this.count(*address, 1);
+        self.changed |= !expired.is_empty();
+    }
+
+    /// Starts from `holders`, an index of some earlier state, instead of indexing every record.
+    pub fn with_holders(mut self, holders: Holders) -> Self {
+        self.earlier = Some(holders);
+        self
+    }
+
+    /// The index as of the state now, for [`Allocator::with_holders`] in the next transaction.
+    pub fn into_holders(mut self) -> Holders {
+        match self.index.take() {
+            Some(mut index) => {
+                index.holders.settle(&self.state.records);
+                index.holders
+            }
+            None => self.earlier.take().unwrap_or_default(),
         }
-        let unreadable: Vec<IpAddr> = this.state.unreadable.iter().copied().collect();
-        for address in unreadable {
-            this.take(address, "(unreadable storage)".to_string());
-        }
-        this
+    }
+
+    /// Once per transaction, before it changes any address: from then on every change goes
+    /// through [`Allocator::take`] and [`Allocator::release_address`].
+    fn index(&mut self) -> &mut Index {
+        let (policy, state, reserved) = (self.policy, &*self.state, self.reserved);
+        let earlier = &mut self.earlier;
+        self.index.get_or_insert_with(|| {
+            let mut holders = earlier.take().unwrap_or_default();
+            holders.follow(policy, &state.records);
+            let kept = (policy.pools.iter())
+                .map(|pool| {
+                    let keys = reserved.keys().chain(&state.unreadable);
+                    keys.filter(|a| pool.is_usable(**a)).count() as u128
+                })
+                .collect();
+            Index { holders, kept }
+        })
     }
 
     /// Whether anything needs storing.
@@ -143,8 +201,8 @@ impl<'a> Allocator<'a> {
                 address,
                 declared_by: owner.to_string(),
             });
+            self.release_address(address, host);
             record.addresses.retain(|a| *a != address);
-            self.release_address(address);
             self.changed = true;
         }
         if record.released_at.take().is_some() {
@@ -159,7 +217,7 @@ impl<'a> Allocator<'a> {
             let address = self.pick(host, v4)?;
             record.addresses.push(address);
             record.addresses.sort_by_key(|a| a.is_ipv6());
-            self.take(address, host.to_string());
+            self.take(address, host);
             self.changed = true;
         }
         let addresses = record.addresses.clone();
@@ -170,17 +228,19 @@ impl<'a> Allocator<'a> {
     /// An operator's move of `host` off its addresses inside an Istio range, to new ones from
     /// the pools (pinned or not, as it was).
     pub fn leave_istio_ranges(&mut self, host: &str) -> Result<Vec<IpAddr>, AllocError> {
-        let record = (self.state.records.get_mut(host))
-            .ok_or_else(|| AllocError::NotFound(host.to_string()))?;
+        let record =
+            (self.state.records.get(host)).ok_or_else(|| AllocError::NotFound(host.to_string()))?;
         let policy = self.policy;
         let stranded: Vec<IpAddr> = (record.addresses.iter())
             .filter(|a| policy.istio_range_of(**a).is_some())
             .copied()
             .collect();
-        record.addresses.retain(|a| !stranded.contains(a));
-        for address in stranded {
-            self.release_address(address);
+        for address in &stranded {
+            self.release_address(*address, host);
             self.changed = true;
+        }
+        if let Some(record) = self.state.records.get_mut(host) {
+            record.addresses.retain(|a| !stranded.contains(a));
         }
         self.ensure(host)
     }
@@ -205,10 +265,16 @@ impl<'a> Allocator<'a> {
         if let Some(range) = self.policy.istio_range_of(address) {
             return Err(AllocError::IstioRange { address, range });
         }
-        if let Some(owner) = self.owners.get(&address).filter(|o| *o != host) {
+        if let Some(owner) = (self.index().holders.owner(&address)).filter(|o| *o != host) {
             return Err(AllocError::Taken {
                 address,
-                owner: owner.clone(),
+                owner: owner.to_string(),
+            });
+        }
+        if self.state.unreadable.contains(&address) {
+            return Err(AllocError::Taken {
+                address,
+                owner: "(unreadable storage)".into(),
             });
         }
         if let Some(owner) = self.reserved.get(&address).filter(|o| ***o != *host) {
@@ -232,12 +298,12 @@ impl<'a> Allocator<'a> {
                 });
             }
             record.addresses.retain(|a| *a != current);
-            self.release_address(current);
+            self.release_address(current, host);
         }
         if !record.addresses.contains(&address) {
             record.addresses.push(address);
             record.addresses.sort_by_key(|a| a.is_ipv6());
-            self.take(address, host.to_string());
+            self.take(address, host);
         }
         record.released_at = None;
         self.changed |= self.state.records.get(host) != Some(&record);
@@ -264,12 +330,24 @@ impl<'a> Allocator<'a> {
 
     /// Releases every automatic allocation whose host is no longer in `declared`.
     pub fn release_undeclared(&mut self, declared: &BTreeSet<String>) {
+        let undeclared: Vec<String> = (self.state.records.iter())
+            .filter(|(host, _)| !declared.contains(*host))
+            .map(|(host, _)| host.clone())
+            .collect();
+        for host in &undeclared {
+            self.release_automatic(host);
+        }
+    }
+
+    /// Starts the grace period of `host`'s allocation unless it is pinned or already released.
+    fn release_automatic(&mut self, host: &str) {
         let now = self.now;
-        for (host, record) in self.state.records.iter_mut() {
-            if !record.pinned && record.released_at.is_none() && !declared.contains(host) {
-                record.released_at = Some(now);
-                self.changed = true;
-            }
+        let record = self.state.records.get(host);
+        if record.is_some_and(|r| !r.pinned && r.released_at.is_none())
+            && let Some(record) = self.state.records.get_mut(host)
+        {
+            record.released_at = Some(now);
+            self.changed = true;
         }
     }
 
@@ -280,10 +358,20 @@ impl<'a> Allocator<'a> {
         }
     }
 
-    fn pick(&self, host: &str, v4: bool) -> Result<IpAddr, AllocError> {
-        let free = |ip: &IpAddr| !self.owners.contains_key(ip) && !self.reserved.contains_key(ip);
-        for (i, pool) in self.policy.pools.iter().enumerate() {
-            if pool.is_ipv4() != v4 || self.used[i] >= pool.capacity() {
+    fn pick(&mut self, host: &str, v4: bool) -> Result<IpAddr, AllocError> {
+        let (policy, reserved) = (self.policy, self.reserved);
+        self.index();
+        let (index, unreadable) = (
+            self.index.as_ref().expect("indexed"),
+            &self.state.unreadable,
+        );
+        let free = |ip: &IpAddr| {
+            index.holders.owner(ip).is_none()
+                && !reserved.contains_key(ip)
+                && !unreadable.contains(ip)
+        };
+        for (i, pool) in policy.pools.iter().enumerate() {
+            if pool.is_ipv4() != v4 || index.used(i) >= pool.capacity() {
                 continue;
             }
             if let Some(ip) = pool.probe(host).find(free) {
@@ -307,21 +395,40 @@ impl<'a> Allocator<'a> {
         pools.join(", ")
     }
 
-    fn take(&mut self, address: IpAddr, host: String) {
-        self.owners.insert(address, host);
-        self.count(address, 1);
+    fn take(&mut self, address: IpAddr, host: &str) {
+        let policy = self.policy;
+        self.index().holders.take(policy, address, host);
     }
 
-    fn release_address(&mut self, address: IpAddr) {
-        self.owners.remove(&address);
-        self.count(address, -1);
+    /// Frees `address` held by `host`; called while the state still holds it, so that an index
+    /// built now counts it before taking it away.
+    fn release_address(&mut self, address: IpAddr, host: &str) {
+        let policy = self.policy;
+        self.index().holders.release(policy, address, host);
     }
+}
 
-    fn count(&mut self, address: IpAddr, delta: i8) {
-        for (i, pool) in self.policy.pools.iter().enumerate() {
-            if pool.is_usable(address) {
-                self.used[i] = self.used[i].saturating_add_signed(delta.into());
-            }
+/// Which hosts a [`reconcile`] looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every wanted host and every record; records past their grace period are dropped.
+    #[default]
+    All,
+    /// The hosts whose need for a VIP changed, and the holders of addresses newly declared
+    /// explicitly or claimed by a status (they may have to move): all that a change to a few
+    /// ServiceEntries can affect, found without walking every wanted host.
+    Changed {
+        hosts: Vec<String>,
+        addresses: Vec<IpAddr>,
+    },
+}
+
+impl Scope {
+    /// Nothing to look at.
+    pub fn none() -> Scope {
+        Scope::Changed {
+            hosts: Vec::new(),
+            addresses: Vec::new(),
         }
     }
 }
@@ -338,6 +445,12 @@ pub struct Reconciled {
 /// Every host in `wanted` gets its VIPs (kept, revived or new). With `complete` (every source
 /// has synced, so `wanted` is the whole truth), automatic allocations of hosts no longer wanted
 /// start their grace period; a replica still syncing never releases anything.
+///
+/// `scope` says which hosts to look at: with [`Scope::Changed`], only those a change can have
+/// affected, and records past their grace period stay until the next [`Scope::All`].
+/// `holders` is an index of some earlier state (or empty), followed to this one and left
+/// describing the result.
+#[allow(clippy::too_many_arguments)]
 pub fn reconcile(
     state: &mut AllocState,
     policy: &Policy,
@@ -345,22 +458,54 @@ pub fn reconcile(
     reserved: &Reserved,
     now: u64,
     complete: bool,
+    scope: &Scope,
+    holders: &mut Holders,
 ) -> Reconciled {
-    let mut alloc = Allocator::new(policy, state, reserved, now);
+    let earlier = std::mem::take(holders);
     let mut failed = Vec::new();
-    if complete {
-        alloc.release_undeclared(wanted);
-    }
-    for host in wanted {
+    let mut ensure = |alloc: &mut Allocator, host: &String| {
         if let Err(e) = alloc.ensure(host) {
             failed.push((host.clone(), e));
         }
+    };
+    let mut alloc;
+    match scope {
+        Scope::All => {
+            alloc = Allocator::new(policy, state, reserved, now).with_holders(earlier);
+            if complete {
+                alloc.release_undeclared(wanted);
+            }
+            for host in wanted {
+                ensure(&mut alloc, host);
+            }
+        }
+        Scope::Changed { hosts, addresses } => {
+            let holders: Vec<String> = if addresses.is_empty() {
+                Vec::new()
+            } else {
+                (state.records.iter())
+                    .filter(|(_, r)| r.addresses.iter().any(|a| addresses.contains(a)))
+                    .map(|(host, _)| host.clone())
+                    .collect()
+            };
+            alloc = Allocator::open(policy, state, reserved, now).with_holders(earlier);
+            let looked_at: BTreeSet<&String> = hosts.iter().chain(&holders).collect();
+            for host in looked_at {
+                if wanted.contains(host) {
+                    ensure(&mut alloc, host);
+                } else if complete {
+                    alloc.release_automatic(host);
+                }
+            }
+        }
     }
-    Reconciled {
+    let outcome = Reconciled {
         changed: alloc.changed(),
         failed,
-        moved: alloc.moved,
-    }
+        moved: std::mem::take(&mut alloc.moved),
+    };
+    *holders = alloc.into_holders();
+    outcome
 }
 
 /// How full a pool is.
@@ -466,7 +611,16 @@ mod tests {
 
     /// Reconciles `hosts` with no explicit addresses around.
     fn run(state: &mut AllocState, p: &Policy, hosts: &[&str], now: u64) -> Reconciled {
-        reconcile(state, p, &set(hosts), &Reserved::new(), now, true)
+        reconcile(
+            state,
+            p,
+            &set(hosts),
+            &Reserved::new(),
+            now,
+            true,
+            &Scope::All,
+            &mut Holders::default(),
+        )
     }
 
     #[test]
@@ -525,6 +679,8 @@ mod tests {
             &reserved,
             1,
             true,
+            &Scope::All,
+            &mut Holders::default(),
         );
         assert_eq!(r.moved.len(), 1);
         assert_eq!(r.moved[0].host, "a.global");
@@ -540,7 +696,16 @@ mod tests {
             .pin("pinned.global", "10.0.0.6".parse().unwrap(), false)
             .unwrap();
         let reserved: Reserved = [("10.0.0.6".parse().unwrap(), "other.global".into())].into();
-        let r = reconcile(&mut state, &p, &set(&["pinned.global"]), &reserved, 3, true);
+        let r = reconcile(
+            &mut state,
+            &p,
+            &set(&["pinned.global"]),
+            &reserved,
+            3,
+            true,
+            &Scope::All,
+            &mut Holders::default(),
+        );
         assert!(matches!(&r.failed[..], [(_, AllocError::Reserved { .. })]));
     }
 
@@ -556,6 +721,8 @@ mod tests {
             &Reserved::new(),
             5,
             false,
+            &Scope::All,
+            &mut Holders::default(),
         );
         assert!(!partial.changed);
         assert_eq!(state.records["a.global"].released_at, None);

@@ -53,10 +53,16 @@ pub struct ZoneSerial {
     pub content: String,
 }
 
+/// Records by host. A persistent map: a copy shares every node it did not change, so a store
+/// transaction or a publish copies the allocations of a big mesh in O(1), and two states that
+/// share a history are compared by walking only the parts they do not share
+/// ([`imbl::OrdMap::diff`]).
+pub type Records = imbl::OrdMap<String, Record>;
+
 /// Every allocation, keyed by host (lower-case FQDN without the trailing dot).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllocState {
-    pub records: BTreeMap<String, Record>,
+    pub records: Records,
     /// Addresses found in storage that could not be read as records (a damaged shard): nobody
     /// may be given them until the damage is repaired.
     pub unreadable: BTreeSet<IpAddr>,
@@ -68,18 +74,9 @@ pub struct AllocState {
 #[serde(deny_unknown_fields)]
 struct Document {
     format: String,
-    allocations: BTreeMap<String, Record>,
+    allocations: Records,
     #[serde(default, rename = "zoneSerial")]
     zone_serial: Option<ZoneSerial>,
-}
-
-/// [`Document`] for writing, borrowing the records.
-#[derive(Serialize)]
-struct DocumentRef<'a> {
-    format: &'a str,
-    allocations: &'a BTreeMap<String, Record>,
-    #[serde(rename = "zoneSerial", skip_serializing_if = "Option::is_none")]
-    zone_serial: &'a Option<ZoneSerial>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,15 +96,9 @@ pub enum DecodeError {
 }
 
 impl AllocState {
+    /// The stored form: pretty-printed JSON, one line per address, hosts in order.
     pub fn to_json(&self) -> String {
-        let doc = DocumentRef {
-            format: FORMAT,
-            allocations: &self.records,
-            zone_serial: &self.zone_serial,
-        };
-        let mut text = serde_json::to_string_pretty(&doc).expect("records serialize");
-        text.push('\n');
-        text
+        Renderer::default().render(self)
     }
 
     /// Parses and validates a stored document; anything doubtful is an error, never a guess.
@@ -138,6 +129,108 @@ impl AllocState {
             zone_serial: doc.zone_serial,
         })
     }
+}
+
+/// Writes states in their stored form, keeping each record's text from one call to the next: a
+/// big mesh's state file is written whole on every change, and rendering only the records that
+/// changed since the last call leaves the rest of the work a copy.
+#[derive(Default)]
+pub struct Renderer {
+    /// Whether it rendered before (see [`Renderer::render`]).
+    used: bool,
+    /// The records `entries` were rendered from.
+    records: Records,
+    /// Per host: `"host": {...}`, indented for its place in the document.
+    entries: BTreeMap<String, String>,
+}
+
+impl Renderer {
+    /// The document for `state`. The first call writes every record straight into it and
+    /// keeps nothing (a one-off write, as `dnsctl` makes, costs no more than that); later
+    /// calls keep each record's text and render only what changed since the call before.
+    pub fn render(&mut self, state: &AllocState) -> String {
+        use imbl::ordmap::DiffItem;
+        let first = !std::mem::replace(&mut self.used, true);
+        let mut text = String::new();
+        text.push_str("{\n  \"format\": ");
+        text.push_str(&json(&FORMAT, 1));
+        text.push_str(",\n  \"allocations\": {");
+        if first {
+            text.reserve(state.records.len() * 120);
+            for (i, (host, record)) in state.records.iter().enumerate() {
+                text.push_str(if i == 0 { "\n    " } else { ",\n    " });
+                write_entry(&mut text, host, record);
+            }
+        } else {
+            let old = std::mem::replace(&mut self.records, state.records.clone());
+            for item in old.diff(&state.records) {
+                match item {
+                    DiffItem::Add(host, record)
+                    | DiffItem::Update {
+                        new: (host, record),
+                        ..
+                    } => {
+                        let mut entry = String::new();
+                        write_entry(&mut entry, host, record);
+                        self.entries.insert(host.clone(), entry);
+                    }
+                    DiffItem::Remove(host, _) => {
+                        self.entries.remove(host);
+                    }
+                }
+            }
+            text.reserve(self.entries.values().map(|e| e.len() + 6).sum());
+            for (i, entry) in self.entries.values().enumerate() {
+                text.push_str(if i == 0 { "\n    " } else { ",\n    " });
+                text.push_str(entry);
+            }
+        }
+        text.push_str(if state.records.is_empty() {
+            "}"
+        } else {
+            "\n  }"
+        });
+        if let Some(serial) = &state.zone_serial {
+            text.push_str(",\n  \"zoneSerial\": ");
+            text.push_str(&json(serial, 1));
+        }
+        text.push_str("\n}\n");
+        text
+    }
+}
+
+/// One host's lines in the `allocations` object, as serde would indent them there (the test
+/// below holds it to that). Written field by field: a big state has a hundred thousand, and
+/// going through serde and re-indenting each took most of a write.
+fn write_entry(out: &mut String, host: &str, record: &Record) {
+    use std::fmt::Write;
+    out.push_str(&serde_json::to_string(host).expect("strings serialize"));
+    out.push_str(": {\n      \"addresses\": [");
+    for (i, address) in record.addresses.iter().enumerate() {
+        let _ = write!(
+            out,
+            "{}\"{address}\"",
+            if i == 0 { "\n        " } else { ",\n        " }
+        );
+    }
+    out.push_str(if record.addresses.is_empty() {
+        "]"
+    } else {
+        "\n      ]"
+    });
+    if record.pinned {
+        out.push_str(",\n      \"pinned\": true");
+    }
+    if let Some(at) = record.released_at {
+        let _ = write!(out, ",\n      \"releasedAt\": {at}");
+    }
+    out.push_str("\n    }");
+}
+
+/// `value` pretty-printed for a place `depth` objects deep.
+fn json(value: &impl Serialize, depth: usize) -> String {
+    let text = serde_json::to_string_pretty(value).expect("records serialize");
+    text.replace('\n', &format!("\n{}", "  ".repeat(depth)))
 }
 
 /// The record key of a host name.
@@ -213,6 +306,62 @@ mod tests {
             AllocState::from_json(&upper),
             Err(DecodeError::Host(_))
         ));
+    }
+
+    /// The document as serde writes it whole: what [`Renderer`] must write, however it got
+    /// to the state.
+    fn whole(state: &AllocState) -> String {
+        #[derive(Serialize)]
+        struct Whole<'a> {
+            format: &'a str,
+            allocations: &'a Records,
+            #[serde(rename = "zoneSerial", skip_serializing_if = "Option::is_none")]
+            zone_serial: &'a Option<ZoneSerial>,
+        }
+        let doc = Whole {
+            format: FORMAT,
+            allocations: &state.records,
+            zone_serial: &state.zone_serial,
+        };
+        serde_json::to_string_pretty(&doc).unwrap() + "\n"
+    }
+
+    #[test]
+    fn a_renderer_writes_what_serde_writes_whole() {
+        let mut renderer = Renderer::default();
+        let mut state = AllocState::default();
+        assert_eq!(renderer.render(&state), whole(&state), "empty");
+        for i in 0..50u8 {
+            let host = format!("h{}.global", i % 7);
+            match i % 5 {
+                0 | 1 => {
+                    let record = Record {
+                        addresses: vec![
+                            format!("240.0.0.{i}").parse().unwrap(),
+                            format!("2001:2::{i:x}").parse().unwrap(),
+                        ],
+                        pinned: i % 3 == 0,
+                        released_at: (i % 4 == 0).then_some(u64::from(i)),
+                    };
+                    state.records.insert(host, record);
+                }
+                2 if i % 3 == 0 => {
+                    state.records.insert(host, Record::default());
+                }
+                2 => {
+                    state.records.remove(&host);
+                }
+                3 => {
+                    state.zone_serial = Some(ZoneSerial {
+                        serial: u32::from(i),
+                        content: format!("{i:02x}"),
+                    })
+                }
+                _ => state.zone_serial = None,
+            }
+            assert_eq!(renderer.render(&state), whole(&state), "step {i}");
+            assert_eq!(AllocState::from_json(&state.to_json()).unwrap(), state);
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use hickory_proto::rr::Name;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use crate::alloc::{AllocState, Reserved, host_key};
+use crate::alloc::{AllocState, Reserved, Scope, host_key};
 use crate::catalog::HostEntry;
 use crate::catalog::live::{HostView, LiveCatalog};
 use crate::source::set::Combined;
@@ -73,12 +73,32 @@ impl Held {
 }
 
 /// What one update of the declarations touched.
+#[derive(Default)]
 pub struct Update {
     /// Hosts whose declarations changed.
     pub touched: Vec<Name>,
-    /// What the allocator is asked about changed: the hosts wanting a VIP, or the addresses
-    /// it must not hand out.
-    pub allocation: bool,
+    /// Keys of the hosts that came to need a VIP or no longer need one.
+    pub need: Vec<String>,
+    /// Addresses newly declared explicitly or claimed by a status: a VIP stored for another
+    /// host there has to move.
+    pub reserved: Vec<IpAddr>,
+    /// Whether any address the allocator must not hand out came or went.
+    pub reservations: bool,
+}
+
+impl Update {
+    /// Whether what the allocator decides from changed.
+    pub fn allocation(&self) -> bool {
+        !self.need.is_empty() || self.reservations
+    }
+
+    /// The allocator's view of it: what to look at again.
+    pub fn scope(&self) -> Scope {
+        Scope::Changed {
+            hosts: self.need.clone(),
+            addresses: self.reserved.clone(),
+        }
+    }
 }
 
 /// How the served hosts changed from one table to the next: a changed host is in both lists,
@@ -100,9 +120,11 @@ impl Hosts {
     /// Takes in the sources' current declarations. CPU work that grows with the change (with
     /// the mesh, the first time): not for the runtime's threads.
     pub fn update(&mut self, combined: &Combined, zone: &ZoneSettings) -> Update {
-        let touched = self.catalog.update(combined);
-        let mut allocation = false;
-        for name in &touched {
+        let mut update = Update {
+            touched: self.catalog.update(combined),
+            ..Update::default()
+        };
+        for name in &update.touched {
             let new = self.catalog.view(name).unwrap_or_default();
             let held = Held::of(&new);
             let (explicit, claimed) = (held.explicit.to_vec(), held.claimed.to_vec());
@@ -119,11 +141,19 @@ impl Hosts {
                 }
             }
             let key: Arc<str> = host_key(name).into();
-            allocation |= self.own(&key, &old.explicit, &explicit, false);
-            allocation |= self.own(&key, &old.claimed, &claimed, true);
+            for (old, new, claim) in [
+                (&old.explicit, &explicit, false),
+                (&old.claimed, &claimed, true),
+            ] {
+                if old[..] != new[..] {
+                    self.own(&key, old, new, claim);
+                    update.reservations = true;
+                    (update.reserved).extend(new.iter().filter(|a| !old.contains(a)));
+                }
+            }
             let wants = new.declared && new.needs_vip && zone.serves(name);
             if wants != self.vip_hosts.contains_key(&*key) {
-                allocation = true;
+                update.need.push(key.to_string());
                 let wanted = Arc::make_mut(&mut self.wanted);
                 if wants {
                     self.vip_hosts.insert(key.to_string(), name.clone());
@@ -134,18 +164,12 @@ impl Hosts {
                 }
             }
         }
-        Update {
-            touched,
-            allocation,
-        }
+        update
     }
 
     /// Moves `host`'s hold from the addresses `old` to `new` (explicit ones, or `claim`ed by a
-    /// status); whether any address changed hands.
-    fn own(&mut self, host: &Arc<str>, old: &[IpAddr], new: &[IpAddr], claim: bool) -> bool {
-        if old == new {
-            return false;
-        }
+    /// status).
+    fn own(&mut self, host: &Arc<str>, old: &[IpAddr], new: &[IpAddr], claim: bool) {
         let owners = if claim {
             &mut self.claims
         } else {
@@ -177,7 +201,6 @@ impl Hosts {
                 };
             }
         }
-        true
     }
 
     /// Hosts in the served zones that need a VIP, by key.
@@ -276,6 +299,8 @@ pub struct Served {
     hasher: RandomState,
     /// The sum of every host's [`digest`].
     sum: u128,
+    /// Hosts served without an address: waiting for their VIP to be stored.
+    pending: usize,
 }
 
 impl Served {
@@ -296,12 +321,19 @@ impl Served {
         };
         if let Some(old) = old {
             self.sum = self.sum.wrapping_sub(digest(&old));
+            self.pending -= usize::from(old.addresses.is_empty());
             change.removed.push(old);
         }
         if let Some(new) = entry {
             self.sum = self.sum.wrapping_add(digest(&new));
+            self.pending += usize::from(new.addresses.is_empty());
             change.added.push(new);
         }
+    }
+
+    /// Hosts served without an address (SERVFAIL) until their VIP is stored.
+    pub fn pending(&self) -> usize {
+        self.pending
     }
 
     pub fn hosts(&self) -> impl Iterator<Item = &HostEntry> {

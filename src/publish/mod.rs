@@ -6,14 +6,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::alloc::{
-    AllocState, Policy, Reconciled, Reserved, Store, ZoneSerial, in_istio_ranges, reconcile,
-    unix_now, usage,
+    AllocState, Holders, Policy, Reconciled, Reserved, Scope, Store, Tally, ZoneSerial, reconcile,
+    unix_now,
 };
 use crate::catalog::HostEntry;
 use crate::source::readiness::Readiness;
@@ -26,6 +26,10 @@ mod metrics;
 pub use metrics::PublishMetrics;
 
 use hosts::Hosts;
+
+/// How often, at most, the allocator looks at every host while only a few change: what a change
+/// cannot reach (a record whose grace period ended, a host a full pool refused) waits this long.
+const LOOK_AT_ALL: Duration = Duration::from_secs(60);
 
 pub struct Publisher {
     zone: ZoneSettings,
@@ -56,6 +60,12 @@ pub struct Publisher {
     rebuilt: bool,
     /// The last table could not be made: the next is built whole from the served hosts.
     out_of_step: bool,
+    /// When the allocator last looked at every host.
+    looked_at_all: Instant,
+    /// Who holds each stored VIP, as of the last transaction, for the next.
+    holders: Arc<Mutex<Holders>>,
+    /// Pool usage and stranded VIPs of the allocations as last published.
+    tally: Tally,
     /// Stored VIPs inside an Istio range, as last reported.
     stranded: usize,
     /// The allocations as stored, for whoever writes them on (ServiceEntry statuses).
@@ -94,14 +104,17 @@ impl Publisher {
             fingerprint: String::new(),
             hosts: Hosts::default(),
             allocate_due: true,
+            looked_at_all: Instant::now(),
             complete: false,
             rebuilt: false,
             out_of_step: false,
+            holders: Arc::default(),
+            tally: Tally::default(),
             stranded: 0,
             allocations,
         };
         this.publish(declarations).await?;
-        tokio::task::spawn_blocking(release_free_memory);
+        crate::background::spawn_blocking(release_free_memory);
         Ok(this)
     }
 
@@ -130,7 +143,7 @@ impl Publisher {
             // After a whole rebuild: its scratch and the table before are freed by now. A
             // table changed in place frees little, and trimming a big heap takes a while.
             if self.rebuilt {
-                tokio::task::spawn_blocking(release_free_memory);
+                crate::background::spawn_blocking(release_free_memory);
             }
         }
     }
@@ -150,28 +163,36 @@ impl Publisher {
         .await;
         self.hosts = hosts_back;
         let complete = self.readiness.is_ready();
-        // The allocator is asked only when what it decides from changed (or the store did, or
-        // a write is to be retried, or the sources just became complete).
+        // The allocator looks at every host when the store changed, a write is to be retried,
+        // the sources just became complete, or the last such look is a while ago (records past
+        // their grace period are dropped then); otherwise only at the hosts the change touched,
+        // if any.
         let mut reserved = self.hosts.reserved(&self.durable);
-        if update.allocation || self.allocate_due || complete != self.complete {
-            self.allocate(self.hosts.wanted(), reserved.clone(), complete)
+        let everything = self.allocate_due
+            || complete != self.complete
+            || self.looked_at_all.elapsed() >= LOOK_AT_ALL;
+        let scope = if everything {
+            Some(Scope::All)
+        } else {
+            Some(update.scope()).filter(|s| *s != Scope::none())
+        };
+        if let Some(scope) = scope {
+            self.allocate(self.hosts.wanted(), reserved.clone(), complete, scope)
                 .await;
             reserved = self.hosts.reserved(&self.durable);
         }
         // Hosts whose stored record changed since the last publish (by us or another replica)
         // are looked at again, beside those whose declarations changed. So are all that need a
         // VIP when the reservations changed but could not be stored: a record may clash now.
-        let (records, durable) = (
-            changed_records(&self.allocations.borrow(), &self.durable),
-            &self.durable,
-        );
+        let records = self.tally.follow(&self.policy, &self.durable.records);
         if !records.is_empty() {
-            self.allocations.send_replace(Arc::new(durable.clone()));
+            self.allocations
+                .send_replace(Arc::new(self.durable.clone()));
         }
         let change = self.hosts.resolve(
             &update.touched,
             &records,
-            update.allocation && self.allocate_due,
+            update.allocation() && self.allocate_due,
             &self.durable,
             &reserved,
         );
@@ -180,9 +201,7 @@ impl Publisher {
         let content = self.hosts.served().fingerprint();
         self.serial = self.serial_for(&content).await;
         self.fingerprint = content;
-        let pending = (self.hosts.served().hosts())
-            .filter(|h| h.addresses.is_empty())
-            .count();
+        let pending = self.hosts.served().pending();
         let (zone, serial) = (self.zone.clone(), self.serial);
         let previous = self.table.load_full();
         // The first table, and a change to most of the mesh, are built whole; otherwise the
@@ -235,23 +254,23 @@ impl Publisher {
             serial = self.serial,
             "name table published"
         );
-        let stranded = in_istio_ranges(&self.policy, &self.durable);
+        let stranded = self.tally.stranded();
         if stranded.len() != self.stranded {
-            for (host, address, range) in &stranded {
+            self.stranded = stranded.len();
+            for (host, address, range) in stranded {
                 warn!(host, %address, %range, "VIP inside a range istiod allocates from; still answered, move it with `dnsctl allocate HOST --force`");
             }
-            self.stranded = stranded.len();
         }
         self.metrics.published(
             table.host_count(),
-            usage(&self.policy, &self.durable),
+            self.tally.usage(&self.policy),
             self.stranded,
         );
         let old = self.table.swap(Arc::new(table));
         let serial = self.serial;
         self.published
             .send_if_modified(|last| std::mem::replace(last, serial) != serial);
-        tokio::task::spawn_blocking(move || retire(old));
+        crate::background::spawn_blocking(move || retire(old));
         Ok(())
     }
 
@@ -264,12 +283,26 @@ impl Publisher {
         wanted: Arc<BTreeSet<String>>,
         reserved: Arc<Reserved>,
         complete: bool,
+        scope: Scope,
     ) {
         let policy = self.policy.clone();
         let report = Arc::new(Mutex::new(Reconciled::default()));
         let last_run = report.clone();
+        let everything = scope == Scope::All;
+        let holders = self.holders.clone();
         let mutation = Box::new(move |state: &mut AllocState| {
-            let outcome = reconcile(state, &policy, &wanted, &reserved, unix_now(), complete);
+            let now = unix_now();
+            let mut holders = holders.lock().unwrap_or_else(PoisonError::into_inner);
+            let outcome = reconcile(
+                state,
+                &policy,
+                &wanted,
+                &reserved,
+                now,
+                complete,
+                &scope,
+                &mut holders,
+            );
             let changed = outcome.changed;
             *last_run.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
             Ok(changed)
@@ -280,8 +313,11 @@ impl Publisher {
             Ok(state) => {
                 self.durable = state;
                 self.retry = None;
-                self.allocate_due = false;
-                self.complete = complete;
+                if everything {
+                    self.allocate_due = false;
+                    self.complete = complete;
+                    self.looked_at_all = Instant::now();
+                }
                 let outcome =
                     std::mem::take(&mut *report.lock().unwrap_or_else(PoisonError::into_inner));
                 for m in &outcome.moved {
@@ -351,39 +387,8 @@ impl Publisher {
     }
 }
 
-/// Keys of the records that differ between `old` and `new` (added, removed or changed): one walk
-/// over both, in key order.
-fn changed_records(old: &AllocState, new: &AllocState) -> Vec<String> {
-    let mut changed = Vec::new();
-    let (mut a, mut b) = (old.records.iter().peekable(), new.records.iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => return changed,
-            (Some((ka, ra)), Some((kb, rb))) if ka == kb => {
-                if ra != rb {
-                    changed.push((*ka).clone());
-                }
-                a.next();
-                b.next();
-            }
-            (Some((ka, _)), Some((kb, _))) if ka < kb => {
-                changed.push((*ka).clone());
-                a.next();
-            }
-            (Some((ka, _)), None) => {
-                changed.push((*ka).clone());
-                a.next();
-            }
-            (_, Some((kb, _))) => {
-                changed.push((*kb).clone());
-                b.next();
-            }
-        }
-    }
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
+    crate::background::spawn_blocking(f)
         .await
         .expect("publisher work does not panic")
 }

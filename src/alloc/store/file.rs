@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Mutation, Store, StoreError, StoreFuture};
-use crate::alloc::state::AllocState;
+use crate::alloc::state::{AllocState, Renderer};
 
 /// How often a server looks for changes made by other processes.
 const POLL: Duration = Duration::from_millis(500);
@@ -31,6 +31,7 @@ pub struct FileStore {
     /// write finds the file unchanged since and skips reading and parsing it again, which for
     /// a big mesh costs more than the write.
     last: Arc<Mutex<Option<(Fingerprint, AllocState)>>>,
+    renderer: Arc<Mutex<Renderer>>,
 }
 
 impl FileStore {
@@ -39,6 +40,7 @@ impl FileStore {
             path: path.into(),
             seen: Arc::new(Mutex::new(None)),
             last: Arc::default(),
+            renderer: Arc::default(),
         }
     }
 
@@ -107,7 +109,8 @@ impl FileStore {
             None => self.read()?,
         };
         if mutate(&mut state)? {
-            self.write(dir, &state.to_json()).map_err(|e| self.io(e))?;
+            let text = self.renderer.lock().expect("renderer lock").render(&state);
+            self.write(dir, &text).map_err(|e| self.io(e))?;
             self.remember(self.fingerprint());
         }
         *self.last.lock().expect("state cache lock") = Some((self.fingerprint(), state.clone()));
@@ -179,7 +182,7 @@ impl Store for FileStore {
     fn load(&self) -> StoreFuture<'_, AllocState> {
         let this = self.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.read())
+            crate::background::spawn_blocking(move || this.read())
                 .await
                 .map_err(|e| self.io(e.into()))?
         })
@@ -188,7 +191,7 @@ impl Store for FileStore {
     fn update(&self, mutate: Mutation) -> StoreFuture<'_, AllocState> {
         let this = self.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.update_blocking(mutate))
+            crate::background::spawn_blocking(move || this.update_blocking(mutate))
                 .await
                 .map_err(|e| self.io(e.into()))?
         })

@@ -34,7 +34,7 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
             watcher = start_watcher(&dir, changed.clone());
         }
         let d = dir.clone();
-        let mut pass = tokio::task::spawn_blocking(move || {
+        let mut pass = crate::background::spawn_blocking(move || {
             let result = scanner.rescan(&d);
             (result, scanner)
         });

@@ -225,7 +225,9 @@ impl ConfigMapStore {
                 // Nothing of this shard was stored: what is returned must say so.
                 let refused: Vec<&String> = hosts.keys().copied().collect();
                 error!(shard = %shard_name(index), hosts = refused.len(), %reason, "allocations not stored");
-                stored.records.retain(|h, _| shard_of(h) != index);
+                for host in hosts.keys() {
+                    stored.records.remove(*host);
+                }
                 stored.records.extend(
                     state
                         .records

@@ -1,0 +1,136 @@
+//! Pool usage and stored VIPs inside Istio's ranges, kept up record by record as the stored
+//! allocations change: a publish reports them without walking every record of a big mesh.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use imbl::ordmap::DiffItem;
+use ipnet::IpNet;
+
+use super::allocator::{Policy, PoolUsage};
+use super::state::{Record, Records};
+
+/// What [`usage`](super::usage) and [`in_istio_ranges`](super::in_istio_ranges) report, for
+/// the records last followed.
+#[derive(Default)]
+pub struct Tally {
+    records: Records,
+    /// Addresses held, per pool (in the policy's order).
+    used: Vec<u128>,
+    /// By host and address: the Istio range each is inside.
+    stranded: BTreeMap<(String, IpAddr), IpNet>,
+}
+
+impl Tally {
+    /// Moves on to `records`; returns the keys of the records added, removed or changed since
+    /// the last call. Two states of one store share most of their nodes, which the walk skips.
+    pub fn follow(&mut self, policy: &Policy, records: &Records) -> Vec<String> {
+        self.used.resize(policy.pools.len(), 0);
+        let mut changed = Vec::new();
+        let old = std::mem::replace(&mut self.records, records.clone());
+        for item in old.diff(records) {
+            let (key, before, after) = match item {
+                DiffItem::Add(key, record) => (key, None, Some(record)),
+                DiffItem::Remove(key, record) => (key, Some(record), None),
+                DiffItem::Update {
+                    old: (key, before),
+                    new: (_, after),
+                } => (key, Some(before), Some(after)),
+            };
+            if let Some(record) = before {
+                self.count(policy, key, record, false);
+            }
+            if let Some(record) = after {
+                self.count(policy, key, record, true);
+            }
+            changed.push(key.clone());
+        }
+        changed
+    }
+
+    fn count(&mut self, policy: &Policy, host: &str, record: &Record, add: bool) {
+        for address in &record.addresses {
+            for (used, pool) in self.used.iter_mut().zip(&policy.pools) {
+                if pool.is_usable(*address) {
+                    *used = if add {
+                        used.saturating_add(1)
+                    } else {
+                        used.saturating_sub(1)
+                    };
+                }
+            }
+            if let Some(range) = policy.istio_range_of(*address) {
+                let key = (host.to_string(), *address);
+                if add {
+                    self.stranded.insert(key, range);
+                } else {
+                    self.stranded.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub fn usage(&self, policy: &Policy) -> Vec<PoolUsage> {
+        (policy.pools.iter().zip(&self.used))
+            .map(|(pool, used)| PoolUsage {
+                pool: pool.to_string(),
+                capacity: pool.capacity(),
+                used: *used,
+            })
+            .collect()
+    }
+
+    /// Stored VIPs inside an Istio range: host, address and range.
+    pub fn stranded(&self) -> impl ExactSizeIterator<Item = (&str, IpAddr, IpNet)> {
+        (self.stranded.iter()).map(|((host, address), range)| (host.as_str(), *address, *range))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::alloc::{AllocState, Holders, Reserved, Scope, in_istio_ranges, reconcile, usage};
+
+    #[test]
+    fn agrees_with_a_walk_over_every_record() {
+        let policy = Policy {
+            pools: ["240.0.0.0/4", "2001:db8::/64"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect(),
+            grace: Duration::from_secs(10),
+        };
+        let mut state = AllocState::default();
+        let mut tally = Tally::default();
+        let stranded: IpAddr = "240.240.0.9".parse().unwrap();
+        let steps: [&[&str]; 4] = [&["a", "b", "c"], &["b", "c", "d"], &[], &["e"]];
+        for (now, hosts) in steps.iter().enumerate() {
+            let wanted = hosts.iter().map(|h| format!("{h}.global")).collect();
+            let none = Reserved::new();
+            let (at, all) = (now as u64 * 20, &Scope::All);
+            reconcile(
+                &mut state,
+                &policy,
+                &wanted,
+                &none,
+                at,
+                true,
+                all,
+                &mut Holders::default(),
+            );
+            if now == 1 {
+                // An old VIP now inside a range the pools leave out for istiod.
+                let record = state.records.get_mut("b.global").unwrap();
+                record.addresses = vec![stranded];
+            }
+            let changed = tally.follow(&policy, &state.records);
+            assert!(!changed.is_empty(), "step {now} changed records");
+            assert_eq!(tally.usage(&policy), usage(&policy, &state));
+            let walked = in_istio_ranges(&policy, &state);
+            assert_eq!(tally.stranded().collect::<Vec<_>>(), walked, "step {now}");
+        }
+        assert!(tally.follow(&policy, &state.records.clone()).is_empty());
+    }
+}

@@ -27,6 +27,20 @@ impl Policy {
             .filter_map(|p| p.excluded())
             .find(|range| range.contains(&address))
     }
+
+    /// Adds one to (or, without `add`, takes one from) the count of each pool that can hand
+    /// out `address`; `counts` is per pool, in order.
+    pub(super) fn count_usable(&self, counts: &mut [u128], address: IpAddr, add: bool) {
+        for (count, pool) in counts.iter_mut().zip(&self.pools) {
+            if pool.is_usable(address) {
+                *count = if add {
+                    count.saturating_add(1)
+                } else {
+                    count.saturating_sub(1)
+                };
+            }
+        }
+    }
 }
 
 /// Explicit `spec.addresses` of the sources: address → host declaring it (shared by the
@@ -421,16 +435,6 @@ pub enum Scope {
         hosts: Vec<String>,
         addresses: Vec<IpAddr>,
     },
-}
-
-impl Scope {
-    /// Nothing to look at.
-    pub fn none() -> Scope {
-        Scope::Changed {
-            hosts: Vec::new(),
-            addresses: Vec::new(),
-        }
-    }
 }
 
 /// Outcome of matching the stored allocations to what the sources declare.

@@ -5,10 +5,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use imbl::ordmap::DiffItem;
-
 use super::allocator::Policy;
-use super::state::Records;
+use super::state::{Records, follow_records};
 
 #[derive(Clone, Default)]
 pub struct Holders {
@@ -29,24 +27,15 @@ impl Holders {
                 ..Holders::default()
             };
         }
-        let old = std::mem::replace(&mut self.records, records.clone());
-        for item in old.diff(records) {
-            let (before, after) = match item {
-                DiffItem::Add(host, record) => (None, Some((host, record))),
-                DiffItem::Remove(host, record) => (Some((host, record)), None),
-                DiffItem::Update { old, new } => (Some(old), Some(new)),
-            };
-            if let Some((host, record)) = before {
-                for address in &record.addresses {
-                    self.release(policy, *address, host);
-                }
+        let (owners, held) = (&mut self.owners, &mut self.held);
+        follow_records(&mut self.records, records, |host, before, after| {
+            for address in before.iter().flat_map(|r| &r.addresses) {
+                release(owners, held, policy, *address, host);
             }
-            if let Some((host, record)) = after {
-                for address in &record.addresses {
-                    self.take(policy, *address, host);
-                }
+            for address in after.iter().flat_map(|r| &r.addresses) {
+                take(owners, held, policy, *address, host);
             }
-        }
+        });
     }
 
     /// Says that the index now describes `records`: every address that changed hands between
@@ -66,28 +55,36 @@ impl Holders {
     }
 
     pub(super) fn take(&mut self, policy: &Policy, address: IpAddr, host: &str) {
-        if self.owners.insert(address, host.to_string()).is_none() {
-            self.count(policy, address, true);
-        }
+        take(&mut self.owners, &mut self.held, policy, address, host);
     }
 
     /// Frees `address` if `host` holds it (a damaged state may list it under two hosts).
     pub(super) fn release(&mut self, policy: &Policy, address: IpAddr, host: &str) {
-        if self.owner(&address) == Some(host) {
-            self.owners.remove(&address);
-            self.count(policy, address, false);
-        }
+        release(&mut self.owners, &mut self.held, policy, address, host);
     }
+}
 
-    fn count(&mut self, policy: &Policy, address: IpAddr, add: bool) {
-        for (held, pool) in self.held.iter_mut().zip(&policy.pools) {
-            if pool.is_usable(address) {
-                *held = if add {
-                    held.saturating_add(1)
-                } else {
-                    held.saturating_sub(1)
-                };
-            }
-        }
+fn take(
+    owners: &mut HashMap<IpAddr, String>,
+    held: &mut [u128],
+    policy: &Policy,
+    address: IpAddr,
+    host: &str,
+) {
+    if owners.insert(address, host.to_string()).is_none() {
+        policy.count_usable(held, address, true);
+    }
+}
+
+fn release(
+    owners: &mut HashMap<IpAddr, String>,
+    held: &mut [u128],
+    policy: &Policy,
+    address: IpAddr,
+    host: &str,
+) {
+    if owners.get(&address).is_some_and(|owner| owner == host) {
+        owners.remove(&address);
+        policy.count_usable(held, address, false);
     }
 }

@@ -149,7 +149,6 @@ impl Renderer {
     /// keeps nothing (a one-off write, as `dnsctl` makes, costs no more than that); later
     /// calls keep each record's text and render only what changed since the call before.
     pub fn render(&mut self, state: &AllocState) -> String {
-        use imbl::ordmap::DiffItem;
         let first = !std::mem::replace(&mut self.used, true);
         let mut text = String::new();
         text.push_str("{\n  \"format\": ");
@@ -162,23 +161,20 @@ impl Renderer {
                 write_entry(&mut text, host, record);
             }
         } else {
-            let old = std::mem::replace(&mut self.records, state.records.clone());
-            for item in old.diff(&state.records) {
-                match item {
-                    DiffItem::Add(host, record)
-                    | DiffItem::Update {
-                        new: (host, record),
-                        ..
-                    } => {
+            follow_records(
+                &mut self.records,
+                &state.records,
+                |host, _, now| match now {
+                    Some(record) => {
                         let mut entry = String::new();
                         write_entry(&mut entry, host, record);
                         self.entries.insert(host.clone(), entry);
                     }
-                    DiffItem::Remove(host, _) => {
+                    None => {
                         self.entries.remove(host);
                     }
-                }
-            }
+                },
+            );
             text.reserve(self.entries.values().map(|e| e.len() + 6).sum());
             for (i, entry) in self.entries.values().enumerate() {
                 text.push_str(if i == 0 { "\n    " } else { ",\n    " });
@@ -196,6 +192,28 @@ impl Renderer {
         }
         text.push_str("\n}\n");
         text
+    }
+}
+
+/// Calls `each` with every host whose record differs between `last` and `records` (the record
+/// as it was, as it is), then makes `last` `records`. Two states of one store share most of
+/// their nodes, which the walk skips: what an index kept beside the records needs to follow them.
+pub(super) fn follow_records(
+    last: &mut Records,
+    records: &Records,
+    mut each: impl FnMut(&String, Option<&Record>, Option<&Record>),
+) {
+    use imbl::ordmap::DiffItem;
+    let old = std::mem::replace(last, records.clone());
+    for item in old.diff(records) {
+        match item {
+            DiffItem::Add(host, record) => each(host, None, Some(record)),
+            DiffItem::Remove(host, record) => each(host, Some(record), None),
+            DiffItem::Update {
+                old: (host, before),
+                new: (_, after),
+            } => each(host, Some(before), Some(after)),
+        }
     }
 }
 

@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use imbl::ordmap::DiffItem;
 use ipnet::IpNet;
 
 use super::allocator::{Policy, PoolUsage};
-use super::state::{Record, Records};
+use super::state::{Records, follow_records};
 
 /// What [`usage`](super::usage) and [`in_istio_ranges`](super::in_istio_ranges) report, for
 /// the records last followed.
@@ -27,47 +26,24 @@ impl Tally {
     pub fn follow(&mut self, policy: &Policy, records: &Records) -> Vec<String> {
         self.used.resize(policy.pools.len(), 0);
         let mut changed = Vec::new();
-        let old = std::mem::replace(&mut self.records, records.clone());
-        for item in old.diff(records) {
-            let (key, before, after) = match item {
-                DiffItem::Add(key, record) => (key, None, Some(record)),
-                DiffItem::Remove(key, record) => (key, Some(record), None),
-                DiffItem::Update {
-                    old: (key, before),
-                    new: (_, after),
-                } => (key, Some(before), Some(after)),
-            };
-            if let Some(record) = before {
-                self.count(policy, key, record, false);
+        let (used, stranded) = (&mut self.used, &mut self.stranded);
+        follow_records(&mut self.records, records, |host, before, after| {
+            for (record, add) in [(before, false), (after, true)] {
+                for address in record.iter().flat_map(|r| &r.addresses) {
+                    policy.count_usable(used, *address, add);
+                    if let Some(range) = policy.istio_range_of(*address) {
+                        let key = (host.clone(), *address);
+                        if add {
+                            stranded.insert(key, range);
+                        } else {
+                            stranded.remove(&key);
+                        }
+                    }
+                }
             }
-            if let Some(record) = after {
-                self.count(policy, key, record, true);
-            }
-            changed.push(key.clone());
-        }
+            changed.push(host.clone());
+        });
         changed
-    }
-
-    fn count(&mut self, policy: &Policy, host: &str, record: &Record, add: bool) {
-        for address in &record.addresses {
-            for (used, pool) in self.used.iter_mut().zip(&policy.pools) {
-                if pool.is_usable(*address) {
-                    *used = if add {
-                        used.saturating_add(1)
-                    } else {
-                        used.saturating_sub(1)
-                    };
-                }
-            }
-            if let Some(range) = policy.istio_range_of(*address) {
-                let key = (host.to_string(), *address);
-                if add {
-                    self.stranded.insert(key, range);
-                } else {
-                    self.stranded.remove(&key);
-                }
-            }
-        }
     }
 
     pub fn usage(&self, policy: &Policy) -> Vec<PoolUsage> {

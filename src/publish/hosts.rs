@@ -92,12 +92,13 @@ impl Update {
         !self.need.is_empty() || self.reservations
     }
 
-    /// The allocator's view of it: what to look at again.
-    pub fn scope(&self) -> Scope {
-        Scope::Changed {
+    /// The allocator's view of it: what to look at again, if anything.
+    pub fn scope(&self) -> Option<Scope> {
+        let nothing = self.need.is_empty() && self.reserved.is_empty();
+        (!nothing).then(|| Scope::Changed {
             hosts: self.need.clone(),
             addresses: self.reserved.clone(),
-        }
+        })
     }
 }
 

@@ -174,7 +174,7 @@ impl Publisher {
         let scope = if everything {
             Some(Scope::All)
         } else {
-            Some(update.scope()).filter(|s| *s != Scope::none())
+            update.scope()
         };
         if let Some(scope) = scope {
             self.allocate(self.hosts.wanted(), reserved.clone(), complete, scope)

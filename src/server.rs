@@ -246,14 +246,13 @@ impl Server {
             });
         }
 
-        let first = rx.borrow_and_update().clone();
         let publisher = Publisher::start(
             config.zone.clone(),
             config.policy.clone(),
             store,
             readiness.clone(),
             publish_metrics,
-            &first,
+            &mut rx,
             allocations,
         )
         .await?;

@@ -571,7 +571,7 @@ async fn publish_repo_zones() -> (SharedTable, IpAddr) {
         store.clone(),
         Readiness::new(Duration::ZERO),
         Arc::new(PublishMetrics::default()),
-        &Combined::from(found.declarations),
+        &mut tokio::sync::watch::channel(Combined::from(found.declarations)).1,
         tokio::sync::watch::channel(Default::default()).0,
     )
     .await

@@ -110,6 +110,53 @@ fn our_vip_replaces_istiods_in_every_cluster() {
     let before = [a, b].map(|c| resource_version(c, "st1", "shop"));
     let first_log = server.log_text();
     drop(server);
+
+    // A server that cannot read its store writes nothing either, and reports no drift: an
+    // empty state is not knowing our VIPs, not having none (src/status/desired.rs).
+    let unread = tempfile::tempdir().unwrap();
+    let dead = unread.path().join("dead.kubeconfig");
+    std::fs::write(
+        &dead,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: store\n  cluster:\n    server: http://127.0.0.1:1\n\
+         users:\n- name: store\n  user: {}\ncontexts:\n- name: store\n  context:\n    cluster: store\n    user: store\n\
+         current-context: store\n",
+    )
+    .unwrap();
+    let blind = globaldns(
+        unread.path(),
+        &kubeconfig(&[("a", a), ("b", b)], "a"),
+        &[
+            "--kubeconfig",
+            dead.to_str().unwrap(),
+            "--store-context",
+            "store",
+            "--namespace",
+            "st1-dns",
+            "--sync-timeout",
+            "1",
+        ],
+    );
+    assert!(
+        eventually(WITHIN, || blind
+            .log_text()
+            .contains("cannot read allocations")),
+        "{}",
+        blind.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        [a, b].map(|c| resource_version(c, "st1", "shop")),
+        before,
+        "{}",
+        blind.log_text()
+    );
+    let log = blind.log_text();
+    assert!(
+        log.contains("writing our VIPs into ServiceEntry statuses")
+            && !log.contains("use other VIPs"),
+        "{log}"
+    );
+    drop(blind);
     let server = run(dir.path());
     assert!(eventually(WITHIN, || a_ips(&server, &format!("{host}."))
         == [vip.clone()]));

@@ -206,3 +206,81 @@ fn the_file_descriptor_limit_is_raised_to_the_hard_limit() {
         "{open}"
     );
 }
+
+/// The first table is built from the declarations as they are once the store has been read.
+/// Taken before, while the clusters were still listing, and judged complete after a store read
+/// that outlasted the sync timeout, they would lack every host: each would be released in the
+/// store, unanswered, and taken back on the next publish. So a restart against a slow store
+/// writes nothing and keeps answering the same VIP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_slower_than_the_sync_timeout_releases_nothing_at_start() {
+    use ::kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    let (entries, store) = (ApiServer::start().await, ApiServer::start().await);
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1", "ServiceEntry"),
+        "serviceentries",
+    );
+    let mut entry = DynamicObject::new("slow", &resource);
+    entry.data = serde_json::json!({"spec": {"hosts": ["slow.default.global"]}});
+    Api::<DynamicObject>::namespaced_with(entries.client().await, "default", &resource)
+        .create(&PostParams::default(), &entry)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kubeconfig");
+    let clusters = [("entries", entries.addr), ("store", store.addr)];
+    std::fs::write(&config, kubeconfig(&clusters, "entries")).unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let start = move || {
+        GlobalDns::start(
+            &zones,
+            &[
+                "--kubeconfig",
+                config.to_str().unwrap(),
+                "--store-context",
+                "store",
+                "--namespace",
+                "istio-system",
+                "--sync-timeout",
+                "1",
+                "--no-status-writes",
+            ],
+        )
+    };
+    let name = "slow.default.global.";
+    let first = tokio::task::spawn_blocking(start.clone()).await.unwrap();
+    let vip = tokio::task::spawn_blocking(move || {
+        assert!(
+            eventually(Duration::from_secs(10), || a_ips(&first, name).len() == 1),
+            "{}",
+            first.log_text()
+        );
+        a_ips(&first, name).remove(0)
+    })
+    .await
+    .unwrap();
+
+    let writes = store.writes();
+    // Longer than the sync timeout, and than the other cluster takes to list.
+    store.set_latency(Duration::from_millis(1500));
+    let again = tokio::task::spawn_blocking(start).await.unwrap();
+    let again = tokio::task::spawn_blocking(move || {
+        assert!(
+            eventually(Duration::from_secs(30), || a_ips(&again, name)
+                == [vip.clone()]),
+            "{}",
+            again.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        again
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.writes(), writes, "{}", again.log_text());
+    assert!(
+        !again.log_text().contains("hosts=0"),
+        "{}",
+        again.log_text()
+    );
+}

@@ -80,7 +80,7 @@ impl Publisher {
         store: Arc<dyn Store>,
         readiness: Readiness,
         metrics: Arc<PublishMetrics>,
-        declarations: &Combined,
+        sources: &mut watch::Receiver<Combined>,
         allocations: watch::Sender<Arc<AllocState>>,
     ) -> Result<Publisher, BuildError> {
         let loaded = store.load().await;
@@ -113,7 +113,8 @@ impl Publisher {
             stranded: 0,
             allocations,
         };
-        this.publish(declarations).await?;
+        let (declarations, complete) = this.take(sources);
+        this.publish(&declarations, complete).await?;
         crate::background::spawn_blocking(release_free_memory);
         Ok(this)
     }
@@ -136,8 +137,8 @@ impl Publisher {
                 _ = self.store.changed() => self.allocate_due = true,
                 _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
             }
-            let declarations = sources.borrow_and_update().clone();
-            if let Err(error) = self.publish(&declarations).await {
+            let (declarations, complete) = self.take(&mut sources);
+            if let Err(error) = self.publish(&declarations, complete).await {
                 warn!(%error, "keeping the previous name table");
             }
             // After a whole rebuild: its scratch and the table before are freed by now. A
@@ -148,7 +149,17 @@ impl Publisher {
         }
     }
 
-    async fn publish(&mut self, declarations: &Combined) -> Result<(), BuildError> {
+    /// The sources' declarations, and whether they are complete. Readiness is read first: a
+    /// source publishes its declarations before it counts as synced, so declarations taken
+    /// after "ready" hold every synced source's. Read the other way round, a source syncing in
+    /// between would make a set without it look complete, and its hosts would be released (and
+    /// their VIPs taken out of the ServiceEntry statuses) until the next publish.
+    fn take(&self, sources: &mut watch::Receiver<Combined>) -> (Combined, bool) {
+        let complete = self.readiness.is_ready();
+        (sources.borrow_and_update().clone(), complete)
+    }
+
+    async fn publish(&mut self, declarations: &Combined, complete: bool) -> Result<(), BuildError> {
         // Taking the change in is CPU work that grows with it (with the mesh, the first time):
         // off the runtime's threads.
         let (mut hosts, decls, zone) = (
@@ -162,7 +173,6 @@ impl Publisher {
         })
         .await;
         self.hosts = hosts_back;
-        let complete = self.readiness.is_ready();
         // The allocator looks at every host when the store changed, a write is to be retried,
         // the sources just became complete, or the last such look is a while ago (records past
         // their grace period are dropped then); otherwise only at the hosts the change touched,

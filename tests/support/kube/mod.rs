@@ -548,10 +548,34 @@ pub fn globaldns_writing(dir: &Path, kubeconfig: &str, args: &[&str]) -> crate::
     crate::support::GlobalDns::start(&zones, &all)
 }
 
+/// The clusters [`shared`] started.
+static SHARED: Mutex<Vec<&'static Cluster>> = Mutex::new(Vec::new());
+
+/// Ends the shared clusters when the test binary exits: statics are never dropped, and each
+/// cluster's directory (etcd preallocates over 100 MB) would otherwise stay behind.
+extern "C" fn end_shared() {
+    let clusters = match SHARED.try_lock() {
+        Ok(clusters) => clusters,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for cluster in clusters.iter() {
+        if let Ok(apiserver) = cluster.apiserver.try_lock()
+            && let Some(apiserver) = apiserver.as_ref()
+        {
+            apiserver.kill_group();
+        }
+        cluster.etcd.kill_group();
+        let _ = std::fs::remove_dir_all(cluster.dir.path());
+    }
+}
+
 /// The first `count` clusters shared by every test of this test binary, started on first use
 /// (in parallel) and ended with the binary.
 pub fn shared(count: usize) -> Vec<&'static Cluster> {
-    static SHARED: Mutex<Vec<&'static Cluster>> = Mutex::new(Vec::new());
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function with exit(3), once.
+    AT_EXIT.call_once(|| assert_eq!(unsafe { libc::atexit(end_shared) }, 0));
     let mut clusters = SHARED.lock().unwrap();
     let missing = count.saturating_sub(clusters.len());
     let started: Vec<&'static Cluster> = std::thread::scope(|s| {

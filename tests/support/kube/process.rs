@@ -94,11 +94,16 @@ impl Proc {
 
     /// Kills the process group and waits for the process.
     pub fn kill(&mut self) {
+        self.kill_group();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process group without waiting (for a process shared through a static).
+    pub fn kill_group(&self) {
         // SAFETY: a plain kill(2) of our own child's group.
         unsafe {
             libc::kill(-(self.child.id() as i32), libc::SIGKILL);
         }
-        let _ = self.child.wait();
     }
 
     /// Ends it with SIGTERM (SIGKILL after `grace`), as an operator's restart would.

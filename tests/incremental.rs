@@ -18,7 +18,7 @@ use globaldns::catalog::{Catalog, HostEntry};
 use globaldns::publish::hosts::Hosts;
 use globaldns::source::service_entry::Port;
 use globaldns::source::set::Combined;
-use globaldns::source::{Declaration, DeclarationSet};
+use globaldns::source::{Content, Declaration, DeclarationSet};
 use globaldns::zone::{Lookup, NameTable, SoaSettings, ZoneSettings};
 use hickory_proto::rr::Name;
 use proptest::prelude::*;
@@ -151,8 +151,7 @@ fn declaration(source: usize, set: usize, at: usize, e: &Entry) -> Declaration {
         .map(|&a| ADDRESSES[a].parse().unwrap())
         .collect();
     addresses.dedup();
-    Declaration {
-        origin: format!("source{source}/set{set}").into(),
+    let content = Content {
         namespace: "ns".into(),
         name: format!("e{at}"),
         claimed: (e.claim.iter())
@@ -164,7 +163,8 @@ fn declaration(source: usize, set: usize, at: usize, e: &Entry) -> Declaration {
         resolution: None,
         ports: [port("http", 80), port("grpc", 90)][..e.ports as usize].into(),
         labels: Default::default(),
-    }
+    };
+    Declaration::new(format!("source{source}/set{set}").into(), content)
 }
 
 /// The table built whole from every current declaration: the catalog merged from scratch,

@@ -120,6 +120,13 @@ impl LiveCatalog {
             }
             self.sets.insert(address_of(&set), set);
         }
+        // Lists grown one insert at a time keep up to twice their room; a mesh has many.
+        for host in &touched {
+            if let Some(decls) = self.hosts.get_mut(host) {
+                decls.declared.shrink_to_fit();
+                decls.claims.shrink_to_fit();
+            }
+        }
         touched.into_iter().collect()
     }
 

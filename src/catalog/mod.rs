@@ -146,10 +146,10 @@ fn srv_ports(decl: &Declaration) -> impl Iterator<Item = SrvPort> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Content;
 
     fn decl(origin: &str, name: &str, hosts: &[&str], addrs: &[&str]) -> Declaration {
-        Declaration {
-            origin: origin.into(),
+        let content = Content {
             namespace: "ns".into(),
             name: name.into(),
             hosts: hosts.iter().map(|h| Name::from_ascii(h).unwrap()).collect(),
@@ -159,7 +159,8 @@ mod tests {
             ports: Box::default(),
             labels: Default::default(),
             claimed: Box::default(),
-        }
+        };
+        Declaration::new(origin.into(), content)
     }
 
     #[test]
@@ -211,10 +212,12 @@ mod tests {
             name: Some(name.into()),
             target_port: None,
         };
-        let mut explicit = decl("a.yaml", "one", &["a.global."], &["240.0.0.1"]);
-        explicit.ports = vec![port("HTTP", Some("HTTP"), 80), port("bad_name", None, 81)].into();
-        let mut other = decl("b.yaml", "two", &["a.global.", "b.global."], &[]);
-        other.ports = vec![port("dns", Some("UDP"), 53), port("http", Some("TCP"), 80)].into();
+        let explicit = decl("a.yaml", "one", &["a.global."], &["240.0.0.1"]).changed(|c| {
+            c.ports = vec![port("HTTP", Some("HTTP"), 80), port("bad_name", None, 81)].into()
+        });
+        let other = decl("b.yaml", "two", &["a.global.", "b.global."], &[]).changed(|c| {
+            c.ports = vec![port("dns", Some("UDP"), 53), port("http", Some("TCP"), 80)].into()
+        });
         let catalog = Catalog::merge(&[explicit, other]);
         let listed = |host: &str| -> Vec<String> {
             catalog.ports[&Name::from_ascii(host).unwrap()]

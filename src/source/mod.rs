@@ -14,16 +14,27 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::Name;
+use internment::ArcIntern;
 use ipnet::IpNet;
 use tracing::warn;
 
 use service_entry::{EntryError, Port, Resolution, ServiceEntry};
 
-/// "These hosts are declared by this ServiceEntry, with these explicit addresses."
+/// "These hosts are declared by this ServiceEntry, with these explicit addresses", and where
+/// it was read. What the entry says is shared: a mesh declares the same entry in every cluster
+/// (a GitOps repository applied everywhere), and a million declarations of a hundred thousand
+/// hosts then hold a hundred thousand contents, not a million.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Declaration {
     /// Where the entry came from, e.g. the manifest file.
     pub origin: Arc<str>,
+    content: ArcIntern<Content>,
+}
+
+/// What one ServiceEntry declares, apart from where it was read. Interned: equal contents are
+/// one allocation, freed with the last declaration holding it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Content {
     pub namespace: String,
     pub name: String,
     /// Lower-cased, fully qualified.
@@ -44,7 +55,31 @@ pub struct Declaration {
     pub claimed: Box<[(Name, IpAddr)]>,
 }
 
+impl std::ops::Deref for Declaration {
+    type Target = Content;
+
+    fn deref(&self) -> &Content {
+        &self.content
+    }
+}
+
 impl Declaration {
+    /// `content`, read from `origin`.
+    pub fn new(origin: Arc<str>, content: Content) -> Declaration {
+        Declaration {
+            origin,
+            content: ArcIntern::new(content),
+        }
+    }
+
+    /// The same declaration with its content changed by `change`.
+    #[cfg(test)]
+    pub fn changed(&self, change: impl FnOnce(&mut Content)) -> Declaration {
+        let mut content = Content::clone(&self.content);
+        change(&mut content);
+        Declaration::new(self.origin.clone(), content)
+    }
+
     /// Reads one typed ServiceEntry; also returns the CIDRs of `spec.addresses`, which have no
     /// single address to answer with, for the caller to report.
     pub fn from_entry(
@@ -65,8 +100,7 @@ impl Declaration {
         let claimed = se.status_addresses().into_boxed_slice();
         let mut name = se.metadata.name;
         name.shrink_to_fit();
-        let declaration = Declaration {
-            origin,
+        let content = Content {
             namespace,
             name,
             hosts,
@@ -77,7 +111,7 @@ impl Declaration {
             labels,
             claimed,
         };
-        Ok((declaration, addresses.cidrs))
+        Ok((Declaration::new(origin, content), addresses.cidrs))
     }
 
     /// Reports what of the entry is not served: `cidrs` of `spec.addresses`, and ports whose

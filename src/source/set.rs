@@ -117,11 +117,10 @@ impl SourceSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Declaration;
+    use crate::source::{Content, Declaration};
 
     fn decl(origin: &str) -> Declaration {
-        Declaration {
-            origin: origin.into(),
+        let content = Content {
             namespace: "ns".into(),
             name: "n".into(),
             hosts: vec![],
@@ -131,7 +130,8 @@ mod tests {
             ports: Box::default(),
             labels: Default::default(),
             claimed: Box::default(),
-        }
+        };
+        Declaration::new(origin.into(), content)
     }
 
     #[test]

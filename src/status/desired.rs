@@ -215,13 +215,13 @@ pub fn read_entry(entry: &Value) -> Option<(Name, IpAddr)> {
 mod tests {
     use super::*;
     use crate::alloc::Record;
+    use crate::source::Content;
     use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::time::Duration;
 
     fn decl(hosts: &[&str], labels: &[(&str, &str)]) -> Declaration {
-        Declaration {
-            origin: Arc::from("cluster a"),
+        let content = Content {
             namespace: "ns".into(),
             name: "e".into(),
             hosts: hosts.iter().map(|h| Name::from_ascii(h).unwrap()).collect(),
@@ -234,7 +234,8 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
             claimed: Box::default(),
-        }
+        };
+        Declaration::new(Arc::from("cluster a"), content)
     }
 
     fn state(records: &[(&str, &str)]) -> AllocState {
@@ -304,14 +305,12 @@ mod tests {
             desired(&opted_out, Some(&current), &s, &policy(), |_| true).unwrap(),
             [entry("c.global", "240.240.0.3")]
         );
-        let mut explicit = decl(&["a.global."], &[]);
-        explicit.needs_vip = false;
+        let explicit = decl(&["a.global."], &[]).changed(|c| c.needs_vip = false);
         assert_eq!(
             desired(&explicit, Some(&current), &s, &policy(), |_| true).unwrap(),
             [entry("c.global", "240.240.0.3")]
         );
-        let mut none = decl(&["a.global."], &[]);
-        none.resolution = Some(Resolution::None);
+        let none = decl(&["a.global."], &[]).changed(|c| c.resolution = Some(Resolution::None));
         assert!(desired(&none, Some(&current), &s, &policy(), |_| true).is_some());
         // The host left the entry.
         let left = decl(&["c.global."], &[]);
@@ -324,10 +323,8 @@ mod tests {
     #[test]
     fn one_entry_per_host_carries_its_vip() {
         let s = state(&[("a.global", "240.0.0.9")]);
-        let mut first = decl(&["a.global."], &[]);
-        first.name = "a-first".into();
-        let mut second = decl(&["a.global."], &[]);
-        second.name = "b-second".into();
+        let first = decl(&["a.global."], &[]).changed(|c| c.name = "a-first".into());
+        let second = decl(&["a.global."], &[]).changed(|c| c.name = "b-second".into());
         let owners = Owners::of([&second, &first]);
         assert!(owners.owns(&first, &first.hosts[0]) && !owners.owns(&second, &second.hosts[0]));
         let istiods = [entry("a.global", "240.240.0.4")];

@@ -169,6 +169,19 @@ mod tests {
     use crate::source::file::GOOD;
 
     #[test]
+    fn the_same_entry_read_twice_is_held_once() {
+        let from_a = parse_manifest("a.yaml", GOOD).unwrap();
+        let from_b = parse_manifest("b.yaml", GOOD).unwrap();
+        for (a, b) in from_a.iter().zip(&from_b) {
+            assert_ne!(a.origin, b.origin);
+            assert!(std::ptr::eq(&*a.content, &*b.content), "{a:?}");
+        }
+        let other = parse_manifest("a.yaml", &GOOD.replace("reviews", "ratings")).unwrap();
+        assert!(!std::ptr::eq(&*from_a[0].content, &*other[0].content));
+        assert_eq!(other[0].name, "ratings");
+    }
+
+    #[test]
     fn keeps_only_istio_service_entries() {
         let decls = parse_manifest("f.yaml", GOOD).unwrap();
         let names: Vec<_> = decls

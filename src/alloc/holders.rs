@@ -12,28 +12,53 @@ use super::state::{Records, follow_records};
 pub struct Holders {
     /// The records this index describes.
     records: Records,
-    owners: HashMap<IpAddr, String>,
+    owners: Owners,
+}
+
+/// Who holds each address, and the count per pool: kept apart from the records so that a walk
+/// over the records can change it.
+#[derive(Clone, Default)]
+struct Owners {
+    by_address: HashMap<IpAddr, String>,
     /// Per pool, in the policy's order.
     held: Vec<u128>,
+}
+
+impl Owners {
+    fn take(&mut self, policy: &Policy, address: IpAddr, host: &str) {
+        if self.by_address.insert(address, host.to_string()).is_none() {
+            policy.count_usable(&mut self.held, address, true);
+        }
+    }
+
+    /// Frees `address` if `host` holds it (a damaged state may list it under two hosts).
+    fn release(&mut self, policy: &Policy, address: IpAddr, host: &str) {
+        if self
+            .by_address
+            .get(&address)
+            .is_some_and(|owner| owner == host)
+        {
+            self.by_address.remove(&address);
+            policy.count_usable(&mut self.held, address, false);
+        }
+    }
 }
 
 impl Holders {
     /// Brings the index to `records`: a walk over what differs from the records it describes,
     /// which for two states of one store is what the transactions between them changed.
     pub(super) fn follow(&mut self, policy: &Policy, records: &Records) {
-        if self.held.len() != policy.pools.len() {
-            *self = Holders {
-                held: vec![0; policy.pools.len()],
-                ..Holders::default()
-            };
+        if self.owners.held.len() != policy.pools.len() {
+            *self = Holders::default();
+            self.owners.held = vec![0; policy.pools.len()];
         }
-        let (owners, held) = (&mut self.owners, &mut self.held);
+        let owners = &mut self.owners;
         follow_records(&mut self.records, records, |host, before, after| {
             for address in before.iter().flat_map(|r| &r.addresses) {
-                release(owners, held, policy, *address, host);
+                owners.release(policy, *address, host);
             }
             for address in after.iter().flat_map(|r| &r.addresses) {
-                take(owners, held, policy, *address, host);
+                owners.take(policy, *address, host);
             }
         });
     }
@@ -46,45 +71,20 @@ impl Holders {
     }
 
     pub(super) fn owner(&self, address: &IpAddr) -> Option<&str> {
-        self.owners.get(address).map(String::as_str)
+        self.owners.by_address.get(address).map(String::as_str)
     }
 
     /// Addresses of the `pool`th pool held by records.
     pub(super) fn held(&self, pool: usize) -> u128 {
-        self.held[pool]
+        self.owners.held[pool]
     }
 
     pub(super) fn take(&mut self, policy: &Policy, address: IpAddr, host: &str) {
-        take(&mut self.owners, &mut self.held, policy, address, host);
+        self.owners.take(policy, address, host);
     }
 
     /// Frees `address` if `host` holds it (a damaged state may list it under two hosts).
     pub(super) fn release(&mut self, policy: &Policy, address: IpAddr, host: &str) {
-        release(&mut self.owners, &mut self.held, policy, address, host);
-    }
-}
-
-fn take(
-    owners: &mut HashMap<IpAddr, String>,
-    held: &mut [u128],
-    policy: &Policy,
-    address: IpAddr,
-    host: &str,
-) {
-    if owners.insert(address, host.to_string()).is_none() {
-        policy.count_usable(held, address, true);
-    }
-}
-
-fn release(
-    owners: &mut HashMap<IpAddr, String>,
-    held: &mut [u128],
-    policy: &Policy,
-    address: IpAddr,
-    host: &str,
-) {
-    if owners.get(&address).is_some_and(|owner| owner == host) {
-        owners.remove(&address);
-        policy.count_usable(held, address, false);
+        self.owners.release(policy, address, host);
     }
 }

@@ -8,9 +8,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// The text of the regular file at `path`, refused when it is not one or holds more than
+/// The content of the regular file at `path`, refused when it is not one or holds more than
 /// `limit` bytes.
-pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
+pub fn read_bytes(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -31,13 +31,19 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
     if meta.len() > limit {
         return Err(too_big(meta.len()));
     }
-    let mut text = String::with_capacity(meta.len() as usize);
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
     // The file may grow while it is read: never past the limit.
-    file.take(limit + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > limit {
-        return Err(too_big(text.len() as u64));
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
     }
-    Ok(text)
+    Ok(bytes)
+}
+
+/// [`read_bytes`], as UTF-8 text.
+pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
+    String::from_utf8(read_bytes(path, limit)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Makes a FIFO at `path`, for tests of what must never block on one.

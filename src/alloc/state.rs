@@ -87,6 +87,8 @@ pub enum DecodeError {
     Format(String),
     #[error("host {0:?} is not a lower-case DNS name")]
     Host(String),
+    #[error("line {line}: {detail}")]
+    Journal { line: usize, detail: String },
     #[error("address {address} is held by both {first} and {second}")]
     Duplicate {
         address: IpAddr,
@@ -108,8 +110,20 @@ impl AllocState {
         if doc.format != FORMAT {
             return Err(DecodeError::Format(doc.format));
         }
+        let state = AllocState {
+            records: doc.allocations,
+            unreadable: BTreeSet::new(),
+            zone_serial: doc.zone_serial,
+        };
+        state.validate()?;
+        Ok(state)
+    }
+
+    /// Checks what no stored state may hold, however it was read: a host key that is not a
+    /// lower-case name, or an address given to two hosts.
+    pub fn validate(&self) -> Result<(), DecodeError> {
         let mut owners: BTreeMap<IpAddr, &str> = BTreeMap::new();
-        for (host, record) in &doc.allocations {
+        for (host, record) in &self.records {
             if host_key_from_str(host).as_deref() != Some(host.as_str()) {
                 return Err(DecodeError::Host(host.clone()));
             }
@@ -123,11 +137,7 @@ impl AllocState {
                 }
             }
         }
-        Ok(AllocState {
-            records: doc.allocations,
-            unreadable: BTreeSet::new(),
-            zone_serial: doc.zone_serial,
-        })
+        Ok(())
     }
 }
 

@@ -1,8 +1,14 @@
-//! A JSON file shared by the server and `dnsctl`.
+//! A JSON file shared by the server and `dnsctl`, with a journal beside it.
 //!
-//! Writers take an exclusive lock on `PATH.lock`, read the latest state, and replace the file
-//! atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves either
-//! the old or the new state. A file that does not parse is reported and never overwritten.
+//! Writers take an exclusive lock on `PATH.lock` and read the latest state: the file, with the
+//! lines of `PATH.journal` applied (see [`journal`](super::journal)). A transaction appends one
+//! line to the journal and fsyncs it, so a change to a big mesh does not rewrite every record.
+//! Once the journal has grown as big as the file (and for the first write), the whole state
+//! replaces the file atomically (temporary file, fsync, rename, fsync of the directory) and the
+//! journal is emptied; a crash in between reads back the same state, since replaying lines the
+//! file already holds changes nothing. Readers take a shared lock, so they never see a new
+//! file with an old journal emptied under them. A file or journal that does not read is
+//! reported and never overwritten.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -11,36 +17,62 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::journal::{self, Entry};
 use super::{Mutation, Store, StoreError, StoreFuture};
 use crate::alloc::state::{AllocState, Renderer};
 
 /// How often a server looks for changes made by other processes.
 const POLL: Duration = Duration::from_millis(500);
 
-type Fingerprint = Option<(i64, i64, u64, u64)>;
+/// The journal is folded into the file once it holds this much, or as much as the file: a
+/// small state is rewritten now and then, a big one when the journal would take as long to
+/// read as the file.
+const JOURNAL_MIN_BYTES: u64 = 64 << 10;
 
-/// The largest state file read: about ten million hosts at roughly 110 bytes each.
+/// The largest state file (or journal) read: about ten million hosts at roughly 110 bytes each.
 pub const MAX_STATE_BYTES: u64 = 1 << 30;
+
+/// A file's modification time, size and inode, as last seen (`None`: no file).
+type Stamp = Option<(i64, i64, u64, u64)>;
+
+/// The file's and the journal's stamps: another process wrote when either changed.
+type Fingerprint = (Stamp, Stamp);
+
+/// A state as read or written, with the sizes that decide how the next write goes.
+#[derive(Clone)]
+struct Loaded {
+    state: AllocState,
+    /// The file's size; `None` while there is no file.
+    file_bytes: Option<u64>,
+    /// The size of the journal's whole lines: the next line is written there.
+    journal_bytes: u64,
+}
 
 #[derive(Clone)]
 pub struct FileStore {
     path: PathBuf,
+    journal: PathBuf,
     /// What this process last read or wrote, to tell others' changes from its own.
-    seen: Arc<Mutex<Fingerprint>>,
-    /// The state as this process last read or wrote it, and the file's fingerprint then: a
-    /// write finds the file unchanged since and skips reading and parsing it again, which for
-    /// a big mesh costs more than the write.
-    last: Arc<Mutex<Option<(Fingerprint, AllocState)>>>,
+    seen: Arc<Mutex<Option<Fingerprint>>>,
+    /// The state as this process last read or wrote it, and the fingerprint then: a write finds
+    /// the files unchanged since and skips reading and parsing them again, which for a big
+    /// mesh costs more than the write.
+    last: Arc<Mutex<Option<(Fingerprint, Loaded)>>>,
     renderer: Arc<Mutex<Renderer>>,
+    /// The journal is folded into the file once it holds this much, or as much as the file.
+    journal_min: u64,
 }
 
 impl FileStore {
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
         FileStore {
-            path: path.into(),
+            journal: with_suffix(&path, ".journal"),
+            path,
             seen: Arc::new(Mutex::new(None)),
             last: Arc::default(),
             renderer: Arc::default(),
+            journal_min: JOURNAL_MIN_BYTES,
         }
     }
 
@@ -55,34 +87,71 @@ impl FileStore {
         }
     }
 
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            store: self.describe(),
+            detail,
+        }
+    }
+
     fn fingerprint(&self) -> Fingerprint {
-        let m = std::fs::metadata(&self.path).ok()?;
-        Some((m.mtime(), m.mtime_nsec(), m.len(), m.ino()))
+        let stamp = |path: &Path| {
+            let m = std::fs::metadata(path).ok()?;
+            Some((m.mtime(), m.mtime_nsec(), m.len(), m.ino()))
+        };
+        (stamp(&self.path), stamp(&self.journal))
     }
 
     fn remember(&self, fp: Fingerprint) {
-        *self.seen.lock().expect("fingerprint lock") = fp;
+        *self.seen.lock().expect("fingerprint lock") = Some(fp);
     }
 
-    /// Reads the state file: a regular file of at most [`MAX_STATE_BYTES`] (a FIFO or a device in
-    /// its place is refused at once, never waited on or read without end).
-    fn read(&self) -> Result<AllocState, StoreError> {
+    /// Reads the state: the file, then the journal's lines. Both must be regular files of at
+    /// most [`MAX_STATE_BYTES`] (a FIFO or a device in their place is refused at once, never
+    /// waited on or read without end). Called with the lock held, shared or exclusive.
+    fn read(&self) -> Result<Loaded, StoreError> {
         let fp = self.fingerprint();
-        let text = match crate::bounded::read_text(&self.path, MAX_STATE_BYTES) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.remember(None);
-                return Ok(AllocState::default());
-            }
-            Err(e) => return Err(self.io(e)),
-        };
         // Remembered even when unreadable: a broken file is reported again when it changes
         // (or on retry), not on every poll.
         self.remember(fp);
-        AllocState::from_json(&text).map_err(|e| StoreError::Corrupt {
-            store: self.describe(),
-            detail: e.to_string(),
+        let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let journal = match crate::bounded::read_bytes(&self.journal, MAX_STATE_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e) if missing(&e) => Vec::new(),
+            Err(e) => return Err(self.io(e)),
+        };
+        let (mut state, file_bytes) = match crate::bounded::read_text(&self.path, MAX_STATE_BYTES) {
+            Ok(text) => {
+                let state =
+                    AllocState::from_json(&text).map_err(|e| self.corrupt(e.to_string()))?;
+                (state, Some(text.len() as u64))
+            }
+            Err(e) if missing(&e) && journal.is_empty() => (AllocState::default(), None),
+            Err(e) if missing(&e) => {
+                return Err(self.corrupt(format!(
+                    "{} holds changes to a state file that is gone (remove both to start \
+                         afresh)",
+                    self.journal.display()
+                )));
+            }
+            Err(e) => return Err(self.io(e)),
+        };
+        let replayed = journal::replay(&mut state, &journal)
+            .map_err(|e| self.corrupt(format!("{}: {e}", self.journal.display())))?;
+        Ok(Loaded {
+            state,
+            file_bytes,
+            journal_bytes: replayed.applied,
         })
+    }
+
+    /// A shared hold on the lock, for reading: no writer empties the journal meanwhile. None
+    /// when no writer ever made the lock file (nothing to be consistent with) or it cannot be
+    /// opened (a read-only copy): read as it stands.
+    fn read_lock(&self) -> Option<File> {
+        let lock = File::open(with_suffix(&self.path, ".lock")).ok()?;
+        lock.lock_shared().ok()?;
+        Some(lock)
     }
 
     fn update_blocking(&self, mut mutate: Mutation) -> Result<AllocState, StoreError> {
@@ -102,36 +171,98 @@ impl FileStore {
         lock.lock().map_err(|e| self.io(e))?;
         let fp = self.fingerprint();
         let cached = (self.last.lock().expect("state cache lock").as_ref())
-            .filter(|(at, _)| fp.is_some() && *at == fp)
-            .map(|(_, state)| state.clone());
-        let mut state = match cached {
-            Some(state) => state,
+            .filter(|(at, _)| at.0.is_some() && *at == fp)
+            .map(|(_, loaded)| loaded.clone());
+        let mut loaded = match cached {
+            Some(loaded) => loaded,
             None => self.read()?,
         };
+        let mut state = loaded.state.clone();
         if mutate(&mut state)? {
-            let text = self.renderer.lock().expect("renderer lock").render(&state);
-            self.write(dir, &text).map_err(|e| self.io(e))?;
+            self.remove_leftovers(dir);
+            let line = Entry::between(&loaded.state, &state).map(|e| (e.is_empty(), e.line()));
+            let room = (loaded.file_bytes).map(|file| {
+                file.max(self.journal_min)
+                    .saturating_sub(loaded.journal_bytes)
+            });
+            match (line, room) {
+                (Some((true, _)), _) => {}
+                (Some((_, line)), Some(room)) if line.len() as u64 <= room => {
+                    self.append(dir, &line, loaded.journal_bytes)
+                        .map_err(|e| self.io(e))?;
+                    loaded.journal_bytes += line.len() as u64;
+                }
+                // The first write, a change no line says, or a journal as big as the file.
+                _ => {
+                    let text = self.renderer.lock().expect("renderer lock").render(&state);
+                    self.write(dir, &text).map_err(|e| self.io(e))?;
+                    self.empty_journal().map_err(|e| self.io(e))?;
+                    loaded.file_bytes = Some(text.len() as u64);
+                    loaded.journal_bytes = 0;
+                }
+            }
             self.remember(self.fingerprint());
         }
-        *self.last.lock().expect("state cache lock") = Some((self.fingerprint(), state.clone()));
-        // The lock is released when `lock` is dropped, after the rename is durable.
+        loaded.state = state.clone();
+        *self.last.lock().expect("state cache lock") = Some((self.fingerprint(), loaded));
+        // The lock is released when `lock` is dropped, after the write is durable.
         Ok(state)
     }
 
-    /// Replaces the file; called with the lock held. The new file keeps the old one's mode (and
-    /// owner, when we may set it), so an operator's `chmod 600` or `chown` survives our writes.
+    /// Appends `line` to the journal at `at` (over the torn end of an append a crash cut
+    /// short, if any) and makes it durable; called with the lock held.
+    fn append(&self, dir: &Path, line: &str, at: u64) -> std::io::Result<()> {
+        let created = !self.journal.exists();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)?;
+        if created {
+            self.inherit_mode(&file)?;
+        }
+        if file.metadata()?.len() != at {
+            file.set_len(at)?;
+        }
+        file.write_all(line.as_bytes())?;
+        file.sync_data()?;
+        if created {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Empties the journal once the file holds what it said; called with the lock held.
+    fn empty_journal(&self) -> std::io::Result<()> {
+        match OpenOptions::new().write(true).open(&self.journal) {
+            Ok(file) if file.metadata()?.len() > 0 => {
+                file.set_len(0)?;
+                file.sync_all()
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a new file the state file's mode (and owner, when we may set it), so an
+    /// operator's `chmod 600` or `chown` survives our writes.
+    fn inherit_mode(&self, file: &File) -> std::io::Result<()> {
+        if let Ok(old) = std::fs::metadata(&self.path) {
+            file.set_permissions(old.permissions())?;
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the file; called with the lock held.
     fn write(&self, dir: &Path, text: &str) -> std::io::Result<()> {
-        self.remove_leftovers(dir);
         let tmp = with_suffix(&self.path, &format!(".tmp.{}", std::process::id()));
         let result = (|| {
             let mut file = File::create(&tmp)?;
-            if let Ok(old) = std::fs::metadata(&self.path) {
-                file.set_permissions(old.permissions())?;
-                // SAFETY: geteuid has no preconditions.
-                if unsafe { libc::geteuid() } == 0 {
-                    std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()))?;
-                }
-            }
+            self.inherit_mode(&file)?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
@@ -182,9 +313,12 @@ impl Store for FileStore {
     fn load(&self) -> StoreFuture<'_, AllocState> {
         let this = self.clone();
         Box::pin(async move {
-            crate::background::spawn_blocking(move || this.read())
-                .await
-                .map_err(|e| self.io(e.into()))?
+            crate::background::spawn_blocking(move || {
+                let _shared = this.read_lock();
+                this.read().map(|loaded| loaded.state)
+            })
+            .await
+            .map_err(|e| self.io(e.into()))?
         })
     }
 
@@ -201,7 +335,7 @@ impl Store for FileStore {
         Box::pin(async move {
             loop {
                 tokio::time::sleep(POLL).await;
-                if self.fingerprint() != *self.seen.lock().expect("fingerprint lock") {
+                if Some(self.fingerprint()) != *self.seen.lock().expect("fingerprint lock") {
                     return;
                 }
             }
@@ -287,8 +421,11 @@ mod tests {
         rt.block_on(store.update(add("b.global", "240.0.0.2")))
             .unwrap();
         assert!(!leftover.exists(), "the dead writer's file is gone");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "mode kept");
+        let journal = with_suffix(&path, ".journal");
+        for file in [&path, &journal] {
+            let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "mode kept: {}", file.display());
+        }
     }
 
     #[test]
@@ -308,6 +445,114 @@ mod tests {
                 "never overwritten"
             );
         }
+    }
+
+    fn journal_of(path: &Path) -> String {
+        std::fs::read_to_string(with_suffix(path, ".journal")).unwrap_or_default()
+    }
+
+    fn hosts(n: usize) -> impl Iterator<Item = Mutation> {
+        (0..n).map(|i| -> Mutation {
+            Box::new(move |s: &mut AllocState| {
+                let record = Record {
+                    addresses: vec![format!("240.1.{}.{}", i / 250, i % 250).parse().unwrap()],
+                    ..Default::default()
+                };
+                s.records.insert(format!("h{i}.global"), record);
+                Ok(true)
+            })
+        })
+    }
+
+    #[test]
+    fn changes_go_to_the_journal_until_it_is_folded_into_the_file() {
+        let (_dir, path, mut store, rt) = holding_one_host();
+        store.journal_min = 1000;
+        let file = std::fs::read_to_string(&path).unwrap();
+        let mut last = AllocState::default();
+        for (i, mutation) in hosts(40).enumerate() {
+            last = rt.block_on(store.update(mutation)).unwrap();
+            let journal = journal_of(&path);
+            let now = std::fs::read_to_string(&path).unwrap();
+            if now == file {
+                assert_eq!(journal.lines().count(), i + 1, "a line per change");
+                assert!(journal.len() <= 1000);
+            } else {
+                // Folded: the file holds everything, the journal nothing.
+                assert!(journal.is_empty(), "{journal}");
+                assert_eq!(AllocState::from_json(&now).unwrap(), last);
+                assert!(i > 10, "not before the journal is full: {i}");
+                break;
+            }
+            assert_eq!(rt.block_on(FileStore::new(&path).load()).unwrap(), last);
+        }
+        assert!(journal_of(&path).is_empty(), "folded by now");
+        assert_eq!(rt.block_on(FileStore::new(&path).load()).unwrap(), last);
+    }
+
+    #[test]
+    fn a_crash_costs_only_the_write_it_cut_short() {
+        let (_dir, path, store, rt) = holding_one_host();
+        let mut changes = hosts(3);
+        rt.block_on(store.update(changes.next().unwrap())).unwrap();
+        let before = rt.block_on(store.update(changes.next().unwrap())).unwrap();
+        let whole = journal_of(&path);
+        // An append cut short: part of a line, or blocks the crash left as zeros.
+        for torn in ["{\"set\":{\"x.global\":{\"addr", "\0\0\0\0\0\0"] {
+            std::fs::write(with_suffix(&path, ".journal"), format!("{whole}{torn}")).unwrap();
+            let fresh = FileStore::new(&path);
+            assert_eq!(rt.block_on(fresh.load()).unwrap(), before);
+        }
+        // The next write goes over the torn end.
+        let fresh = FileStore::new(&path);
+        let after = rt.block_on(fresh.update(changes.next().unwrap())).unwrap();
+        assert_eq!(after.records.len(), before.records.len() + 1);
+        let journal = journal_of(&path);
+        assert!(
+            journal.starts_with(&whole) && !journal.contains('\0'),
+            "{journal}"
+        );
+        assert_eq!(rt.block_on(FileStore::new(&path).load()).unwrap(), after);
+
+        // A crash after the file was rewritten, before the journal was emptied: the old lines
+        // apply again to a file that already holds them, and change nothing.
+        let mut folding = FileStore::new(&path);
+        folding.journal_min = 0;
+        let last = rt
+            .block_on(folding.update(add("z.global", "240.0.9.9")))
+            .unwrap();
+        assert!(journal_of(&path).is_empty());
+        std::fs::write(with_suffix(&path, ".journal"), &journal).unwrap();
+        assert_eq!(rt.block_on(FileStore::new(&path).load()).unwrap(), last);
+    }
+
+    #[test]
+    fn a_damaged_journal_is_refused_and_kept() {
+        let (_dir, path, store, rt) = holding_one_host();
+        for mutation in hosts(2) {
+            rt.block_on(store.update(mutation)).unwrap();
+        }
+        let journal = with_suffix(&path, ".journal");
+        let damaged = journal_of(&path).replacen("240.1.0.0", "240.1.0.x", 1);
+        std::fs::write(&journal, &damaged).unwrap();
+        let err = rt
+            .block_on(store.update(add("b.global", "240.0.0.2")))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(
+            err.to_string().contains("state.json.journal: line 1"),
+            "{err}"
+        );
+        assert_eq!(journal_of(&path), damaged, "never overwritten");
+        // Without the file it changes, a journal means nothing whole.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(
+            &journal,
+            journal_of(&path).replacen("240.1.0.x", "240.1.0.0", 1),
+        )
+        .unwrap();
+        let err = rt.block_on(FileStore::new(&path).load()).unwrap_err();
+        assert!(err.to_string().contains("remove both"), "{err}");
     }
 
     #[test]

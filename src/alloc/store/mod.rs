@@ -3,6 +3,7 @@
 
 pub mod configmap;
 mod file;
+mod journal;
 mod memory;
 
 use std::future::Future;

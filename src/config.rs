@@ -239,6 +239,12 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub rescan_interval: u64,
 
+    /// How far work that updates the served data steps back for queries: `low` (nice 10) or
+    /// `idle` (SCHED_IDLE: a waking query thread never waits for an update thread; for a
+    /// server in its own pod or systemd unit).
+    #[arg(long, value_enum, default_value_t, value_name = "PRIORITY")]
+    pub update_priority: crate::background::UpdatePriority,
+
     /// UDP sockets and threads serving queries [default: number of CPUs].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -330,6 +336,7 @@ impl ServerArgs {
                 },
             },
             workers: workers.max(1),
+            update_priority: self.update_priority,
             metrics: self.metrics,
             query_log: self.query_log,
             identity: self.identity,

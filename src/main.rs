@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let config = args.into_config();
     keep_big_buffers_out_of_the_heap();
     raise_file_limit();
+    globaldns::background::set_priority(config.update_priority);
     start_rebuild_threads();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)

@@ -207,6 +207,59 @@ fn the_file_descriptor_limit_is_raised_to_the_hard_limit() {
     );
 }
 
+/// Each thread's name, nice value and scheduling policy, from `/proc`.
+fn threads(pid: u32) -> Vec<(String, i64, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    (tasks.flatten())
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .map(|stat| {
+            let (head, tail) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_string();
+            // Fields from the third on: nice is the 19th, the policy the 41st.
+            let fields: Vec<&str> = tail.split_whitespace().collect();
+            (
+                name,
+                fields[16].parse().unwrap(),
+                fields[38].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Update work (here the rebuild threads) steps back for queries: niced by default, SCHED_IDLE
+/// when asked; the threads answering queries keep the normal priority either way.
+#[test]
+fn update_threads_step_back_for_queries_as_configured() {
+    const SCHED_IDLE: u32 = 5;
+    for (args, nice, policy) in [
+        (&[][..], 10, 0),
+        (&["--update-priority", "idle"][..], 0, SCHED_IDLE),
+    ] {
+        // The harness gives it two workers.
+        let server = GlobalDns::start(&repo_zones(), args);
+        let threads = threads(server.pid());
+        let rebuild: Vec<_> = (threads.iter())
+            .filter(|(name, ..)| name.starts_with("rebuild-"))
+            .collect();
+        assert!(!rebuild.is_empty(), "{threads:?}");
+        for (name, n, p) in rebuild {
+            assert_eq!((*n, *p), (nice, policy), "{name} with {args:?}");
+        }
+        // Tokio's two workers and its blocking threads (which take update work) share a name.
+        let tokio: Vec<_> = (threads.iter())
+            .filter(|(name, ..)| name.starts_with("tokio-"))
+            .map(|(_, n, p)| (*n, *p))
+            .collect();
+        let normal = tokio.iter().filter(|t| **t == (0, 0)).count();
+        assert!(normal >= 2, "the query workers: {threads:?}");
+        assert_eq!(
+            normal + tokio.iter().filter(|t| **t == (nice, policy)).count(),
+            tokio.len(),
+            "{threads:?}"
+        );
+    }
+}
+
 /// The first table is built from the declarations as they are once the store has been read.
 /// Taken before, while the clusters were still listing, and judged complete after a store read
 /// that outlasted the sync timeout, they would lack every host: each would be released in the

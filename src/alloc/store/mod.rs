@@ -3,7 +3,7 @@
 
 pub mod configmap;
 mod file;
-mod journal;
+pub mod journal;
 mod memory;
 
 use std::future::Future;

@@ -70,7 +70,11 @@ impl GlobalDns {
         .arg("--zones")
         .arg(zones)
         .args(args)
-        .env("RUST_LOG", "info")
+        // GLOBALDNS_TEST_LOG (say `info,globaldns::source=debug`) when a run needs more.
+        .env(
+            "RUST_LOG",
+            std::env::var("GLOBALDNS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().expect("spawn globaldns");

@@ -13,7 +13,7 @@ use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::watcher;
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::listed::{Applied, Listed};
 use super::metrics::ClusterMetrics;
@@ -202,6 +202,7 @@ impl ClusterView<'_> {
         let id = self.id;
         match &event {
             Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                debug!(cluster = %self.id, entry = ?object.metadata.name, "ServiceEntry event");
                 self.dirty[bucket_of(&key_of(object))] = true;
             }
             Ok(watcher::Event::InitDone) => self.dirty.fill(true),

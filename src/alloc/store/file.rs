@@ -52,6 +52,8 @@ struct Loaded {
 pub struct FileStore {
     path: PathBuf,
     journal: PathBuf,
+    /// Writers hold it exclusively, readers shared.
+    lock: PathBuf,
     /// What this process last read or wrote, to tell others' changes from its own.
     seen: Arc<Mutex<Option<Fingerprint>>>,
     /// The state as this process last read or wrote it, and the fingerprint then: a write finds
@@ -68,6 +70,7 @@ impl FileStore {
         let path = path.into();
         FileStore {
             journal: with_suffix(&path, ".journal"),
+            lock: with_suffix(&path, ".lock"),
             path,
             seen: Arc::new(Mutex::new(None)),
             last: Arc::default(),
@@ -149,7 +152,7 @@ impl FileStore {
     /// when no writer ever made the lock file (nothing to be consistent with) or it cannot be
     /// opened (a read-only copy): read as it stands.
     fn read_lock(&self) -> Option<File> {
-        let lock = File::open(with_suffix(&self.path, ".lock")).ok()?;
+        let lock = File::open(&self.lock).ok()?;
         lock.lock_shared().ok()?;
         Some(lock)
     }
@@ -161,12 +164,11 @@ impl FileStore {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
-        let lock_path = with_suffix(&self.path, ".lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
+            .open(&self.lock)
             .map_err(|e| self.io(e))?;
         lock.lock().map_err(|e| self.io(e))?;
         let fp = self.fingerprint();
@@ -178,6 +180,7 @@ impl FileStore {
             None => self.read()?,
         };
         let mut state = loaded.state.clone();
+        let mut fp = fp;
         if mutate(&mut state)? {
             self.remove_leftovers(dir);
             let line = Entry::between(&loaded.state, &state).map(|e| (e.is_empty(), e.line()));
@@ -201,10 +204,11 @@ impl FileStore {
                     loaded.journal_bytes = 0;
                 }
             }
-            self.remember(self.fingerprint());
+            fp = self.fingerprint();
+            self.remember(fp);
         }
         loaded.state = state.clone();
-        *self.last.lock().expect("state cache lock") = Some((self.fingerprint(), loaded));
+        *self.last.lock().expect("state cache lock") = Some((fp, loaded));
         // The lock is released when `lock` is dropped, after the write is durable.
         Ok(state)
     }

@@ -11,10 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use imbl::ordmap::DiffItem;
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::state::{AllocState, DecodeError, Record, ZoneSerial};
+use crate::alloc::state::{AllocState, DecodeError, Record, ZoneSerial, follow_records};
 
 /// One transaction's change.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -38,18 +37,16 @@ impl Entry {
     /// of their records' nodes, which the comparison skips.
     pub fn between(before: &AllocState, after: &AllocState) -> Option<Entry> {
         let mut entry = Entry::default();
-        for item in before.records.diff(&after.records) {
-            match item {
-                DiffItem::Add(host, record)
-                | DiffItem::Update {
-                    new: (host, record),
-                    ..
-                } => {
+        follow_records(
+            &mut before.records.clone(),
+            &after.records,
+            |host, _, now| match now {
+                Some(record) => {
                     entry.set.insert(host.clone(), record.clone());
                 }
-                DiffItem::Remove(host, _) => entry.drop.push(host.clone()),
-            }
-        }
+                None => entry.drop.push(host.clone()),
+            },
+        );
         if before.zone_serial != after.zone_serial {
             entry.zone_serial = Some(after.zone_serial.clone()?);
         }

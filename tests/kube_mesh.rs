@@ -15,12 +15,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use globaldns::source::kube::service_entry_resource;
 use hickory_proto::rr::RecordType;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
 
-use support::kube::{Cluster, globaldns, kubeconfig};
+use support::kube::{Cluster, globaldns, kubeconfig, service_entry_yaml};
 use support::{Proto, answer_ips, query};
 
 const NAMESPACES: usize = 10;
@@ -42,29 +43,14 @@ fn address(h: usize) -> Option<String> {
         .then(|| format!("10.{}.{}.{}", 100 + h / 65536, (h / 256) % 256, h % 256))
 }
 
+/// A ServiceEntry as the other cluster tests write it ([`service_entry_yaml`]), for the API.
 fn service_entry(name: &str, ns: &str, host: &str, address: Option<String>) -> DynamicObject {
-    let mut spec = json!({
-        "hosts": [host],
-        "location": "MESH_INTERNAL",
-        "resolution": "DNS",
-        "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
-    });
-    if let Some(address) = address {
-        spec["addresses"] = json!([address]);
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    }))
-    .unwrap()
+    let addresses: Vec<&str> = address.iter().map(String::as_str).collect();
+    serde_saphyr::from_str(&service_entry_yaml("v1", ns, name, &[host], &addresses)).unwrap()
 }
 
 fn service_entries(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "ServiceEntry");
-    let resource = ApiResource::from_gvk_with_plural(&gvk, "serviceentries");
-    Api::namespaced_with(client.clone(), ns, &resource)
+    Api::namespaced_with(client.clone(), ns, &service_entry_resource("v1"))
 }
 
 /// Creates the namespaces and `entries` ServiceEntries in `cluster`, 32 requests at a time.

@@ -336,7 +336,6 @@ impl ServerArgs {
                 },
             },
             workers: workers.max(1),
-            update_priority: self.update_priority,
             metrics: self.metrics,
             query_log: self.query_log,
             identity: self.identity,

@@ -7,10 +7,11 @@ use tracing::{error, info};
 fn main() -> ExitCode {
     let args = ServerArgs::parse_with_config_file();
     init_logging();
+    // Set before any update thread starts; the server itself never needs it.
+    globaldns::background::set_priority(args.update_priority);
     let config = args.into_config();
     keep_big_buffers_out_of_the_heap();
     raise_file_limit();
-    globaldns::background::set_priority(config.update_priority);
     start_rebuild_threads();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)

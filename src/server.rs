@@ -47,8 +47,6 @@ pub struct ServerConfig {
     pub forward: ForwardConfig,
     /// UDP sockets (and runtime threads) serving queries.
     pub workers: usize,
-    /// How far update work steps back for queries (set by `main` before any thread starts).
-    pub update_priority: crate::background::UpdatePriority,
     pub rescan_every: Duration,
     /// Where /metrics, /healthz and /readyz are served, if anywhere.
     pub metrics: Option<SocketAddr>,

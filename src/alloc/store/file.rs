@@ -171,7 +171,7 @@ impl FileStore {
             .open(&self.lock)
             .map_err(|e| self.io(e))?;
         lock.lock().map_err(|e| self.io(e))?;
-        let fp = self.fingerprint();
+        let mut fp = self.fingerprint();
         let cached = (self.last.lock().expect("state cache lock").as_ref())
             .filter(|(at, _)| at.0.is_some() && *at == fp)
             .map(|(_, loaded)| loaded.clone());
@@ -180,7 +180,6 @@ impl FileStore {
             None => self.read()?,
         };
         let mut state = loaded.state.clone();
-        let mut fp = fp;
         if mutate(&mut state)? {
             self.remove_leftovers(dir);
             let line = Entry::between(&loaded.state, &state).map(|e| (e.is_empty(), e.line()));

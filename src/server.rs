@@ -33,6 +33,15 @@ use crate::wire::name::to_text;
 use crate::wire::tsig::TsigKeys;
 use crate::zone::{BuildError, ZoneSettings};
 
+/// How long the server keeps the ConfigMap store's writer lease while changes keep coming: the
+/// transactions of one change, and the changes of a burst, take it once. Well below the lease's
+/// 30 s, and short enough that another replica that must write waits little.
+const LEASE_HOLD: Duration = Duration::from_secs(2);
+/// ... as long as changes come less than this apart.
+const LEASE_IDLE: Duration = Duration::from_millis(250);
+/// A lease left held at shutdown expires on its own; the stop does not wait longer for it.
+const CLOSE_STORE: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
@@ -121,6 +130,8 @@ pub struct Server {
     https_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
+    /// Closed after the tasks stop: it may hold the writer lease other replicas wait for.
+    store: Arc<dyn Store>,
 }
 
 impl Server {
@@ -203,10 +214,10 @@ impl Server {
         };
         let store: Arc<dyn Store> =
             match (primary.and_then(|p| p.1.as_ref()), config.force_state_file) {
-                (Some(client), false) => Arc::new(ConfigMapStore::new(
-                    client.clone(),
-                    &config.clusters.namespace,
-                )),
+                (Some(client), false) => Arc::new(
+                    ConfigMapStore::new(client.clone(), &config.clusters.namespace)
+                        .holding_lease(LEASE_HOLD, LEASE_IDLE),
+                ),
                 _ => Arc::new(FileStore::new(&config.state)),
             };
         info!(store = %store.describe(), "allocations");
@@ -249,7 +260,7 @@ impl Server {
         let publisher = Publisher::start(
             config.zone.clone(),
             config.policy.clone(),
-            store,
+            store.clone(),
             readiness.clone(),
             publish_metrics,
             &mut rx,
@@ -345,6 +356,7 @@ impl Server {
             https_addrs,
             metrics_addr,
             tasks,
+            store,
         })
     }
 
@@ -369,5 +381,11 @@ impl Server {
 
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
+        if tokio::time::timeout(CLOSE_STORE, self.store.close())
+            .await
+            .is_err()
+        {
+            warn!(store = %self.store.describe(), "could not close the allocation store in time");
+        }
     }
 }

@@ -380,3 +380,145 @@ async fn the_zone_serial_is_shared_and_survives_host_writes() {
     allocate(&reader, first_shard).await;
     assert_eq!(writer.load().await.unwrap().zone_serial, Some(given));
 }
+
+/// A store as a server keeps it: the writer lease kept while transactions come (`idle` apart at
+/// most), and its shard watch running.
+async fn holding_store(ns: &str, idle: Duration) -> ConfigMapStore {
+    let store = store(ns).await.holding_lease(Duration::from_secs(30), idle);
+    tokio::time::timeout(Duration::from_secs(5), store.changed())
+        .await
+        .expect("the shard watch lists");
+    store
+}
+
+/// Lists of the shards the store made in `ns` so far (the consistent read that costs the most).
+fn shard_lists(ns: &str) -> usize {
+    (cluster().requests_in(ns).iter())
+        .filter(|(verb, resource)| verb == "list" && resource == "configmaps")
+        .count()
+}
+
+fn lease_holder(ns: &str) -> String {
+    let holder = cluster().kubectl_ok(&[
+        "get",
+        "lease",
+        "globaldns-allocator",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    holder.trim().to_string()
+}
+
+/// A kept lease: the transactions that follow the first write their shard and nothing else,
+/// the lease goes once they stop, and the next writer (another replica) takes it and goes on
+/// from its watch of the shards, without listing them, because the lease says which write
+/// was the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_lease_writes_without_reading() {
+    let ns = "cm-kept";
+    let first = holding_store(ns, Duration::from_millis(500)).await;
+    allocate(&first, vec!["a0.global".into()]).await;
+    let before = io(ns);
+    for i in 1..6 {
+        allocate(&first, vec![format!("a{i}.global")]).await;
+    }
+    assert_eq!(
+        io(ns),
+        (before.0, before.1 + 5),
+        "one write per transaction, no read, while the lease is kept"
+    );
+    assert!(!lease_holder(ns).is_empty(), "the lease is kept");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(lease_holder(ns), "", "given up once idle");
+
+    let second = holding_store(ns, Duration::from_millis(500)).await;
+    let lists = shard_lists(ns);
+    let stored = allocate(&second, vec!["b.global".into()]).await;
+    assert_eq!(shard_lists(ns), lists, "the watch held the last write");
+    assert_eq!(stored.records.len(), 7);
+    assert_eq!(addresses(&stored).len(), 7);
+    second.close().await;
+    assert_eq!(lease_holder(ns), "", "closing gives the lease up");
+}
+
+/// While a writer keeps the lease, an operator edits a shard it is not writing (pinning a host
+/// to the address the writer's next host would get). The writer's watch sees a write that is not
+/// its own, so it reads again instead of deciding on what it read before: no address twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_lease_notices_writes_it_did_not_make() {
+    let ns = "cm-kept-foreign";
+    // The address "next" gets in an empty store: the first candidate of its hash.
+    let candidate = allocate(&store("cm-kept-scratch").await, vec!["next.global".into()])
+        .await
+        .records["next.global"]
+        .addresses[0];
+    let elsewhere = |prefix: &str| {
+        (0..1000)
+            .map(|i| format!("{prefix}{i}.global"))
+            .find(|h| shard_of(h) != shard_of("next.global"))
+            .unwrap()
+    };
+    let first = elsewhere("a");
+    let writer = holding_store(ns, Duration::from_secs(20)).await;
+    allocate(&writer, vec![first.clone()]).await;
+    // In the shard just written (so it exists), not in the one the writer writes next.
+    let pinned = (0..1000)
+        .map(|i| format!("manual{i}.global"))
+        .find(|h| shard_of(h) == shard_of(&first))
+        .unwrap();
+    let seen = writer.changed();
+    edit_shard(
+        ns,
+        shard_of(&pinned),
+        &pinned,
+        &format!("{candidate} pinned"),
+    );
+    tokio::time::timeout(Duration::from_secs(5), seen)
+        .await
+        .unwrap();
+    assert!(!lease_holder(ns).is_empty(), "the lease is still kept");
+    let stored = allocate(&writer, vec!["next.global".into()]).await;
+    assert!(stored.records.contains_key(&pinned), "the edit was read");
+    assert_ne!(stored.records["next.global"].addresses[0], candidate);
+    assert_eq!(addresses(&stored).len(), 3);
+    writer.close().await;
+}
+
+/// Writers that keep the lease, taking turns with it, in a pool so small that addresses must
+/// collide unless every writer sees every other's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_keeping_the_lease_never_share_an_address() {
+    let ns = "cm-kept-concurrent";
+    let small = Arc::new(Policy {
+        pools: vec!["240.0.0.0/26".parse().unwrap()],
+        grace: Duration::from_secs(86400),
+    });
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let store = holding_store(ns, Duration::from_millis(100)).await;
+        let policy = small.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                let host = format!("w{w}-{i}.global");
+                operate(&store, policy.clone(), move |alloc| {
+                    alloc.ensure(&host).map(drop)
+                })
+                .await
+                .unwrap();
+                if i % 5 == 4 {
+                    // Gaps longer than the idle time: the lease changes hands.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+            store.close().await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let state = store(ns).await.load().await.unwrap();
+    assert_eq!(state.records.len(), 45);
+    assert_eq!(addresses(&state).len(), 45, "45 distinct VIPs");
+}

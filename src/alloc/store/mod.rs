@@ -92,4 +92,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Resolves once the stored state may have been changed by another writer.
     fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Lets go of what the store keeps between transactions for other writers' sake (the
+    /// ConfigMap store's writer lease), when the process ends.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }

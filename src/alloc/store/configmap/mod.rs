@@ -1,11 +1,17 @@
 //! Allocations in Kubernetes ConfigMaps: the store every replica in every cluster shares.
 //!
-//! Layout: see [`shard`]. Writes: take the writer [`lease`], re-read every shard, apply the
+//! Layout: see [`shard`]. Writes: take the writer [`lease`], read every shard, apply the
 //! mutation, and write each touched shard once with compare-and-swap on its resourceVersion
 //! (create for a new shard). A 409 means someone wrote behind our back: re-read, re-decide,
 //! retry with backoff. 5xx and transport errors are retried with backoff, then reported.
 //! Readers follow the shards with a watch that also caches them: a transaction that changes
-//! nothing is decided from the cache, without a request; one that writes always re-reads.
+//! nothing is decided from the cache, without a request.
+//!
+//! Reading every shard is a consistent list, which the API server answers only once its watch
+//! cache has caught up with etcd: tens of milliseconds, the most of a transaction. So a writer
+//! reads the shards once per lease at most, and not at all when its watch already holds the last
+//! write made under the lease (see [`lease`]); while it keeps the lease, it goes on from what it
+//! read and wrote. A shard write it did not make, seen by the watch, sends it back to reading.
 //!
 //! A shard that cannot be parsed is never written: hosts that would go into it are not stored
 //! (so not served), and the addresses it seems to hold are kept out of every allocation.
@@ -19,6 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -28,7 +35,7 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
-use self::lease::{LEASE_NAME, LockError, WAIT as LEASE_WAIT, WriterLock};
+use self::lease::{Held, LEASE_NAME, LockError, WAIT as LEASE_WAIT, Write, WriterLock};
 pub(super) use self::retry::api_message;
 use self::retry::{api_code, with_retries};
 use self::shard::{
@@ -41,14 +48,23 @@ use crate::alloc::state::{AllocState, Record, ZoneSerial};
 
 /// Attempts of a whole transaction when other writers keep getting in the way.
 const TRANSACTION_ATTEMPTS: u32 = 8;
+/// How long a writer waits for its shard watch to deliver the last write made under the lease
+/// before it lists the shards instead.
+const CATCH_UP: Duration = Duration::from_millis(100);
 
 pub struct ConfigMapStore {
     api: Api<ConfigMap>,
-    lock: WriterLock,
+    lock: WriterLock<View>,
     namespace: String,
     changes: OnceLock<(watch::Receiver<u64>, tokio::task::JoinHandle<()>)>,
     cache: Arc<ShardCache>,
     seen: Mutex<u64>,
+}
+
+/// The shards as read and written under the lease.
+struct View {
+    shards: BTreeMap<usize, ShardRead>,
+    state: AllocState,
 }
 
 /// One shard as read: what is needed to write it back with compare-and-swap.
@@ -81,6 +97,13 @@ impl ConfigMapStore {
         }
     }
 
+    /// Keeps the writer lease for up to `hold` while transactions come less than `idle` apart
+    /// (a server; a command that writes once gives it up at once). See [`WriterLock::hold`].
+    pub fn holding_lease(mut self, hold: Duration, idle: Duration) -> Self {
+        self.lock.hold(hold, idle);
+        self
+    }
+
     fn unavailable(&self, source: Unavailable) -> StoreError {
         StoreError::Unavailable {
             store: self.describe(),
@@ -101,13 +124,54 @@ impl ConfigMapStore {
         Ok(self.decode(&list.items))
     }
 
-    /// The allocations as the shard watch last saw them, while it is in sync.
+    /// The allocations as the shard watch last saw them, while it is in sync and has delivered
+    /// our own last write (before that, it could make a change look made already).
     fn cached(&self) -> Option<AllocState> {
+        let own = self.cache.own.lock().expect("own writes lock");
+        if own.pending.is_some() {
+            return None;
+        }
+        drop(own);
+        self.cached_view().map(|view| view.state)
+    }
+
+    fn cached_view(&self) -> Option<View> {
         if !self.cache.synced.load(Ordering::Acquire) {
             return None;
         }
         let shards = self.cache.shards.state();
-        Some(self.decode(shards.iter().map(AsRef::as_ref)).1)
+        let (shards, state) = self.decode(shards.iter().map(AsRef::as_ref));
+        Some(View { shards, state })
+    }
+
+    /// The shards as they are now, under the lease: from the watch once it holds `last`, the
+    /// last write made under the lease (so every write before it too), else listed.
+    async fn fresh_view(&self, last: Option<Write>, list: bool) -> Result<View, StoreError> {
+        // Cleared first: a write by someone else from now on makes this view stale.
+        self.cache.foreign.store(false, Ordering::Release);
+        // Without a watch (a command), listing is quicker than starting one.
+        let watching = self.changes.get().is_some();
+        if let Some(last) = last.filter(|_| watching && !list) {
+            let mut changes = self.watch_changes();
+            let caught_up = tokio::time::timeout(CATCH_UP, async {
+                while !(self.cache.synced.load(Ordering::Acquire) && self.cache.holds(&last)) {
+                    if changes.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            })
+            .await;
+            if caught_up.is_ok()
+                && let Some(view) = self.cached_view()
+            {
+                return Ok(view);
+            }
+            debug!(shard = %last.shard, "the shard watch is behind the lease; listing");
+        }
+        let started = std::time::Instant::now();
+        let (shards, state) = self.read().await?;
+        debug!(took = ?started.elapsed(), "listed every shard");
+        Ok(View { shards, state })
     }
 
     fn decode<'a>(
@@ -158,26 +222,49 @@ impl ConfigMapStore {
         let mut delays = crate::backoff::shard_conflict(TRANSACTION_ATTEMPTS as usize - 1);
         for attempt in 1..=TRANSACTION_ATTEMPTS {
             // Most calls change nothing (a replica republishing after a ServiceEntry change):
-            // decide that without the lease, and first from the watched shards, so that a busy
-            // mesh does not list every shard on every change. A write always re-reads.
-            let state = match self.cached().filter(|_| attempt == 1) {
-                Some(state) => state,
-                None => self.read().await?.1,
+            // decide that without the lease, from the watched shards, or (without a watch: a
+            // command) from a read. A watch that has not caught up with our own last write
+            // cannot tell; the lease is cheap to take then, and what is kept under it can.
+            let watching = self.changes.get().is_some();
+            let state = match self.cached() {
+                _ if attempt > 1 => None,
+                Some(state) => Some(state),
+                None if watching => None,
+                None => Some(self.read().await?.1),
             };
-            let mut next = state.clone();
-            if !mutate(&mut next)? {
-                return Ok(state);
+            if let Some(state) = state {
+                let mut next = state.clone();
+                if !mutate(&mut next)? {
+                    return Ok(state);
+                }
             }
-            self.lock.acquire().await.map_err(|e| match e {
-                LockError::Busy(holder) => self.unavailable(Unavailable::LeaseBusy {
-                    lease: LEASE_NAME,
-                    holder,
-                    waited: LEASE_WAIT,
-                }),
-                LockError::Api(e) => self.unavailable(Unavailable::Api(e)),
-            })?;
-            let result = self.write_locked(mutate).await;
-            self.lock.release().await;
+            // While another writer holds the lease, its writes may make ours moot.
+            let mut settled = None;
+            let held = self
+                .lock
+                .lock(|| match self.cached() {
+                    Some(state) if matches!(mutate(&mut state.clone()), Ok(false)) => {
+                        settled = Some(state);
+                        false
+                    }
+                    _ => true,
+                })
+                .await
+                .map_err(|e| match e {
+                    LockError::Busy(holder) => self.unavailable(Unavailable::LeaseBusy {
+                        lease: LEASE_NAME,
+                        holder,
+                        waited: LEASE_WAIT,
+                    }),
+                    LockError::Api(e) => self.unavailable(Unavailable::Api(e)),
+                })?;
+            let Some(mut held) = held else {
+                return Ok(settled.expect("the lock is given up only when settled"));
+            };
+            let started = std::time::Instant::now();
+            let result = self.write_locked(&mut held, mutate, attempt > 1).await;
+            held.finish().await;
+            debug!(attempt, took = ?started.elapsed(), "allocation transaction");
             match result {
                 Ok(state) => return Ok(state),
                 Err(WriteError::Failed(e)) => return Err(e),
@@ -192,12 +279,26 @@ impl ConfigMapStore {
         Err(self.unavailable(Unavailable::Conflicts(TRANSACTION_ATTEMPTS)))
     }
 
-    /// Under the lease: re-read, re-decide, write each touched shard once.
-    async fn write_locked(&self, mutate: &mut Mutation) -> Result<AllocState, WriteError> {
-        let (shards, state) = self.read().await.map_err(WriteError::Failed)?;
+    /// Under the lease: decide again on the shards as they are (after a conflict, listed), and
+    /// write each touched shard once.
+    async fn write_locked(
+        &self,
+        held: &mut Held<'_, View>,
+        mutate: &mut Mutation,
+        list: bool,
+    ) -> Result<AllocState, WriteError> {
+        let kept = held
+            .take_view()
+            .filter(|_| !list && !self.cache.foreign.load(Ordering::Acquire));
+        let View { mut shards, state } = match kept {
+            Some(view) => view,
+            None => (self.fresh_view(held.last_write().cloned(), list).await)
+                .map_err(WriteError::Failed)?,
+        };
         let mut next = state.clone();
         if !mutate(&mut next).map_err(|e| WriteError::Failed(e.into()))? {
-            return Ok(state);
+            held.keep_view(View { shards, state });
+            return Ok(next);
         }
         let mut stored = next.clone();
         for index in touched_shards(&state, &next) {
@@ -216,7 +317,18 @@ impl ConfigMapStore {
                     .write_shard(index, shard, &hosts, &next.zone_serial)
                     .await
                 {
-                    Ok(()) => None,
+                    Ok(write) => {
+                        self.cache.wrote(&write);
+                        shards.insert(
+                            index,
+                            ShardRead {
+                                resource_version: Some(write.resource_version.clone()),
+                                damage: None,
+                            },
+                        );
+                        held.wrote(write);
+                        None
+                    }
                     Err(WriteError::Failed(StoreError::Corrupt { detail, .. })) => Some(detail),
                     Err(e) => return Err(e),
                 },
@@ -240,6 +352,10 @@ impl ConfigMapStore {
                 }
             }
         }
+        held.keep_view(View {
+            shards,
+            state: stored.clone(),
+        });
         Ok(stored)
     }
 
@@ -249,7 +365,7 @@ impl ConfigMapStore {
         shard: Option<&ShardRead>,
         hosts: &BTreeMap<&String, &Record>,
         serial: &Option<ZoneSerial>,
-    ) -> Result<(), WriteError> {
+    ) -> Result<Write, WriteError> {
         let mut data = BTreeMap::new();
         for (host, record) in hosts {
             let key = encode_key(host).ok_or_else(|| {
@@ -293,7 +409,10 @@ impl ConfigMapStore {
             None => with_retries("create shard", || self.api.create(&params, &cm)).await,
         };
         match result {
-            Ok(_) => Ok(()),
+            Ok(written) => Ok(Write {
+                shard: name,
+                resource_version: written.metadata.resource_version.unwrap_or_default(),
+            }),
             Err(e) if api_code(&e) == Some(409) => Err(WriteError::Conflict),
             Err(e) => Err(WriteError::Failed(self.unavailable(Unavailable::Api(e)))),
         }
@@ -337,7 +456,23 @@ struct ShardCache {
     /// Handed to the watch when it starts.
     writer: Mutex<Option<reflector::store::Writer<ConfigMap>>>,
     synced: AtomicBool,
+    own: Mutex<OwnWrites>,
+    /// Set when the watch delivers a shard change that is not one of [`OwnWrites`] (or relists):
+    /// what a writer read before is stale then.
+    foreign: AtomicBool,
 }
+
+/// The shard writes this store made, to tell them from other writers' in the watch.
+#[derive(Default)]
+struct OwnWrites {
+    /// Our last write, until the watch delivers it.
+    pending: Option<Write>,
+    versions: BTreeSet<String>,
+}
+
+/// Writes remembered to tell them apart; beyond that, the oldest are forgotten (and, should the
+/// watch be that far behind, taken for someone else's: a needless read, no more).
+const OWN_WRITES: usize = 1024;
 
 impl Default for ShardCache {
     fn default() -> Self {
@@ -346,13 +481,65 @@ impl Default for ShardCache {
             shards,
             writer: Mutex::new(Some(writer)),
             synced: AtomicBool::new(false),
+            own: Mutex::default(),
+            foreign: AtomicBool::new(false),
         }
     }
 }
 
 impl ShardCache {
+    /// Whether the watch holds `write` (the shard as that write left it).
+    fn holds(&self, write: &Write) -> bool {
+        self.shards.state().iter().any(|cm| {
+            cm.metadata.name.as_deref() == Some(&write.shard)
+                && cm.metadata.resource_version.as_deref() == Some(&write.resource_version)
+        })
+    }
+
+    fn wrote(&self, write: &Write) {
+        let version = &write.resource_version;
+        {
+            let mut own = self.own.lock().expect("own writes lock");
+            if own.versions.len() >= OWN_WRITES {
+                own.versions.pop_first();
+            }
+            own.versions.insert(version.clone());
+            own.pending = Some(write.clone());
+        }
+        // The watch may have been quicker than the answer to the write.
+        if self.holds(write) {
+            let mut own = self.own.lock().expect("own writes lock");
+            if own.pending.as_ref() == Some(write) {
+                own.pending = None;
+            }
+        }
+    }
+
     /// Notes an event the reflector has applied; whether readers should look again.
     fn applied(&self, event: &Result<watcher::Event<ConfigMap>, watcher::Error>) -> bool {
+        let mut own = self.own.lock().expect("own writes lock");
+        let foreign = match event {
+            Ok(watcher::Event::Apply(cm) | watcher::Event::Delete(cm)) => {
+                let version = cm.metadata.resource_version.as_ref();
+                if version.is_some() && version == own.pending.as_ref().map(|w| &w.resource_version)
+                {
+                    own.pending = None;
+                }
+                version.is_none_or(|v| !own.versions.contains(v))
+            }
+            // A relist may hold our last write without an event for it.
+            Ok(watcher::Event::InitDone) => {
+                if own.pending.as_ref().is_some_and(|w| self.holds(w)) {
+                    own.pending = None;
+                }
+                true
+            }
+            _ => true,
+        };
+        drop(own);
+        if foreign {
+            self.foreign.store(true, Ordering::Release);
+        }
         match event {
             Ok(watcher::Event::InitDone) => {
                 self.synced.store(true, Ordering::Release);
@@ -404,6 +591,10 @@ impl Store for ConfigMapStore {
 
     fn update(&self, mut mutate: Mutation) -> StoreFuture<'_, AllocState> {
         Box::pin(async move { self.transaction(&mut mutate).await })
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.lock.close())
     }
 
     fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {

@@ -416,3 +416,57 @@ fn two_replicas_and_dnsctl_writing_at_once_agree() {
         stored()
     );
 }
+
+/// A server keeps the allocator lease while changes come. Stopped in the middle of them, it
+/// gives the lease up on its way out: another replica, or `dnsctl`, must not wait out the
+/// lease's 30 s.
+#[test]
+fn a_stopped_server_leaves_the_lease_free() {
+    let a = shared(1)[0];
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[("a", a)], "mc7-dns");
+    let holder = || {
+        a.kubectl_ok(&[
+            "get",
+            "lease",
+            "globaldns-allocator",
+            "-n",
+            "mc7-dns",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .trim()
+        .to_string()
+    };
+    // Address-less hosts from three writers, so that changes come closer together than the
+    // server's idle time even on a busy machine: every change writes a VIP and a serial. They
+    // stop when told, or after a while should an assertion fail before.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = std::time::Instant::now() + 2 * WITHIN;
+    std::thread::scope(|s| {
+        for w in 0..3 {
+            let stop = &stop;
+            s.spawn(move || {
+                for i in (w..).step_by(3) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || std::time::Instant::now() > deadline
+                    {
+                        break;
+                    }
+                    let host = format!("s{i}.mc7.global");
+                    a.put_service_entry("mc7", &format!("s{i}"), &[&host], &[]);
+                }
+            });
+        }
+        assert!(eventually(WITHIN, || a_ips(&server, "s3.mc7.global.")
+            .len()
+            == 1));
+        assert!(
+            eventually(WITHIN, || !holder().is_empty()),
+            "the lease is kept while changes come"
+        );
+        assert!(server.terminate().success());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert_eq!(holder(), "", "given up on the way out");
+}

@@ -35,10 +35,15 @@ use crate::zone::{BuildError, ZoneSettings};
 
 /// How long the server keeps the ConfigMap store's writer lease while changes keep coming: the
 /// transactions of one change, and the changes of a burst, take it once. Well below the lease's
-/// 30 s, and short enough that another replica that must write waits little.
+/// 15 s, and short enough that another replica that must write waits little.
 const LEASE_HOLD: Duration = Duration::from_secs(2);
 /// ... as long as changes come less than this apart.
 const LEASE_IDLE: Duration = Duration::from_millis(250);
+/// How long a store transaction waits for another replica's lease. Tables wait for their
+/// transactions, so this bounds how long a busy lease (a replica killed while it kept it holds
+/// it until it expires, 15 s) holds back every other change; what could not be stored is
+/// pending and tried again.
+const LEASE_WAIT: Duration = Duration::from_secs(2);
 /// A lease left held at shutdown expires on its own; the stop does not wait longer for it.
 const CLOSE_STORE: Duration = Duration::from_secs(2);
 
@@ -216,7 +221,8 @@ impl Server {
             match (primary.and_then(|p| p.1.as_ref()), config.force_state_file) {
                 (Some(client), false) => Arc::new(
                     ConfigMapStore::new(client.clone(), &config.clusters.namespace)
-                        .holding_lease(LEASE_HOLD, LEASE_IDLE),
+                        .holding_lease(LEASE_HOLD, LEASE_IDLE)
+                        .waiting_for_lease(LEASE_WAIT),
                 ),
                 _ => Arc::new(FileStore::new(&config.state)),
             };

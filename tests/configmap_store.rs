@@ -382,9 +382,10 @@ async fn the_zone_serial_is_shared_and_survives_host_writes() {
 }
 
 /// A store as a server keeps it: the writer lease kept while transactions come (`idle` apart at
-/// most), and its shard watch running.
+/// most; for as long as a lease may be kept, longer than a test's transactions take), and its
+/// shard watch running.
 async fn holding_store(ns: &str, idle: Duration) -> ConfigMapStore {
-    let store = store(ns).await.holding_lease(Duration::from_secs(30), idle);
+    let store = store(ns).await.holding_lease(Duration::from_secs(7), idle);
     tokio::time::timeout(Duration::from_secs(5), store.changed())
         .await
         .expect("the shard watch lists");

@@ -50,6 +50,8 @@ pub struct Publisher {
     published: watch::Sender<u32>,
     /// What the current serial was given for (see [`hosts::Served::fingerprint`]).
     fingerprint: String,
+    /// Whether the store holds the current serial for it; if not, the next publish tries again.
+    serial_stored: bool,
     /// Every host: its declarations, what it holds and what is served for it.
     hosts: Hosts,
     /// The store is to be asked again whatever changed: it changed, or a write failed.
@@ -102,6 +104,7 @@ impl Publisher {
             metrics,
             published: watch::Sender::new(0),
             fingerprint: String::new(),
+            serial_stored: false,
             hosts: Hosts::default(),
             allocate_due: true,
             looked_at_all: Instant::now(),
@@ -186,9 +189,9 @@ impl Publisher {
         } else {
             update.scope()
         };
+        let mut stored = true;
         if let Some(scope) = scope {
-            self.allocate(self.hosts.wanted(), reserved.clone(), complete, scope)
-                .await;
+            stored = (self.allocate(self.hosts.wanted(), reserved.clone(), complete, scope)).await;
             reserved = self.hosts.reserved(&self.durable);
         }
         // Hosts whose stored record changed since the last publish (by us or another replica)
@@ -209,7 +212,9 @@ impl Publisher {
         // A new serial only for new content: a republish that changes nothing (a store write
         // by another replica, a rescan) must not send secondaries transferring the same zone.
         let content = self.hosts.served().fingerprint();
-        self.serial = self.serial_for(&content).await;
+        // A store that just failed (say, another writer's lease is busy) is not asked again in
+        // the same publish: the table would wait for it twice.
+        self.serial = self.serial_for(&content, stored).await;
         self.fingerprint = content;
         let pending = self.hosts.served().pending();
         let (zone, serial) = (self.zone.clone(), self.serial);
@@ -284,7 +289,8 @@ impl Publisher {
         Ok(())
     }
 
-    /// Stores VIPs for `wanted`; on failure keeps the last durable state and schedules a retry.
+    /// Stores VIPs for `wanted`; on failure keeps the last durable state, schedules a retry and
+    /// returns false.
     /// What the stored run decided (hosts left without a VIP, hosts moved off a VIP an explicit
     /// entry claims) is logged and counted here, once: the store may run the mutation more than
     /// once, so the mutation only reports.
@@ -294,7 +300,7 @@ impl Publisher {
         reserved: Arc<Reserved>,
         complete: bool,
         scope: Scope,
-    ) {
+    ) -> bool {
         let policy = self.policy.clone();
         let report = Arc::new(Mutex::new(Reconciled::default()));
         let last_run = report.clone();
@@ -337,18 +343,27 @@ impl Publisher {
                 for (host, error) in &outcome.failed {
                     warn!(host, %error, "no VIP for host; answering SERVFAIL");
                 }
+                true
             }
             Err(error) => {
-                self.allocate_due = true;
-                let (_, mut delays) = self
-                    .retry
-                    .take()
-                    .unwrap_or_else(|| (Duration::ZERO, crate::backoff::store_retry()));
-                let next = delays.next().expect("store_retry never gives up");
+                let next = self.retry_store();
                 warn!(store = %self.store.describe(), %error, retry_in = ?next, "cannot store allocations; new hosts stay unanswered");
-                self.retry = Some((next, delays));
+                false
             }
         }
+    }
+
+    /// Schedules the next attempt after a failed store write (the allocator looks at every host
+    /// then, and the serial is stored too); returns when.
+    fn retry_store(&mut self) -> Duration {
+        self.allocate_due = true;
+        let (_, mut delays) = self
+            .retry
+            .take()
+            .unwrap_or_else(|| (Duration::ZERO, crate::backoff::store_retry()));
+        let next = delays.next().expect("store_retry never gives up");
+        self.retry = Some((next, delays));
+        next
     }
 
     /// The serial for tables of `content`. Replicas share it through the store, so that they
@@ -357,14 +372,24 @@ impl Publisher {
     /// it), else a new one, above every serial given before, stored first. While the store holds
     /// another content's serial (a replica ahead of this one, or behind), ours stands: each
     /// serial still names one content, and the replicas agree again once their sources do.
-    async fn serial_for(&mut self, content: &str) -> u32 {
+    ///
+    /// Without `store`, or when the store fails, the serial is not stored: the same content
+    /// keeps it, and a later publish stores it for it (or, should the store hold a later one
+    /// by then, a serial above that).
+    async fn serial_for(&mut self, content: &str, store: bool) -> u32 {
         let floor = self.serial;
         let current = |z: &ZoneSerial| z.content == content && z.serial >= floor;
         if let Some(stored) = self.durable.zone_serial.as_ref().filter(|z| current(z)) {
+            self.serial_stored = true;
             return stored.serial;
         }
-        if content == self.fingerprint && floor != 0 {
+        let same = content == self.fingerprint && floor != 0;
+        if same && (self.serial_stored || !store) {
             return floor;
+        }
+        self.serial_stored = false;
+        if !store {
+            return next_serial(floor);
         }
         let wanted = content.to_string();
         let mutation = Box::new(move |state: &mut AllocState| {
@@ -372,9 +397,13 @@ impl Publisher {
             if stored.is_some_and(|z| z.content == wanted && z.serial >= floor) {
                 return Ok(false);
             }
-            let last = stored.map_or(floor, |z| z.serial.max(floor));
+            let serial = match stored.map(|z| z.serial) {
+                Some(last) if last >= floor => next_serial(last),
+                _ if same => floor,
+                _ => next_serial(floor),
+            };
             state.zone_serial = Some(ZoneSerial {
-                serial: next_serial(last),
+                serial,
                 content: wanted.clone(),
             });
             Ok(true)
@@ -385,12 +414,14 @@ impl Publisher {
             Ok(state) => {
                 self.durable = state;
                 if let Some(stored) = self.durable.zone_serial.as_ref().filter(|z| current(z)) {
+                    self.serial_stored = true;
                     return stored.serial;
                 }
                 warn!(store = %self.store.describe(), "the zone serial was not stored; other replicas may give this content another serial");
             }
             Err(error) => {
-                warn!(store = %self.store.describe(), %error, "cannot store the zone serial; other replicas may give this content another serial");
+                let next = self.retry_store();
+                warn!(store = %self.store.describe(), %error, retry_in = ?next, "cannot store the zone serial; other replicas may give this content another serial");
             }
         }
         next_serial(floor)

@@ -26,9 +26,17 @@ use tracing::debug;
 use super::retry::{api_code, with_retries};
 
 pub const LEASE_NAME: &str = "globaldns-allocator";
-/// Longer than any transaction; a crashed holder blocks writers at most this long.
-const LEASE_SECONDS: i32 = 30;
-/// How long to wait for a busy lease before giving up.
+/// A crashed holder blocks writers at most this long (as long as Kubernetes' own leader
+/// elections), and a restarted server waits for it at start (the test of that: a server killed
+/// while it keeps the lease). Holders make sure it outlasts their writes: see [`WRITE_WINDOW`].
+const LEASE_SECONDS: i32 = 15;
+/// A holder starts no shard write later than this after taking the lease: what is left (8 s)
+/// covers a write's retries (about 6 s) with room to spare, so no write lands after the lease
+/// could have been taken over. A transaction that gets there starts again under a lease taken
+/// anew. A kept lease is given up after 2 s, so this only ever stops a slow transaction.
+const WRITE_WINDOW: Duration = Duration::from_secs(7);
+/// How long to wait for a busy lease before giving up, unless told otherwise: longer than the
+/// lease, so that only live holders that keep taking it make a writer give up.
 pub const WAIT: Duration = Duration::from_secs(60);
 /// On the lease: the shard ConfigMap and resourceVersion of the last write made under it, as
 /// `<leaseTransitions> <name> <resourceVersion>`, written by a holder that releases it.
@@ -72,8 +80,8 @@ struct Holding<V> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("lease {LEASE_NAME} is held by {0} (waited {WAIT:?})")]
-    Busy(String),
+    #[error("lease {LEASE_NAME} is held by {holder} (waited {waited:?})")]
+    Busy { holder: String, waited: Duration },
     #[error(transparent)]
     Api(#[from] kube::Error),
 }
@@ -105,16 +113,18 @@ impl<V: Send + 'static> WriterLock<V> {
 
     /// Keeps a taken lease for up to `hold`, while transactions come less than `idle` apart
     /// (see the module documentation). A process that ends must [`close`](Self::close) it, or
-    /// other writers wait until it expires.
+    /// other writers wait until it expires. `hold` is cut to [`WRITE_WINDOW`]: a lease kept
+    /// longer could not be written under.
     pub fn hold(&mut self, hold: Duration, idle: Duration) {
         let inner = Arc::get_mut(&mut self.inner).expect("configured before use");
-        (inner.hold, inner.idle) = (hold, idle);
+        (inner.hold, inner.idle) = (hold.min(WRITE_WINDOW), idle);
     }
 
-    /// Takes the lease, or keeps holding it, waiting while someone else holds a live one.
-    /// `None` when `still_needed` says, between waits, that the transaction is moot.
+    /// Takes the lease, or keeps holding it, waiting up to `wait` while someone else holds a
+    /// live one. `None` when `still_needed` says, between waits, that the transaction is moot.
     pub async fn lock(
         &self,
+        wait: Duration,
         mut still_needed: impl FnMut() -> bool,
     ) -> Result<Option<Held<'_, V>>, LockError> {
         let mut state = self.inner.state.lock().await;
@@ -126,7 +136,7 @@ impl<V: Send + 'static> WriterLock<V> {
             Some(_) => self.inner.release(&mut state).await,
             None => {}
         }
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait;
         let mut delays = crate::backoff::lease_wait();
         loop {
             let holder = match self.inner.try_acquire(&mut state).await? {
@@ -137,7 +147,10 @@ impl<V: Send + 'static> WriterLock<V> {
                 Some(holder) => holder,
             };
             if Instant::now() >= deadline {
-                return Err(LockError::Busy(holder));
+                return Err(LockError::Busy {
+                    holder,
+                    waited: wait,
+                });
             }
             if !still_needed() {
                 return Ok(None);
@@ -177,6 +190,11 @@ impl<V: Send + 'static> Held<'_, V> {
     /// The last shard write made under the lease (see [`LAST_WRITE`]), if known.
     pub fn last_write(&self) -> Option<&Write> {
         self.state.last_write.as_ref()
+    }
+
+    /// Whether a shard write may start now: see [`WRITE_WINDOW`].
+    pub fn may_write(&self) -> bool {
+        self.state.since.is_some_and(|s| s.elapsed() < WRITE_WINDOW)
     }
 
     pub fn wrote(&mut self, write: Write) {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::reflector::{self, reflector};
+use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
@@ -59,6 +59,8 @@ pub struct ConfigMapStore {
     changes: OnceLock<(watch::Receiver<u64>, tokio::task::JoinHandle<()>)>,
     cache: Arc<ShardCache>,
     seen: Mutex<u64>,
+    /// How long a transaction waits for another writer's lease before it gives up.
+    lease_wait: Duration,
 }
 
 /// The shards as read and written under the lease.
@@ -92,8 +94,9 @@ impl ConfigMapStore {
             lock: WriterLock::new(Api::namespaced(client, namespace), identity),
             namespace: namespace.to_string(),
             changes: OnceLock::new(),
-            cache: Arc::default(),
+            cache: Arc::new(ShardCache::new(namespace)),
             seen: Mutex::new(0),
+            lease_wait: LEASE_WAIT,
         }
     }
 
@@ -101,6 +104,14 @@ impl ConfigMapStore {
     /// (a server; a command that writes once gives it up at once). See [`WriterLock::hold`].
     pub fn holding_lease(mut self, hold: Duration, idle: Duration) -> Self {
         self.lock.hold(hold, idle);
+        self
+    }
+
+    /// Gives a transaction up when another writer holds the lease for longer than `wait` (one
+    /// minute unless told): a server would rather publish what is stored and try again than
+    /// hold every other change back while a killed replica's lease runs out.
+    pub fn waiting_for_lease(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
         self
     }
 
@@ -242,7 +253,7 @@ impl ConfigMapStore {
             let mut settled = None;
             let held = self
                 .lock
-                .lock(|| match self.cached() {
+                .lock(self.lease_wait, || match self.cached() {
                     Some(state) if matches!(mutate(&mut state.clone()), Ok(false)) => {
                         settled = Some(state);
                         false
@@ -251,11 +262,13 @@ impl ConfigMapStore {
                 })
                 .await
                 .map_err(|e| match e {
-                    LockError::Busy(holder) => self.unavailable(Unavailable::LeaseBusy {
-                        lease: LEASE_NAME,
-                        holder,
-                        waited: LEASE_WAIT,
-                    }),
+                    LockError::Busy { holder, waited } => {
+                        self.unavailable(Unavailable::LeaseBusy {
+                            lease: LEASE_NAME,
+                            holder,
+                            waited,
+                        })
+                    }
                     LockError::Api(e) => self.unavailable(Unavailable::Api(e)),
                 })?;
             let Some(mut held) = held else {
@@ -302,6 +315,12 @@ impl ConfigMapStore {
         }
         let mut stored = next.clone();
         for index in touched_shards(&state, &next) {
+            if !held.may_write() {
+                // What was written so far is in the shards and noted; the next attempt reads
+                // them under a lease taken anew.
+                debug!("the lease is too old to write under; starting again");
+                return Err(WriteError::Conflict);
+            }
             let shard = shards.get(&index);
             let hosts: BTreeMap<&String, &Record> = next
                 .records
@@ -452,6 +471,7 @@ impl ConfigMapStore {
 /// The shards as the watch sees them, kept by kube-runtime's reflector (which swaps in a relist
 /// whole). Out of sync (not listed yet, or the watch failed and has not relisted) it is not used.
 struct ShardCache {
+    namespace: String,
     shards: reflector::Store<ConfigMap>,
     /// Handed to the watch when it starts.
     writer: Mutex<Option<reflector::store::Writer<ConfigMap>>>,
@@ -474,10 +494,11 @@ struct OwnWrites {
 /// watch be that far behind, taken for someone else's: a needless read, no more).
 const OWN_WRITES: usize = 1024;
 
-impl Default for ShardCache {
-    fn default() -> Self {
+impl ShardCache {
+    fn new(namespace: &str) -> Self {
         let (shards, writer) = reflector::store();
         ShardCache {
+            namespace: namespace.to_string(),
             shards,
             writer: Mutex::new(Some(writer)),
             synced: AtomicBool::new(false),
@@ -485,14 +506,12 @@ impl Default for ShardCache {
             foreign: AtomicBool::new(false),
         }
     }
-}
 
-impl ShardCache {
     /// Whether the watch holds `write` (the shard as that write left it).
     fn holds(&self, write: &Write) -> bool {
-        self.shards.state().iter().any(|cm| {
-            cm.metadata.name.as_deref() == Some(&write.shard)
-                && cm.metadata.resource_version.as_deref() == Some(&write.resource_version)
+        let key = ObjectRef::new(&write.shard).within(&self.namespace);
+        self.shards.get(&key).is_some_and(|cm| {
+            cm.metadata.resource_version.as_deref() == Some(&write.resource_version)
         })
     }
 

@@ -67,7 +67,9 @@ impl<T: for<'a> Deserialize<'a>> Part<T> {
     }
 }
 
-struct DocumentVisitor;
+/// Reads one document's top-level mapping (or skips what is not one); public so that the file
+/// reader can turn an entry into a declaration while the parser still knows where it is.
+pub struct DocumentVisitor;
 
 impl<'de> Visitor<'de> for DocumentVisitor {
     type Value = Document;
@@ -148,8 +150,8 @@ fn is_service_entry(api_version: Option<&str>, kind: Option<&str>) -> Option<boo
 mod tests {
     use super::*;
 
-    fn read(yaml: &str) -> Result<Document, serde_saphyr::Error> {
-        serde_saphyr::from_str(yaml)
+    fn read(yaml: &str) -> Result<Document, serde_yaml_ng::Error> {
+        serde_yaml_ng::from_str(yaml)
     }
 
     #[test]

@@ -263,7 +263,7 @@ mod tests {
     use super::*;
 
     fn entry(yaml: &str) -> ServiceEntry {
-        serde_saphyr::from_str(yaml).unwrap()
+        serde_yaml_ng::from_str(yaml).unwrap()
     }
 
     #[test]
@@ -303,11 +303,11 @@ mod tests {
 
     #[test]
     fn typed_fields_reject_bad_values() {
-        let port: Result<ServiceEntry, _> = serde_saphyr::from_str(
+        let port: Result<ServiceEntry, _> = serde_yaml_ng::from_str(
             "metadata: {name: a}\nspec: {hosts: [a.global], ports: [{number: 70000}]}",
         );
         assert!(port.is_err());
-        let res: Result<ServiceEntry, _> = serde_saphyr::from_str(
+        let res: Result<ServiceEntry, _> = serde_yaml_ng::from_str(
             "metadata: {name: a}\nspec: {hosts: [a.global], resolution: SOMETIMES}",
         );
         assert!(res.is_err());

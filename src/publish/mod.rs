@@ -191,7 +191,9 @@ impl Publisher {
         };
         let mut stored = true;
         if let Some(scope) = scope {
-            stored = (self.allocate(self.hosts.wanted(), reserved.clone(), complete, scope)).await;
+            stored = self
+                .allocate(self.hosts.wanted(), reserved.clone(), complete, scope)
+                .await;
             reserved = self.hosts.reserved(&self.durable);
         }
         // Hosts whose stored record changed since the last publish (by us or another replica)

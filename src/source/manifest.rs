@@ -9,21 +9,17 @@
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::service_entry::{API_VERSIONS, KIND, ObjectMeta, ServiceEntry, ServiceEntrySpec};
 
-pub enum Document {
-    ServiceEntry(ServiceEntry),
-    /// Another kind, or not a Kubernetes object at all.
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Document {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(DocumentVisitor)
-    }
+/// What a reader makes of a document: of a ServiceEntry, once it is read whole (while the parser
+/// still knows where it is, so that an error carries the entry's line); of anything else.
+pub trait OnEntry {
+    type Value;
+    fn entry<E: de::Error>(self, entry: ServiceEntry) -> Result<Self::Value, E>;
+    fn other(self) -> Self::Value;
 }
 
 #[derive(Deserialize)]
@@ -67,18 +63,18 @@ impl<T: for<'a> Deserialize<'a>> Part<T> {
     }
 }
 
-/// Reads one document's top-level mapping (or skips what is not one); public so that the file
-/// reader can turn an entry into a declaration while the parser still knows where it is.
-pub struct DocumentVisitor;
+/// Reads one document's top-level mapping (or skips what is not one), and hands a ServiceEntry
+/// to its [`OnEntry`].
+pub struct DocumentVisitor<R>(pub R);
 
-impl<'de> Visitor<'de> for DocumentVisitor {
-    type Value = Document;
+impl<'de, R: OnEntry> Visitor<'de> for DocumentVisitor<R> {
+    type Value = R::Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a Kubernetes object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<R::Value, A::Error> {
         let mut api_version: Option<String> = None;
         let mut kind: Option<String> = None;
         let mut metadata = Part::<ObjectMeta>::Absent;
@@ -96,43 +92,47 @@ impl<'de> Visitor<'de> for DocumentVisitor {
             }
         }
         if is_service_entry(api_version.as_deref(), kind.as_deref()) != Some(true) {
-            return Ok(Document::Other);
+            return Ok(self.0.other());
         }
         // A status in a file is nobody's to trust: only a cluster's (istiod's) is read.
-        Ok(Document::ServiceEntry(ServiceEntry {
+        self.0.entry(ServiceEntry {
             metadata: metadata.finish("metadata")?,
             spec: spec.finish("spec")?,
             status: Default::default(),
-        }))
+        })
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Document, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<R::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Document::Other)
+        Ok(self.0.other())
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Document, E> {
-        Ok(Document::Other)
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<R::Value, E> {
+        Ok(self.0.other())
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Document, E> {
-        Ok(Document::Other)
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<R::Value, E> {
+        Ok(self.0.other())
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Document, E> {
-        Ok(Document::Other)
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<R::Value, E> {
+        Ok(self.0.other())
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Document, E> {
-        Ok(Document::Other)
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<R::Value, E> {
+        Ok(self.0.other())
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Document, E> {
-        Ok(Document::Other)
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<R::Value, E> {
+        Ok(self.0.other())
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Document, E> {
-        Ok(Document::Other)
+    fn visit_unit<E: de::Error>(self) -> Result<R::Value, E> {
+        Ok(self.0.other())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<R::Value, E> {
+        Ok(self.0.other())
     }
 }
 
@@ -148,7 +148,37 @@ fn is_service_entry(api_version: Option<&str>, kind: Option<&str>) -> Option<boo
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserializer;
+
     use super::*;
+
+    /// A document as a test looks at it.
+    enum Document {
+        ServiceEntry(ServiceEntry),
+        /// Another kind, or not a Kubernetes object at all.
+        Other,
+    }
+
+    impl<'de> Deserialize<'de> for Document {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(DocumentVisitor(AsDocument))
+        }
+    }
+
+    /// Reads a document as a [`Document`].
+    struct AsDocument;
+
+    impl OnEntry for AsDocument {
+        type Value = Document;
+
+        fn entry<E: de::Error>(self, entry: ServiceEntry) -> Result<Document, E> {
+            Ok(Document::ServiceEntry(entry))
+        }
+
+        fn other(self) -> Document {
+            Document::Other
+        }
+    }
 
     fn read(yaml: &str) -> Result<Document, serde_yaml_ng::Error> {
         serde_yaml_ng::from_str(yaml)

@@ -12,7 +12,7 @@
 #   address-less entry): from the file landing until DNS shows it, p50/p95/p99/max;
 # - churn: RATE changes/s (default 50) for SECONDS while dnsperf asks at a fixed QPS (default
 #   50000): the same latencies, and dnsperf's latency percentiles and lost queries.
-# UPDATE_PRIORITY (default idle) is the server's --update-priority.
+# UPDATE_PRIORITY (default idle) is the server's --update-priority; GLOBALDNS a binary to run.
 # Needs: dnsperf, python3. Binds loopback only.
 source "$(dirname "$0")/lib.sh"
 require dnsperf python3 taskset
@@ -21,8 +21,12 @@ changes=${CHANGES:-200} rate=${RATE:-50} qps=${QPS:-50000}
 # As a server in a pod of its own runs: updates never delay a waking query thread.
 priority=${UPDATE_PRIORITY:-idle}
 
-echo "building globaldns (release)..." >&2
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin globaldns
+# GLOBALDNS names a binary to measure instead of this tree's (to compare two builds).
+bin=${GLOBALDNS:-$root/target/release/globaldns}
+if [ -z "${GLOBALDNS:-}" ]; then
+    echo "building globaldns (release)..." >&2
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin globaldns
+fi
 python3 "$root/tests/bench/gen_mesh.py" "$hosts" 100 10 "$work"
 # The generated files (a quarter of a GB at 100,000 hosts) reach the disk before the server
 # starts: their writeback would otherwise still be going on when the changes are timed, and
@@ -40,7 +44,7 @@ mib() { awk -v k="$1" '$1 == k":" { printf "%.0f", $2 / 1024 }' "/proc/$2/status
 
 port=$(free_port)
 last_explicit=$(((hosts - 1) / 3 * 3 - 1)) last_vip=$(((hosts - 1) / 3 * 3))
-"$root/target/release/globaldns" --listen "127.0.0.1:$port" --zones "$work/zones" \
+"$bin" --listen "127.0.0.1:$port" --zones "$work/zones" \
     --state "$work/state.json" --resolv-conf /dev/null --rescan-interval 3600 \
     --update-priority "$priority" \
     >/dev/null 2>"$work/globaldns.log" &
@@ -52,6 +56,12 @@ kill -0 "$pid" || { cat "$work/globaldns.log" >&2; exit 1; }
 rss=$(mib VmRSS "$pid")
 sleep 2
 settled=$(mib VmRSS "$pid")
+# Start-up parses on both cores; from here on the server keeps to one (every thread, and those
+# it starts later), the client (dnsperf and the change driver) to the other, as in the other
+# benchmarks: a query then waits on nothing of the client's. SHARED_CPUS=1 leaves both shared.
+if [ "${SHARED_CPUS:-0}" != 1 ]; then
+    taskset -a -p -c "$server_cpu" "$pid" >/dev/null
+fi
 
 driver changes "$port" "$work/zones" "$changes" >"$work/changes.txt"
 

@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use rayon::prelude::*;
-use serde::de::{self, DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer};
 
 use super::FileError;
 use crate::source::Declaration;
-use crate::source::manifest::{Document, DocumentVisitor};
-use crate::source::service_entry::EntryError;
+use crate::source::manifest::{DocumentVisitor, OnEntry};
+use crate::source::service_entry::{EntryError, ServiceEntry};
 
 /// Below this size a file is parsed on one thread.
 const PARALLEL_FROM_BYTES: usize = 1 << 20;
@@ -110,21 +110,14 @@ impl<'de> DeserializeSeed<'de> for Read<'_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
+        deserializer.deserialize_any(DocumentVisitor(self))
     }
 }
 
-impl<'de> Visitor<'de> for Read<'_> {
+impl OnEntry for Read<'_> {
     type Value = ();
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a Kubernetes object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let Document::ServiceEntry(se) = DocumentVisitor.visit_map(map)? else {
-            return Ok(());
-        };
+    fn entry<E: de::Error>(self, se: ServiceEntry) -> Result<(), E> {
         let name = se.metadata.name.clone();
         match Declaration::from_entry(self.entries.unnamed.clone(), se) {
             Ok((declaration, cidrs)) => {
@@ -133,42 +126,12 @@ impl<'de> Visitor<'de> for Read<'_> {
             }
             Err(source) => {
                 *self.refused = Some((name, source));
-                Err(A::Error::custom("refused"))
+                Err(E::custom("refused"))
             }
         }
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        DocumentVisitor.visit_seq(seq).map(drop)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
+    fn other(self) {}
 }
 
 /// The ServiceEntries of a stream, turned into declarations as each document is parsed, so

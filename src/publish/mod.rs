@@ -163,24 +163,16 @@ impl Publisher {
     }
 
     async fn publish(&mut self, declarations: &Combined, complete: bool) -> Result<(), BuildError> {
-        // Taking the change in is CPU work that grows with it (with the mesh, the first time):
-        // off the runtime's threads.
-        let (mut hosts, decls, zone) = (
-            std::mem::take(&mut self.hosts),
-            declarations.clone(),
-            self.zone.clone(),
-        );
-        let (hosts_back, update) = blocking(move || {
-            let update = hosts.update(&decls, &zone);
-            (hosts, update)
-        })
-        .await;
-        self.hosts = hosts_back;
+        let (decls, zone) = (declarations.clone(), self.zone.clone());
+        let update = self
+            .with_hosts(move |hosts| hosts.update(&decls, &zone))
+            .await;
         // The allocator looks at every host when the store changed, a write is to be retried,
         // the sources just became complete, or the last such look is a while ago (records past
         // their grace period are dropped then); otherwise only at the hosts the change touched,
         // if any.
-        let mut reserved = self.hosts.reserved(&self.durable);
+        let durable = self.durable.clone();
+        let mut reserved = self.with_hosts(move |hosts| hosts.reserved(&durable)).await;
         let everything = self.allocate_due
             || complete != self.complete
             || self.looked_at_all.elapsed() >= LOOK_AT_ALL;
@@ -194,7 +186,8 @@ impl Publisher {
             stored = self
                 .allocate(self.hosts.wanted(), reserved.clone(), complete, scope)
                 .await;
-            reserved = self.hosts.reserved(&self.durable);
+            let durable = self.durable.clone();
+            reserved = self.with_hosts(move |hosts| hosts.reserved(&durable)).await;
         }
         // Hosts whose stored record changed since the last publish (by us or another replica)
         // are looked at again, beside those whose declarations changed. So are all that need a
@@ -204,13 +197,13 @@ impl Publisher {
             self.allocations
                 .send_replace(Arc::new(self.durable.clone()));
         }
-        let change = self.hosts.resolve(
-            &update.touched,
-            &records,
-            update.allocation() && self.allocate_due,
-            &self.durable,
-            &reserved,
-        );
+        let every_vip_host = update.allocation() && self.allocate_due;
+        let (touched, durable) = (update.touched, self.durable.clone());
+        let change = self
+            .with_hosts(move |hosts| {
+                hosts.resolve(&touched, &records, every_vip_host, &durable, &reserved)
+            })
+            .await;
         // A new serial only for new content: a republish that changes nothing (a store write
         // by another replica, a rescan) must not send secondaries transferring the same zone.
         let content = self.hosts.served().fingerprint();
@@ -229,7 +222,6 @@ impl Publisher {
             && change.size() <= previous.host_count() / 2;
         // The scratch is dropped off the runtime's threads too: freeing a big mesh takes a while.
         let mut made = None;
-        drop(reserved);
         let mut change = Some(change);
         if incremental && let Some(change) = change.take() {
             let (before, zone) = (previous.clone(), zone.clone());
@@ -249,7 +241,9 @@ impl Publisher {
         let made = match made {
             Some(made) => made,
             None => {
-                let all: Vec<HostEntry> = self.hosts.served().hosts().cloned().collect();
+                let all: Vec<HostEntry> = self
+                    .with_hosts(|hosts| hosts.served().hosts().cloned().collect())
+                    .await;
                 blocking(move || {
                     let table = NameTable::build(&zone, serial, &all).map(|mut table| {
                         table.follow(&previous);
@@ -289,6 +283,23 @@ impl Publisher {
             .send_if_modified(|last| std::mem::replace(last, serial) != serial);
         crate::background::spawn_blocking(move || retire(old));
         Ok(())
+    }
+
+    /// Runs `work` on the hosts off the runtime's threads: what it does grows with the change,
+    /// and with the mesh when every host is looked at (the first time, or after the store
+    /// changed), which would hold up every query the runtime thread has to answer meanwhile.
+    async fn with_hosts<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Hosts) -> T + Send + 'static,
+    ) -> T {
+        let mut hosts = std::mem::take(&mut self.hosts);
+        let (hosts, out) = blocking(move || {
+            let out = work(&mut hosts);
+            (hosts, out)
+        })
+        .await;
+        self.hosts = hosts;
+        out
     }
 
     /// Stores VIPs for `wanted`; on failure keeps the last durable state, schedules a retry and

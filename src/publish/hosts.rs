@@ -11,7 +11,6 @@ use std::sync::Arc;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use hickory_proto::rr::Name;
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
@@ -103,9 +102,6 @@ impl Update {
     }
 }
 
-/// From this many hosts on, their entries are worked out on every core.
-const PARALLEL_FROM: usize = 4096;
-
 /// How the served hosts changed from one table to the next: a changed host is in both lists,
 /// as it was and as it is.
 #[derive(Default)]
@@ -129,13 +125,8 @@ impl Hosts {
             touched: self.catalog.update(combined),
             ..Update::default()
         };
-        let view = |name: &Name| self.catalog.view(name).unwrap_or_default();
-        let views: Vec<HostView> = if update.touched.len() >= PARALLEL_FROM {
-            update.touched.par_iter().map(view).collect()
-        } else {
-            update.touched.iter().map(view).collect()
-        };
-        for (name, new) in update.touched.iter().zip(views) {
+        for name in &update.touched {
+            let new = self.catalog.view(name).unwrap_or_default();
             let held = Held::of(&new);
             let (explicit, claimed) = (held.explicit.to_vec(), held.claimed.to_vec());
             let conflicts = held.conflicts;
@@ -259,20 +250,8 @@ impl Hosts {
                 .filter_map(|key| self.vip_hosts.get(key).cloned())
                 .collect()
         };
-        let names: Vec<&Name> = names.iter().chain(&vip_hosts).collect();
-        // Every host, the first time: worked out on every core (most of the first publish
-        // after parsing). A few: here, as a hop to the pool would cost more than they do.
-        let entries: Vec<Option<HostEntry>> = if names.len() >= PARALLEL_FROM {
-            let this = &*self;
-            (names.par_iter())
-                .map(|name| this.entry(name, durable, reserved))
-                .collect()
-        } else {
-            (names.iter())
-                .map(|name| self.entry(name, durable, reserved))
-                .collect()
-        };
-        for (name, entry) in names.into_iter().zip(entries) {
+        for name in names.iter().chain(&vip_hosts) {
+            let entry = self.entry(name, durable, reserved);
             self.served.set(name, entry, &mut change);
         }
         change

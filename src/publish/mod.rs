@@ -163,16 +163,21 @@ impl Publisher {
     }
 
     async fn publish(&mut self, declarations: &Combined, complete: bool) -> Result<(), BuildError> {
-        let (decls, zone) = (declarations.clone(), self.zone.clone());
-        let update = self
-            .with_hosts(move |hosts| hosts.update(&decls, &zone))
+        let (decls, zone, durable) = (
+            declarations.clone(),
+            self.zone.clone(),
+            self.durable.clone(),
+        );
+        let (update, reserved) = self
+            .with_hosts(move |hosts| {
+                let update = hosts.update(&decls, &zone);
+                (update, hosts.reserved(&durable))
+            })
             .await;
         // The allocator looks at every host when the store changed, a write is to be retried,
         // the sources just became complete, or the last such look is a while ago (records past
         // their grace period are dropped then); otherwise only at the hosts the change touched,
         // if any.
-        let durable = self.durable.clone();
-        let mut reserved = self.with_hosts(move |hosts| hosts.reserved(&durable)).await;
         let everything = self.allocate_due
             || complete != self.complete
             || self.looked_at_all.elapsed() >= LOOK_AT_ALL;
@@ -182,12 +187,12 @@ impl Publisher {
             update.scope()
         };
         let mut stored = true;
+        // What is reserved depends on the stored records, which an allocation may change.
+        let reserved_stale = scope.is_some();
         if let Some(scope) = scope {
             stored = self
                 .allocate(self.hosts.wanted(), reserved.clone(), complete, scope)
                 .await;
-            let durable = self.durable.clone();
-            reserved = self.with_hosts(move |hosts| hosts.reserved(&durable)).await;
         }
         // Hosts whose stored record changed since the last publish (by us or another replica)
         // are looked at again, beside those whose declarations changed. So are all that need a
@@ -201,6 +206,11 @@ impl Publisher {
         let (touched, durable) = (update.touched, self.durable.clone());
         let change = self
             .with_hosts(move |hosts| {
+                let reserved = if reserved_stale {
+                    hosts.reserved(&durable)
+                } else {
+                    reserved
+                };
                 hosts.resolve(&touched, &records, every_vip_host, &durable, &reserved)
             })
             .await;

@@ -1,6 +1,6 @@
 //! Reading the manifests under a directory, again only the files that changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -54,6 +54,12 @@ pub struct Scanner {
     stale: BTreeMap<PathBuf, DeclarationSet>,
     /// Every manifest path and its stamp at the last scan; `None` before the first.
     seen: Option<Vec<(PathBuf, Stamp)>>,
+    /// The directories the last whole scan listed: an event naming one (renamed or removed)
+    /// changes which files exist below it, which only a whole scan finds out.
+    dirs: BTreeSet<PathBuf>,
+    /// The last whole scan could not list some directory: what it kept below it is only
+    /// checked by whole scans.
+    partial: bool,
 }
 
 type Stamp = (Option<SystemTime>, u64);
@@ -68,7 +74,11 @@ impl Scanner {
     /// Reads `dir` if a manifest was added, removed or changed since the last call (always on
     /// the first); `None` when nothing did.
     pub fn rescan(&mut self, dir: &Path) -> Option<Scan> {
-        let (files, unlisted) = manifest_files(dir);
+        let Listing {
+            files,
+            dirs,
+            unlisted,
+        } = manifest_files(dir);
         let mut stamps: Vec<(PathBuf, Stamp)> =
             files.iter().map(|p| (p.clone(), stamp(p))).collect();
         // A directory that cannot be listed (no permission, no file descriptors left, an I/O
@@ -79,6 +89,63 @@ impl Scanner {
             .map(|(path, (stamp, _))| (path.clone(), *stamp));
         stamps.extend(kept.collect::<Vec<_>>());
         stamps.sort();
+        self.dirs = dirs;
+        self.partial = !unlisted.is_empty();
+        self.read(stamps, unlisted)
+    }
+
+    /// Like [`rescan`](Self::rescan) after filesystem events named `paths`: only those are
+    /// looked at, so a change to one file of a big tree costs a `stat` and a read, not a
+    /// listing of every directory and a `stat` of every file. Whatever the names alone cannot
+    /// settle (the first scan, a directory, a hidden entry such as a ConfigMap volume's
+    /// `..data`, a tree not wholly listed last time) is read by a whole scan.
+    pub fn rescan_paths(&mut self, dir: &Path, paths: &BTreeSet<PathBuf>) -> Option<Scan> {
+        match self.restamp(dir, paths) {
+            Some(stamps) => self.read(stamps, Vec::new()),
+            None => self.rescan(dir),
+        }
+    }
+
+    /// The stamps of the last scan with those of `paths` looked at again; `None` when a whole
+    /// scan is needed.
+    fn restamp(&self, dir: &Path, paths: &BTreeSet<PathBuf>) -> Option<Vec<(PathBuf, Stamp)>> {
+        let mut stamps = self.seen.clone().filter(|_| !self.partial)?;
+        for path in paths {
+            let below = path.strip_prefix(dir).ok()?;
+            if below.as_os_str().is_empty() || below.iter().any(is_hidden) {
+                return None;
+            }
+            let kind = match std::fs::symlink_metadata(path) {
+                Ok(meta) => Some(meta.file_type()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(_) => return None,
+            };
+            if kind.is_some_and(|k| k.is_dir()) || self.dirs.contains(path) {
+                return None;
+            }
+            // Anything else that is not a manifest (an editor's backup, notes) changes nothing.
+            if !is_manifest(path) {
+                continue;
+            }
+            let at = stamps.binary_search_by(|(p, _)| p.as_path().cmp(path));
+            match (kind, at) {
+                (Some(_), Ok(i)) => stamps[i].1 = stamp(path),
+                (Some(_), Err(i)) => stamps.insert(i, (path.clone(), stamp(path))),
+                (None, Ok(i)) => {
+                    stamps.remove(i);
+                }
+                (None, Err(_)) => {}
+            }
+        }
+        Some(stamps)
+    }
+
+    /// Reads what changed among `stamps` (every manifest, sorted) since the last scan.
+    fn read(
+        &mut self,
+        stamps: Vec<(PathBuf, Stamp)>,
+        unlisted: Vec<(PathBuf, std::io::Error)>,
+    ) -> Option<Scan> {
         if self.seen.as_ref() == Some(&stamps) {
             return None;
         }
@@ -86,18 +153,29 @@ impl Scanner {
             unlisted,
             ..Scan::default()
         };
-        // Unchanged files are kept; the others are read on every core (a mesh may be
-        // thousands of small files).
+        // Unchanged files are kept; the others are read, on every core when there are several
+        // (a mesh may be thousands of small files).
         // A file that failed and has not changed since is neither read nor reported again.
         let unchanged =
             |stamp: &Stamp, old: Option<&Stamp>| old == Some(stamp) && stamp.0.is_some();
-        let read: Vec<Option<Result<DeclarationSet, FileError>>> = (stamps.par_iter())
-            .map(|(path, stamp)| match self.parsed.get(path) {
-                Some((old, decls)) if unchanged(stamp, Some(old)) => Some(Ok(decls.clone())),
-                _ if unchanged(stamp, self.failing.get(path)) => None,
-                _ => Some(read_manifest(path).map(Arc::new)),
+        let look = |(path, stamp): &(PathBuf, Stamp)| match self.parsed.get(path) {
+            Some((old, decls)) if unchanged(stamp, Some(old)) => Some(Ok(decls.clone())),
+            _ if unchanged(stamp, self.failing.get(path)) => None,
+            _ => Some(read_manifest(path).map(Arc::new)),
+        };
+        let changed = stamps
+            .iter()
+            .filter(|(path, stamp)| {
+                let parsed = self.parsed.get(path).map(|(old, _)| old);
+                !unchanged(stamp, parsed) && !unchanged(stamp, self.failing.get(path))
             })
-            .collect();
+            .take(2)
+            .count();
+        let read: Vec<Option<Result<DeclarationSet, FileError>>> = if changed > 1 {
+            stamps.par_iter().map(look).collect()
+        } else {
+            stamps.iter().map(look).collect()
+        };
         let mut parsed = BTreeMap::new();
         let mut failing = BTreeMap::new();
         let mut stale = BTreeMap::new();
@@ -138,11 +216,33 @@ fn read_manifest(path: &Path) -> Result<Vec<Declaration>, FileError> {
     parse_manifest(&path.display().to_string(), &text)
 }
 
-/// Manifest paths under `dir`, sorted, and the directories that could not be listed (with
-/// why). Hidden entries are skipped, which also skips the `..data` indirection of Kubernetes
-/// ConfigMap volumes. A missing `dir` is an empty one.
-fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
+/// What a whole scan finds under a directory.
+struct Listing {
+    /// Manifest paths, sorted.
+    files: Vec<PathBuf>,
+    /// The directories listed (the top one included).
+    dirs: BTreeSet<PathBuf>,
+    /// The directories that could not be listed, with why.
+    unlisted: Vec<(PathBuf, std::io::Error)>,
+}
+
+/// Hidden entries are skipped, which also skips the `..data` indirection of Kubernetes
+/// ConfigMap volumes.
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b".")
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// Lists the manifests under `dir`, skipping hidden entries. A missing `dir` is an empty one.
+fn manifest_files(dir: &Path) -> Listing {
     let mut files = Vec::new();
+    let mut dirs = BTreeSet::new();
     let mut unlisted = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
@@ -150,15 +250,12 @@ fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) 
             for entry in entries {
                 let entry = entry?;
                 let path = entry.path();
-                if entry.file_name().to_string_lossy().starts_with('.') {
+                if is_hidden(&entry.file_name()) {
                     continue;
                 }
                 if entry.file_type()?.is_dir() {
                     pending.push(path);
-                } else if matches!(
-                    path.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml")
-                ) {
+                } else if is_manifest(&path) {
                     files.push(path);
                 }
             }
@@ -167,11 +264,17 @@ fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) 
         match listed {
             Err(e) if d == dir && e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => unlisted.push((d, e)),
-            Ok(()) => {}
+            Ok(()) => {
+                dirs.insert(d);
+            }
         }
     }
     files.sort();
-    (files, unlisted)
+    Listing {
+        files,
+        dirs,
+        unlisted,
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +303,97 @@ mod tests {
         );
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         assert_eq!(scanner.rescan(dir.path()).unwrap().entries(), 2);
+    }
+
+    /// A rescan after events reads only the files they name, and finds what a whole scan
+    /// finds; what names alone cannot settle is read whole.
+    #[test]
+    fn rescans_after_events_look_only_at_the_named_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let named = |names: &[&str]| names.iter().map(|n| at(n)).collect::<BTreeSet<_>>();
+        std::fs::create_dir(at("sub")).unwrap();
+        std::fs::write(at("a.yaml"), GOOD).unwrap();
+        std::fs::write(at("sub/b.yaml"), GOOD).unwrap();
+        let mut scanner = Scanner::default();
+        let first = scanner
+            .rescan_paths(dir.path(), &named(&["a.yaml"]))
+            .unwrap();
+        assert_eq!(
+            first.entries(),
+            4,
+            "the first scan is whole, whatever was named"
+        );
+
+        // Changed, added and removed files, each named: read as a whole scan reads them.
+        let edited = GOOD.replace("127.255.0.3", "127.255.0.4");
+        std::fs::write(at("sub/b.yaml"), &edited).unwrap();
+        std::fs::write(at("c.yml"), GOOD).unwrap();
+        std::fs::write(at("notes.txt"), "not a manifest").unwrap();
+        let named_scan = (scanner
+            .rescan_paths(dir.path(), &named(&["sub/b.yaml", "c.yml", "notes.txt"])))
+        .unwrap();
+        assert!(
+            Arc::ptr_eq(&first.declarations[0], &named_scan.declarations[0]),
+            "a.yaml kept"
+        );
+        let whole = scan(dir.path());
+        assert_eq!(named_scan.declarations, whole.declarations);
+        std::fs::remove_file(at("c.yml")).unwrap();
+        let removed = scanner
+            .rescan_paths(dir.path(), &named(&["c.yml"]))
+            .unwrap();
+        assert_eq!(removed.entries(), 4);
+
+        // A file no event names is not looked at (the periodic whole scan finds it)...
+        std::fs::write(at("unnamed.yaml"), GOOD).unwrap();
+        assert!(
+            scanner
+                .rescan_paths(dir.path(), &named(&["notes.txt"]))
+                .is_none()
+        );
+        // ...but a directory named makes the scan whole, and so does a hidden entry.
+        std::fs::create_dir(at("new")).unwrap();
+        assert_eq!(
+            scanner
+                .rescan_paths(dir.path(), &named(&["new"]))
+                .unwrap()
+                .entries(),
+            6
+        );
+        std::fs::write(at("new/d.yaml"), GOOD).unwrap();
+        assert_eq!(
+            scanner
+                .rescan_paths(dir.path(), &named(&["..data"]))
+                .unwrap()
+                .entries(),
+            8
+        );
+        // A directory that went away is known to have been one.
+        std::fs::remove_dir_all(at("new")).unwrap();
+        assert_eq!(
+            scanner
+                .rescan_paths(dir.path(), &named(&["new"]))
+                .unwrap()
+                .entries(),
+            6
+        );
+        // A path outside the directory, or the directory itself.
+        std::fs::write(at("e.yaml"), GOOD).unwrap();
+        let outside = BTreeSet::from([PathBuf::from("/elsewhere/e.yaml")]);
+        assert_eq!(
+            scanner
+                .rescan_paths(dir.path(), &outside)
+                .unwrap()
+                .entries(),
+            8
+        );
+        std::fs::remove_file(at("e.yaml")).unwrap();
+        let itself = BTreeSet::from([dir.path().to_path_buf()]);
+        assert_eq!(
+            scanner.rescan_paths(dir.path(), &itself).unwrap().entries(),
+            6
+        );
     }
 
     #[test]

@@ -235,7 +235,13 @@ impl<'a> Allocator<'a> {
             self.changed = true;
         }
         let addresses = record.addresses.clone();
-        self.state.records.insert(host.to_string(), record);
+        // Records are a persistent map shared with the state before: writing back a record
+        // that did not change would copy its path of nodes, and looking at every host (as the
+        // allocator does now and then) would copy the whole map, then make the next diff of
+        // the two walk every record.
+        if self.state.records.get(host) != Some(&record) {
+            self.state.records.insert(host.to_string(), record);
+        }
         Ok(addresses)
     }
 

@@ -1,7 +1,7 @@
 //! Pool usage and stored VIPs inside Istio's ranges, kept up record by record as the stored
 //! allocations change: a publish reports them without walking every record of a big mesh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -18,6 +18,9 @@ pub struct Tally {
     used: Vec<u128>,
     /// By host and address: the Istio range each is inside.
     stranded: BTreeMap<(String, IpAddr), IpNet>,
+    /// Records released and not pinned, by when (Unix seconds) and host: the first is the
+    /// next whose grace period ends.
+    released: BTreeSet<(u64, String)>,
 }
 
 impl Tally {
@@ -26,9 +29,17 @@ impl Tally {
     pub fn follow(&mut self, policy: &Policy, records: &Records) -> Vec<String> {
         self.used.resize(policy.pools.len(), 0);
         let mut changed = Vec::new();
-        let (used, stranded) = (&mut self.used, &mut self.stranded);
+        let (used, stranded, released) = (&mut self.used, &mut self.stranded, &mut self.released);
         follow_records(&mut self.records, records, |host, before, after| {
             for (record, add) in [(before, false), (after, true)] {
+                if let Some(at) = record.filter(|r| !r.pinned).and_then(|r| r.released_at) {
+                    let key = (at, host.clone());
+                    if add {
+                        released.insert(key);
+                    } else {
+                        released.remove(&key);
+                    }
+                }
                 for address in record.iter().flat_map(|r| &r.addresses) {
                     policy.count_usable(used, *address, add);
                     if let Some(range) = policy.istio_range_of(*address) {
@@ -54,6 +65,13 @@ impl Tally {
                 used: *used,
             })
             .collect()
+    }
+
+    /// When (Unix seconds) the first grace period of a released record ends, if any record
+    /// is released.
+    pub fn first_expiry(&self, grace: std::time::Duration) -> Option<u64> {
+        let (at, _) = self.released.first()?;
+        Some(at.saturating_add(grace.as_secs()))
     }
 
     /// Stored VIPs inside an Istio range: host, address and range.
@@ -106,6 +124,14 @@ mod tests {
             assert_eq!(tally.usage(&policy), usage(&policy, &state));
             let walked = in_istio_ranges(&policy, &state);
             assert_eq!(tally.stranded().collect::<Vec<_>>(), walked, "step {now}");
+            let first_expiry = (state.records.values())
+                .filter(|r| !r.pinned)
+                .filter_map(|r| r.released_at)
+                .min()
+                .map(|at| at + 10);
+            assert_eq!(tally.first_expiry(policy.grace), first_expiry, "step {now}");
+            let expected = [None, Some(30), Some(50), None][now];
+            assert_eq!(first_expiry, expected, "step {now} releases what it should");
         }
         assert!(tally.follow(&policy, &state.records.clone()).is_empty());
     }

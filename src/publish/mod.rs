@@ -27,8 +27,10 @@ pub use metrics::PublishMetrics;
 
 use hosts::Hosts;
 
-/// How often, at most, the allocator looks at every host while only a few change: what a change
-/// cannot reach (a record whose grace period ended, a host a full pool refused) waits this long.
+/// How often, at most, the allocator looks at every host while only a few change, if that can
+/// do anything a change cannot: drop a record whose grace period ended, or give a VIP to a host
+/// that is still waiting for one (a full pool refused it). Such a look at a big mesh holds up
+/// the changes behind it, so it is not made for nothing.
 const LOOK_AT_ALL: Duration = Duration::from_secs(60);
 
 pub struct Publisher {
@@ -180,7 +182,7 @@ impl Publisher {
         // if any.
         let everything = self.allocate_due
             || complete != self.complete
-            || self.looked_at_all.elapsed() >= LOOK_AT_ALL;
+            || (self.looked_at_all.elapsed() >= LOOK_AT_ALL && self.look_at_all_helps());
         let scope = if everything {
             Some(Scope::All)
         } else {
@@ -293,6 +295,13 @@ impl Publisher {
             .send_if_modified(|last| std::mem::replace(last, serial) != serial);
         crate::background::spawn_blocking(move || retire(old));
         Ok(())
+    }
+
+    /// Whether the allocator looking at every host could change anything a change does not:
+    /// a host is waiting for a VIP, or a released record's grace period has ended.
+    fn look_at_all_helps(&self) -> bool {
+        self.hosts.served().pending() > 0
+            || (self.tally.first_expiry(self.policy.grace)).is_some_and(|end| end <= unix_now())
     }
 
     /// Runs `work` on the hosts off the runtime's threads: what it does grows with the change,

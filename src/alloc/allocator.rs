@@ -633,6 +633,20 @@ mod tests {
         )
     }
 
+    /// A look at every host that changes nothing leaves the records as they were, sharing
+    /// every node: a copy would cost a big mesh a whole map, and its next diff a whole walk.
+    #[test]
+    fn looking_at_every_host_copies_nothing_when_nothing_changes() {
+        let p = policy(&["240.0.0.0/4"]);
+        let hosts: Vec<String> = (0..5000).map(|i| format!("h{i}.global")).collect();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let mut state = AllocState::default();
+        assert!(run(&mut state, &p, &hosts, 0).changed);
+        let before = state.records.clone();
+        assert!(!run(&mut state, &p, &hosts, 1).changed);
+        assert!(state.records.ptr_eq(&before), "the records were copied");
+    }
+
     #[test]
     fn one_address_per_family_stable_across_reconciles() {
         let p = policy(&["240.0.0.0/4", "2001:2::/48"]);

@@ -4,13 +4,21 @@
 //! Each table carries the journal that leads up to it, built when the publisher swaps it in by
 //! comparing it with the table before, so a transfer reads one snapshot for the zone and its
 //! history alike. It keeps, per zone, the most recent differences while together they are
-//! smaller than the zone itself; a client further behind gets the zone in AXFR form (§4), which
-//! is then no bigger.
+//! smaller than the zone itself, and at most [`MAX_RECORDS`] records; a client further behind
+//! gets the zone in AXFR form (§4), which is then no bigger (or, past the cap, a few times
+//! bigger, for a client that fell far behind).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::table::{NameTable, OwnedRecord, ZoneContent};
+
+/// The most records the journal of one zone holds. It lives in memory, and a big zone under
+/// steady churn would otherwise keep as much history as it has records: for a mesh of 100,000
+/// hosts (about 300,000 records) that is reached after some 20 minutes of 50 changes a second,
+/// roughly 30 MiB at about 100 bytes a record. At that rate the cap is a minute or more of
+/// history; a secondary told of each change by NOTIFY asks within seconds.
+pub const MAX_RECORDS: usize = 20_000;
 
 /// A record with its owner: the owner's lower-cased wire name, then the record (type, class, TTL,
 /// length and data).
@@ -51,15 +59,15 @@ struct ZoneJournal {
 
 impl ZoneJournal {
     /// This history followed by `step` (a difference, and the size of the zone after it), kept
-    /// while sending it beats sending the zone; `None` (a difference bigger than the zone)
-    /// leaves nothing before it worth keeping either.
+    /// while sending it beats sending the zone and it fits under [`MAX_RECORDS`]; `None` (a
+    /// difference bigger than the zone) leaves nothing before it worth keeping either.
     fn then(mut self, step: Option<(Delta, usize)>) -> ZoneJournal {
         let Some((delta, size)) = step else {
             return ZoneJournal::default();
         };
         self.records += delta.size();
         self.deltas.push_back(Arc::new(delta));
-        while self.records > size
+        while self.records > size.min(MAX_RECORDS)
             && let Some(dropped) = self.deltas.pop_front()
         {
             self.records -= dropped.size();
@@ -253,6 +261,33 @@ mod tests {
         // The same serial again (a rebuild of the same content) keeps the history.
         let same = table(3, &hosts, Some(&t3));
         assert_eq!(same.journal().since(&apex, 1).unwrap().count(), 2);
+    }
+
+    /// However big the zone, the history held in memory stops at [`MAX_RECORDS`]: the oldest
+    /// steps go first.
+    #[test]
+    fn history_is_capped_whatever_the_zone_size() {
+        let step = |from: u32| Delta {
+            from_soa: Box::default(),
+            to_soa: Box::default(),
+            from,
+            deleted: Vec::new(),
+            added: vec![(Box::default(), Box::default()); 98],
+        };
+        let mut journal = ZoneJournal::default();
+        let huge_zone = MAX_RECORDS * 100;
+        for from in 0..1000 {
+            journal = journal.then(Some((step(from), huge_zone)));
+        }
+        assert!(journal.records <= MAX_RECORDS);
+        assert_eq!(journal.deltas.len(), MAX_RECORDS / 100);
+        assert_eq!(
+            journal.deltas.back().unwrap().from,
+            999,
+            "the newest step is kept"
+        );
+        let counted: usize = journal.deltas.iter().map(|d| d.size()).sum();
+        assert_eq!(counted, journal.records);
     }
 
     #[test]

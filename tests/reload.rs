@@ -177,6 +177,43 @@ fn broken_manifest_is_skipped_and_named_in_the_log() {
     )));
 }
 
+/// A Kubernetes ConfigMap volume changes by pointing its hidden `..data` link at a new hidden
+/// directory: the visible files are links through it and get no event of their own. Events
+/// naming hidden entries or directories make the pass read the whole tree (no periodic rescan
+/// here to fall back on).
+#[test]
+fn a_configmap_volume_swap_shows_through_events() {
+    use std::os::unix::fs::symlink;
+    let zones = tempfile::tempdir().unwrap();
+    let dir = zones.path();
+    let version = |n: u32, address: &str| {
+        let d = dir.join(format!("..2026_12_02_v{n}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("mesh.yaml"), entry("cm.ns.global", address)).unwrap();
+        d
+    };
+    let v1 = version(1, "240.0.0.61");
+    symlink(v1.file_name().unwrap(), dir.join("..data")).unwrap();
+    symlink("..data/mesh.yaml", dir.join("mesh.yaml")).unwrap();
+    let server = GlobalDns::start(dir, &["--rescan-interval", "3600"]);
+    assert!(eventually(WITHIN, || resolves_to(
+        &server,
+        "cm.ns.global.",
+        "240.0.0.61"
+    )));
+    // As kubelet's atomic writer does it: a new directory, a new link renamed over `..data`,
+    // the old directory removed.
+    let v2 = version(2, "240.0.0.62");
+    symlink(v2.file_name().unwrap(), dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+    assert!(eventually(WITHIN, || resolves_to(
+        &server,
+        "cm.ns.global.",
+        "240.0.0.62"
+    )));
+}
+
 #[test]
 fn periodic_rescan_catches_changes_without_events() {
     // The zones directory is created after start, so there is nothing to watch at first.

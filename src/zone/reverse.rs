@@ -53,7 +53,10 @@ struct Ptr {
 }
 
 impl Ptr {
-    fn new(names: Vec<Name>, ttl: u32) -> Result<Ptr, ProtoError> {
+    fn new(mut names: Vec<Name>, ttl: u32) -> Result<Ptr, ProtoError> {
+        // Most addresses have one name, in a vector that grew room for four (a `Name` is about
+        // 80 bytes): 24 MiB more for a mesh of 100,000 hosts.
+        names.shrink_to_fit();
         let mut b = BodyBuilder::default();
         for name in &names {
             b.answer(Owner::QueryName, ttl, &RData::PTR(PTR(name.clone())))?;

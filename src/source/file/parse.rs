@@ -26,7 +26,11 @@ pub fn parse_manifest(origin: &str, text: &str) -> Result<Vec<Declaration>, File
             .map(|part| parse_documents(origin, part))
             .collect();
         if let Ok(parts) = parsed {
-            return Ok(parts.into_iter().flatten().collect());
+            // Sized first: collected from the flattened parts, the vector would grow by
+            // doubling and keep up to twice the room it needs for the life of the file.
+            let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+            all.extend(parts.into_iter().flatten());
+            return Ok(all);
         }
     }
     parse_documents(origin, text)

@@ -146,13 +146,7 @@ impl Cluster {
         std::fs::write(cluster.admin_kubeconfig(), cluster.kubeconfig("admin")).unwrap();
         cluster.start_apiserver();
         cluster.kubectl_ok(&["create", "-f", istio_crds().to_str().unwrap()]);
-        cluster.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=120s",
-            "crd",
-            "--all",
-        ]);
+        cluster.wait_for_crds();
         cluster.ensure_namespace("istio-system");
         cluster
     }
@@ -311,6 +305,29 @@ impl Cluster {
             args,
             input,
         )
+    }
+
+    /// Waits until every CRD is established. `kubectl wait` fails at once, rather than waiting,
+    /// on a CRD the API server has not yet given any status condition ("`.status.conditions`
+    /// accessor error"): asked again until the conditions are there.
+    fn wait_for_crds(&self) {
+        let args = [
+            "wait",
+            "--for=condition=Established",
+            "--timeout=120s",
+            "crd",
+            "--all",
+        ];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = self.kubectl(&args);
+            let not_yet = String::from_utf8_lossy(&out.stderr).contains(".status.conditions");
+            if out.status.success() || !not_yet || Instant::now() > deadline {
+                checked(&args, out);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Runs kubectl as admin; its standard output, panicking with its error when it fails.

@@ -165,10 +165,11 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
 }
 
 /// kube-runtime's watcher of `api`, with client-go's backoff on failures (0.8 s doubling to
-/// 30 s, jittered), except that 410 Gone is not a failure: it means the resourceVersion the watch
-/// resumed from was compacted away, and the watcher relists at once. After every API server
-/// restart each resumed watch gets one; backing off on it would leave the changes made during
-/// the outage unseen for one more backoff step after the server is back. `what` names the watch
+/// 30 s, each delay jittered by up to as much again), except that 410 Gone is not a failure:
+/// it means the resourceVersion the watch resumed from was compacted away, and the watcher
+/// relists at once. After every API server restart each resumed watch gets one; backing off on
+/// it would leave the changes made during the outage unseen for one more backoff step after
+/// the server is back. `what` names the watch
 /// in the log line that reports the relist.
 pub fn relisting_watcher<K>(
     api: kube::Api<K>,

@@ -81,10 +81,11 @@ fn an_api_server_down_for_30_seconds_changes_nothing_and_costs_one_publish() {
     let before = publishes(&server);
 
     b.start_apiserver();
-    // The watch retries on its backoff (at most 30 s apart, as client-go's), then relists at
-    // once on the 410 Gone its resumed watch gets from the restarted server.
+    // The watch retries on its backoff (as client-go's: 0.8 s doubling to 30 s, then jittered
+    // by up to as much again, so up to 60 s apart by now), then relists at once on the 410
+    // Gone its resumed watch gets from the restarted server.
     assert!(
-        eventually(Duration::from_secs(45), || synced(&server, "b") == 1.0),
+        eventually(Duration::from_secs(75), || synced(&server, "b") == 1.0),
         "the watch came back: {}",
         server.log_text()
     );

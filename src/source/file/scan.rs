@@ -158,20 +158,19 @@ impl Scanner {
         // A file that failed and has not changed since is neither read nor reported again.
         let unchanged =
             |stamp: &Stamp, old: Option<&Stamp>| old == Some(stamp) && stamp.0.is_some();
-        let look = |(path, stamp): &(PathBuf, Stamp)| match self.parsed.get(path) {
-            Some((old, decls)) if unchanged(stamp, Some(old)) => Some(Ok(decls.clone())),
-            _ if unchanged(stamp, self.failing.get(path)) => None,
-            _ => Some(read_manifest(path).map(Arc::new)),
+        let kept = |(path, stamp): &(PathBuf, Stamp)| {
+            (self.parsed.get(path)).filter(|(old, _)| unchanged(stamp, Some(old)))
         };
-        let changed = stamps
-            .iter()
-            .filter(|(path, stamp)| {
-                let parsed = self.parsed.get(path).map(|(old, _)| old);
-                !unchanged(stamp, parsed) && !unchanged(stamp, self.failing.get(path))
-            })
-            .take(2)
-            .count();
-        let read: Vec<Option<Result<DeclarationSet, FileError>>> = if changed > 1 {
+        let needs_read = |entry @ (path, stamp): &(PathBuf, Stamp)| {
+            kept(entry).is_none() && !unchanged(stamp, self.failing.get(path))
+        };
+        let look = |entry @ (path, _): &(PathBuf, Stamp)| match kept(entry) {
+            Some((_, decls)) => Some(Ok(decls.clone())),
+            None if needs_read(entry) => Some(read_manifest(path).map(Arc::new)),
+            None => None,
+        };
+        let several = stamps.iter().filter(|e| needs_read(e)).take(2).count() > 1;
+        let read: Vec<Option<Result<DeclarationSet, FileError>>> = if several {
             stamps.par_iter().map(look).collect()
         } else {
             stamps.iter().map(look).collect()
@@ -353,47 +352,23 @@ mod tests {
                 .is_none()
         );
         // ...but a directory named makes the scan whole, and so does a hidden entry.
+        let entries = |scanner: &mut Scanner, paths: &BTreeSet<PathBuf>| {
+            scanner.rescan_paths(dir.path(), paths).unwrap().entries()
+        };
         std::fs::create_dir(at("new")).unwrap();
-        assert_eq!(
-            scanner
-                .rescan_paths(dir.path(), &named(&["new"]))
-                .unwrap()
-                .entries(),
-            6
-        );
+        assert_eq!(entries(&mut scanner, &named(&["new"])), 6);
         std::fs::write(at("new/d.yaml"), GOOD).unwrap();
-        assert_eq!(
-            scanner
-                .rescan_paths(dir.path(), &named(&["..data"]))
-                .unwrap()
-                .entries(),
-            8
-        );
+        assert_eq!(entries(&mut scanner, &named(&["..data"])), 8);
         // A directory that went away is known to have been one.
         std::fs::remove_dir_all(at("new")).unwrap();
-        assert_eq!(
-            scanner
-                .rescan_paths(dir.path(), &named(&["new"]))
-                .unwrap()
-                .entries(),
-            6
-        );
+        assert_eq!(entries(&mut scanner, &named(&["new"])), 6);
         // A path outside the directory, or the directory itself.
         std::fs::write(at("e.yaml"), GOOD).unwrap();
         let outside = BTreeSet::from([PathBuf::from("/elsewhere/e.yaml")]);
-        assert_eq!(
-            scanner
-                .rescan_paths(dir.path(), &outside)
-                .unwrap()
-                .entries(),
-            8
-        );
+        assert_eq!(entries(&mut scanner, &outside), 8);
         std::fs::remove_file(at("e.yaml")).unwrap();
         let itself = BTreeSet::from([dir.path().to_path_buf()]);
-        assert_eq!(
-            scanner.rescan_paths(dir.path(), &itself).unwrap().entries(),
-            6
-        );
+        assert_eq!(entries(&mut scanner, &itself), 6);
     }
 
     #[test]

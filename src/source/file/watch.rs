@@ -90,7 +90,8 @@ pub async fn watch_dir(dir: PathBuf, rescan_every: Duration, sources: SourceSet)
                 // before, and its next write brings another event. Events that come while
                 // the pass runs are kept for the next one.
                 tokio::time::sleep(SETTLE).await;
-                let taken = std::mem::take(&mut *events.lock().unwrap_or_else(PoisonError::into_inner));
+                let mut events = events.lock().unwrap_or_else(PoisonError::into_inner);
+                let taken = std::mem::take(&mut *events);
                 (!taken.everything).then_some(taken.paths)
             }
             _ = ticker.tick() => None,
